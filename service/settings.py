@@ -1,0 +1,62 @@
+"""One settings object for the whole service, read from GROKLAB_* environment variables."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GROKLAB_", extra="ignore")
+
+    # Where everything lives in embedded mode (SQLite file, filesystem broker, tokens).
+    data_dir: Path = Field(Path("."), description="Folder for the embedded database and broker.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL. Default: sqlite:///<data_dir>/groklab.db"
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL. Default: filesystem:// under <data_dir>/.groklab/"
+    )
+
+    # Worker behaviour
+    worker_queues: str = Field("gpu,cpu", description="Comma-separated queues a worker consumes.")
+    default_queue: str = Field("cpu", description="Queue for experiments whose device is not 'cuda'.")
+    visibility_timeout_s: int = Field(
+        48 * 3600, description="Redis visibility timeout: longer than the longest job."
+    )
+    metrics_flush_s: float = Field(1.0, description="Recorder flushes metrics at least this often.")
+    heartbeat_s: float = Field(5.0, description="Running jobs update their heartbeat this often.")
+
+    # Abuse limits
+    max_body_bytes: int = Field(256 * 1024, description="Largest accepted request body.")
+    max_p: int = Field(1009, description="Largest modulus p a spec may ask for.")
+    max_steps: int = Field(1_000_000, description="Most training steps a spec may ask for.")
+    max_params: int = Field(50_000_000, description="Most model parameters per ensemble member.")
+    max_ensemble: int = Field(256, description="Largest ensemble a spec may ask for.")
+    max_page_size: int = Field(500, description="Largest page of experiments in a list.")
+    max_points: int = Field(20_000, description="Largest max_points a metrics query may ask for.")
+
+    # API
+    host: str = Field("127.0.0.1", description="Address the API binds to.")
+    port: int = Field(8000, description="Port the API listens on.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'groklab.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / ".groklab" / "broker").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

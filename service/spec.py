@@ -1,0 +1,352 @@
+"""The experiment spec: the contract between a researcher, the REST API and the training engine.
+
+Torch-free on purpose: the API server validates specs without importing the engine.
+A preset fills the defaults; any field given explicitly overrides it (deep merge).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from service.settings import get_settings
+
+MODULAR_OPS: tuple[str, ...] = (
+    "x+y",
+    "x-y",
+    "x*y",
+    "x/y",
+    "x/y if y odd else x-y",
+    "x^2+y^2",
+    "x^2+xy+y^2",
+    "x^2+xy+y^2+x",
+    "x^3+xy",
+    "x^3+xy^2+y",
+)
+DIVIDING_OPS: frozenset[str] = frozenset({"x/y", "x/y if y odd else x-y"})
+PERMUTATION_OPS: tuple[str, ...] = ("x*y", "x*y*x^-1", "x*y*x")
+S5_ORDER = 120
+
+NANDA2023: dict[str, Any] = {
+    "task": {"kind": "modular", "op": "x+y", "p": 113, "train_fraction": 0.3, "split_seed": 0},
+    "model": {
+        "arch": "transformer", "n_layers": 1, "d_model": 128, "n_heads": 4, "d_mlp": 512,
+        "act": "relu", "layer_norm": False, "init_scale": 1.0,
+    },
+    "optimizer": {
+        "name": "adamw", "lr": 1e-3, "weight_decay": 1.0, "betas": [0.9, 0.98],
+        "warmup_steps": 10, "grad_filter": None,
+    },
+    "training": {
+        "steps": 40000, "batch_size": None, "seed": 0, "eval_every": 100,
+        "checkpoint_every": 1000, "stop_on_grok": False, "device": "auto",
+    },
+    "analysis": {"every": 1000},
+}
+
+POWER2022: dict[str, Any] = {
+    "task": {"kind": "modular", "op": "x/y", "p": 97, "train_fraction": 0.5, "split_seed": 0},
+    "model": {
+        "arch": "transformer", "n_layers": 2, "d_model": 128, "n_heads": 4, "d_mlp": 512,
+        "act": "relu", "layer_norm": True, "init_scale": 1.0,
+    },
+    "optimizer": {
+        "name": "adamw", "lr": 1e-3, "weight_decay": 1.0, "betas": [0.9, 0.98],
+        "warmup_steps": 10, "grad_filter": None,
+    },
+    "training": {
+        "steps": 100000, "batch_size": 512, "seed": 0, "eval_every": 100,
+        "checkpoint_every": 5000, "stop_on_grok": False, "device": "auto",
+    },
+    "analysis": {"every": 1000},
+}
+
+# The smallest config that really groks on 2 CPU cores in about a minute.
+CI_SMALL: dict[str, Any] = {
+    "task": {"kind": "modular", "op": "x+y", "p": 47, "train_fraction": 0.5, "split_seed": 0},
+    "model": copy.deepcopy(NANDA2023["model"]),
+    "optimizer": {
+        "name": "adamw", "lr": 1e-3, "weight_decay": 1.0, "betas": [0.9, 0.98],
+        "warmup_steps": 10, "grad_filter": None,
+    },
+    "training": {
+        "steps": 3000, "batch_size": None, "seed": 0, "eval_every": 50,
+        "checkpoint_every": 500, "stop_on_grok": False, "device": "auto",
+    },
+    "analysis": {"every": 500},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "nanda2023": NANDA2023,
+    "power2022": POWER2022,
+    "ci-small": CI_SMALL,
+}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return base with override laid on top; nested dicts merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskSpec(_Section):
+    kind: Literal["modular", "permutation"] = "modular"
+    op: str = "x+y"
+    p: int | None = Field(113, description="Modulus for modular tasks (ignored for permutation).")
+    group: Literal["S5"] = "S5"
+    train_fraction: float = Field(0.3, gt=0, lt=1)
+    split_seed: int = 0
+
+    @field_validator("op")
+    @classmethod
+    def _check_op(cls, op: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind", "modular")
+        valid = MODULAR_OPS if kind == "modular" else PERMUTATION_OPS
+        if op not in valid:
+            raise ValueError(f"unknown op {op!r} for kind {kind!r}; valid ops: {', '.join(valid)}")
+        return op
+
+    @field_validator("p")
+    @classmethod
+    def _check_p(cls, p: int | None, info: ValidationInfo) -> int | None:
+        if info.data.get("kind", "modular") != "modular":
+            return p
+        if p is None or p < 2:
+            raise ValueError(f"p must be an integer >= 2 for modular tasks (got {p})")
+        limit = get_settings().max_p
+        if p > limit:
+            raise ValueError(f"p must be at most {limit} (GROKLAB_MAX_P) (got {p})")
+        op = info.data.get("op")
+        if op in DIVIDING_OPS and not is_prime(p):
+            raise ValueError(f"p must be prime for op {op!r} (got {p})")
+        return p
+
+    @property
+    def n_elements(self) -> int:
+        """Size of the group: the number of output classes."""
+        return int(self.p) if self.kind == "modular" else S5_ORDER
+
+
+class ModelSpec(_Section):
+    arch: Literal["transformer", "mlp"] = "transformer"
+    n_layers: int = Field(1, ge=1, le=12, description="Transformer blocks, or MLP hidden layers.")
+    d_model: int = Field(128, ge=1, le=4096, description="Residual / embedding width.")
+    n_heads: int = Field(4, ge=1, le=64)
+    d_mlp: int = Field(512, ge=1, le=65536, description="MLP hidden width.")
+    act: Literal["relu", "gelu", "quadratic"] = "relu"
+    layer_norm: bool = False
+    init_scale: float = Field(1.0, gt=0, le=1000, description="Omnigrok init-scale multiplier alpha.")
+
+    @field_validator("n_heads")
+    @classmethod
+    def _check_heads(cls, n_heads: int, info: ValidationInfo) -> int:
+        d_model = info.data.get("d_model")
+        if info.data.get("arch") == "transformer" and d_model and d_model % n_heads != 0:
+            raise ValueError(
+                f"d_model must be divisible by n_heads (got d_model={d_model}, n_heads={n_heads})"
+            )
+        return n_heads
+
+    @field_validator("act")
+    @classmethod
+    def _check_act(cls, act: str, info: ValidationInfo) -> str:
+        if info.data.get("arch") == "transformer" and act == "quadratic":
+            raise ValueError("act 'quadratic' is for arch 'mlp'; the transformer allows relu, gelu")
+        return act
+
+
+class GradFilterSpec(_Section):
+    """Grokfast gradient filters (Lee et al. 2024), applied between backward and step."""
+
+    kind: Literal["ema", "ma"]
+    alpha: float = Field(0.98, ge=0, lt=1, description="EMA momentum (kind 'ema').")
+    window: int = Field(100, ge=1, le=10000, description="Moving-average window (kind 'ma').")
+    lamb: float = Field(2.0, ge=0, le=1000, description="Amplification of the slow gradient.")
+
+
+class OptimizerSpec(_Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(1.0, ge=0, le=100)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-8, gt=0, le=1)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+    warmup_steps: int = Field(10, ge=0)
+    grad_filter: GradFilterSpec | None = None
+    orthogonal_grad: bool = Field(False, description="Perpendicular gradient (Prieto et al. 2025).")
+    loss: Literal["cross_entropy", "stablemax"] = "cross_entropy"
+    loss_float64: bool = Field(False, description="Compute the loss in float64.")
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        for b in v:
+            if not 0 <= b < 1:
+                raise ValueError(f"betas must each be in [0, 1) (got {list(v)})")
+        return v
+
+
+class EnsembleSpec(_Section):
+    """E runs trained as one batched computation, each with its own parameters."""
+
+    size: int = Field(1, ge=1)
+    seeds: list[int] | None = Field(None, description="Per-member seeds; default training.seed + i.")
+    lr: list[float] | None = Field(None, description="Per-member learning rates.")
+    weight_decay: list[float] | None = Field(None, description="Per-member weight decays.")
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> "EnsembleSpec":
+        limit = get_settings().max_ensemble
+        if self.size > limit:
+            raise ValueError(f"size must be at most {limit} (GROKLAB_MAX_ENSEMBLE) (got {self.size})")
+        for name in ("seeds", "lr", "weight_decay"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.size:
+                raise ValueError(
+                    f"{name} must have one entry per member: {self.size} (got {len(values)})"
+                )
+        if self.lr is not None and any(not (0 < x <= 10) for x in self.lr):
+            raise ValueError("lr entries must be in (0, 10]")
+        if self.weight_decay is not None and any(not (0 <= x <= 100) for x in self.weight_decay):
+            raise ValueError("weight_decay entries must be in [0, 100]")
+        return self
+
+
+class TrainingSpec(_Section):
+    steps: int = Field(40000, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="None means full batch.")
+    seed: int = 0
+    eval_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    stop_on_grok: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tf32: bool = Field(False, description="Allow TF32 matmuls on the GPU.")
+    autocast_bf16: bool = Field(False, description="bf16 autocast on the GPU.")
+
+    @field_validator("steps")
+    @classmethod
+    def _check_steps(cls, v: int) -> int:
+        limit = get_settings().max_steps
+        if v > limit:
+            raise ValueError(f"steps must be at most {limit} (GROKLAB_MAX_STEPS) (got {v})")
+        return v
+
+
+class AnalysisSpec(_Section):
+    every: int | None = Field(1000, ge=1, description="Progress measures every K steps; null: off.")
+
+
+class ExperimentSpec(_Section):
+    name: str = Field("experiment", min_length=1, max_length=200)
+    preset: Literal["nanda2023", "power2022", "ci-small"] | None = "nanda2023"
+    task: TaskSpec
+    model: ModelSpec
+    optimizer: OptimizerSpec
+    training: TrainingSpec
+    ensemble: EnsembleSpec = EnsembleSpec()
+    analysis: AnalysisSpec = AnalysisSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "nanda2023")
+        if preset is None or preset not in PRESETS:
+            # An unknown preset is reported by the field validator; no defaults to lay.
+            base = PRESETS["nanda2023"]
+        else:
+            base = PRESETS[preset]
+        return deep_merge(base, data)
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> "ExperimentSpec":
+        limit = get_settings().max_params
+        n = self.param_count()
+        if n > limit:
+            raise ValueError(
+                f"model has {n} parameters per member; at most {limit} allowed (GROKLAB_MAX_PARAMS)"
+            )
+        if self.training.batch_size is not None and self.training.batch_size > self.n_train:
+            # Larger than the training set is the same as full batch; say so instead of guessing.
+            raise ValueError(
+                f"training.batch_size must be at most the training set size {self.n_train} "
+                f"(got {self.training.batch_size}); use null for full batch"
+            )
+        return self
+
+    # ---- derived facts the engine and the service both use -------------------------------
+    @property
+    def n_pairs(self) -> int:
+        n = self.task.n_elements
+        if self.task.kind == "modular" and self.task.op in DIVIDING_OPS:
+            return n * (n - 1)  # y = 0 is excluded
+        return n * n
+
+    @property
+    def n_train(self) -> int:
+        return max(1, int(round(self.task.train_fraction * self.n_pairs)))
+
+    def param_count(self) -> int:
+        """Parameters of one ensemble member (matches the engine's models)."""
+        m, n = self.model, self.task.n_elements
+        vocab = n + 1
+        if m.arch == "transformer":
+            d = m.d_model
+            per_layer = 4 * d * d + 2 * d * m.d_mlp + m.d_mlp + d
+            if m.layer_norm:
+                per_layer += 4 * d
+            total = vocab * d + 3 * d + m.n_layers * per_layer + d * n
+            if m.layer_norm:
+                total += 2 * d
+            return total
+        d, h = m.d_model, m.d_mlp
+        total = vocab * d + (2 * d) * h + h + (m.n_layers - 1) * (h * h + h) + h * n + n
+        return total
+
+    def spec_hash(self) -> str:
+        """Stable hash of the full resolved spec (checkpoints carry it)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Load a spec from a JSON or YAML file (same schema either way)."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    return ExperimentSpec.model_validate(data)
+
+
+def spec_from_preset(preset: str, **overrides: Any) -> ExperimentSpec:
+    """Convenience for notebooks and tests: spec_from_preset('ci-small', training={'steps': 40})."""
+    return ExperimentSpec.model_validate({"preset": preset, "name": preset, **overrides})

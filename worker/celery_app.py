@@ -1,0 +1,63 @@
+"""The Celery app. Torch-free: the API imports it to enqueue jobs by task name.
+
+The database, not the broker, is the source of truth for a job's state. The broker only wakes
+workers up, so every setting here is chosen so that a message is never lost, and the task
+itself (a compare-and-swap claim in the database) makes sure that a redelivered message cannot
+start a second copy of a job.
+"""
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from service.settings import Settings, get_settings
+
+RUN_EXPERIMENT = "worker.tasks.run_experiment"
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("groklab", broker=settings.resolved_broker_url)
+    transport_options: dict = {}
+    if settings.resolved_broker_url.startswith("filesystem://"):
+        folder = settings.broker_dir
+        for sub in ("out", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder / "out"),
+            "data_folder_out": str(folder / "out"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        # Redis redelivers an unacked message after visibility_timeout. Training jobs ack late
+        # (after they finish), so the timeout must outlast the longest job, or Redis would hand
+        # a running job to a second worker. The claim in the database guards against that too.
+        transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # Ack after the job is done: a worker that dies mid-job leaves the message on the broker.
+        task_acks_late=True,
+        # A worker killed by the OOM killer or SIGKILL requeues its message instead of dropping it.
+        task_reject_on_worker_lost=True,
+        # One hour-long job per process at a time; never hoard messages another worker could run.
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        task_default_queue=settings.default_queue,
+        task_queues=[Queue("gpu"), Queue("cpu")],
+        task_routes={RUN_EXPERIMENT: {"queue": settings.default_queue}},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+celery_app = make_celery()
+
+
+def enqueue_experiment(experiment_id: str, queue: str) -> None:
+    """Wake a worker on `queue` for this experiment. Safe to call twice (the claim is a CAS)."""
+    celery_app.send_task(RUN_EXPERIMENT, args=[experiment_id], queue=queue)
