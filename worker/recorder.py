@@ -1,0 +1,105 @@
+"""The bridge between the engine's callbacks and the database.
+
+The engine reports through plain callbacks. The recorder batches metric rows and flushes them at
+least once a second (and at every checkpoint and at the end), stores checkpoints, updates
+progress and the heartbeat, and tells the engine to stop when the job was cancelled or taken
+from this worker (its attempt no longer matches).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import store
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        experiment_id: str,
+        attempt: int,
+        *,
+        total_steps: int,
+        flush_every_s: float = 1.0,
+        progress_every_s: float = 1.0,
+        cancel_poll_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sessions = sessions
+        self.experiment_id = experiment_id
+        self.attempt = attempt
+        self.total_steps = total_steps
+        self.flush_every_s = flush_every_s
+        self.progress_every_s = progress_every_s
+        self.cancel_poll_s = cancel_poll_s
+        self.clock = clock
+        self._rows: list[dict] = []
+        now = clock()
+        self._last_flush = now
+        self._last_progress = -1e18
+        self._last_cancel_poll = now
+        self._stop = False
+        self._recent: deque[tuple[float, int]] = deque(maxlen=50)
+        self.points_written = 0
+
+    # ---- engine callbacks --------------------------------------------------------------
+    def on_metrics(self, rows: list[dict]) -> None:
+        self._rows.extend(rows)
+        if self.clock() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def on_checkpoint(self, step: int, blob: bytes, meta: dict) -> None:
+        # Metrics first: a job resumed from this checkpoint then has every point up to it.
+        self.flush()
+        with self.sessions() as s:
+            store.add_checkpoint(s, self.experiment_id, step, blob, meta)
+
+    def on_progress(self, step: int, total_steps: int) -> None:
+        now = self.clock()
+        self._recent.append((now, step))
+        if now - self._last_progress < self.progress_every_s and step < total_steps:
+            return
+        self._last_progress = now
+        rate = self.steps_per_s()
+        eta = (total_steps - step) / rate if rate else None
+        with self.sessions() as s:
+            still_ours = store.update_progress(
+                s, self.experiment_id, self.attempt, step=step, steps_per_s=rate, eta_s=eta
+            )
+        if not still_ours:
+            log.warning("experiment %s attempt %s is no longer ours; stopping", self.experiment_id, self.attempt)
+            self._stop = True
+
+    def should_stop(self) -> bool:
+        if self._stop:
+            return True
+        now = self.clock()
+        if now - self._last_cancel_poll >= self.cancel_poll_s:
+            self._last_cancel_poll = now
+            with self.sessions() as s:
+                if store.cancel_requested(s, self.experiment_id):
+                    self._stop = True
+        return self._stop
+
+    # ---- helpers -------------------------------------------------------------------------
+    def steps_per_s(self) -> float | None:
+        if len(self._recent) < 2:
+            return None
+        (t0, s0), (t1, s1) = self._recent[0], self._recent[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+    def flush(self) -> None:
+        self._last_flush = self.clock()
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        with self.sessions() as s:
+            store.ingest_metrics(s, self.experiment_id, rows)
+        self.points_written += len(rows)

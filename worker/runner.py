@@ -1,0 +1,92 @@
+"""Run one experiment job: claim it, build the engine from its spec, train with a recorder,
+finish it. A requeued job resumes from its latest checkpoint."""
+from __future__ import annotations
+
+import logging
+import traceback
+
+from service import store
+from service.db import make_engine, make_sessionmaker
+from service.settings import Settings, get_settings
+from service.spec import ExperimentSpec
+from service.summary import experiment_summary
+from worker.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+_sessionmakers: dict[str, object] = {}
+
+
+def sessions_for(settings: Settings):
+    url = settings.resolved_database_url
+    if url not in _sessionmakers:
+        _sessionmakers[url] = make_sessionmaker(make_engine(url))
+    return _sessionmakers[url]
+
+
+def analysis_callback(spec: ExperimentSpec):
+    """Progress measures every analysis.every steps, for the tasks they make sense for."""
+    if spec.analysis.every is None or spec.task.kind != "modular" or spec.model.arch != "transformer":
+        return None
+    from worker.analysis.fourier import progress_measure_rows
+
+    def on_analysis(trainer, step: int) -> list[dict]:
+        return progress_measure_rows(
+            trainer.model, step, spec.task.p, spec.task.op, trainer.train_mask_grid(),
+            spec.ensemble.size,
+        )
+
+    return on_analysis
+
+
+def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings | None = None) -> str:
+    from worker.engine.train import Trainer
+
+    settings = settings or get_settings()
+    sessions = sessions_for(settings)
+    with sessions() as s:
+        exp = store.claim_experiment(s, experiment_id, worker_name)
+        if exp is None:
+            current = store.get_experiment(s, experiment_id)
+            state = current.status if current else "missing"
+            log.info("experiment %s not claimable (%s); nothing to do", experiment_id, state)
+            return f"skipped:{state}"
+        attempt = exp.attempt
+        spec = ExperimentSpec.model_validate(exp.spec)
+        latest = store.latest_checkpoint(s, experiment_id)
+        resume_blob = bytes(latest.data) if latest is not None else None
+
+    recorder = Recorder(
+        sessions, experiment_id, attempt,
+        total_steps=spec.training.steps, flush_every_s=settings.metrics_flush_s,
+    )
+    try:
+        if resume_blob is not None:
+            trainer = Trainer.from_checkpoint(spec, resume_blob)
+            log.info("experiment %s resumes at step %d (attempt %d)", experiment_id, trainer.step, attempt)
+        else:
+            trainer = Trainer(spec)
+        result = trainer.run(
+            on_metrics=recorder.on_metrics,
+            on_checkpoint=recorder.on_checkpoint,
+            should_stop=recorder.should_stop,
+            on_progress=recorder.on_progress,
+            on_analysis=analysis_callback(spec),
+        )
+        recorder.flush()
+        status = "cancelled" if result.get("stopped") == "cancelled" else "succeeded"
+        with sessions() as s:
+            summary = experiment_summary(s, experiment_id)
+            summary["stopped"] = result.get("stopped")
+            store.finish_experiment(s, experiment_id, attempt, status, summary=summary)
+        return status
+    except Exception as exc:  # the job fails cleanly; the worker lives on
+        log.exception("experiment %s failed", experiment_id)
+        try:
+            recorder.flush()
+        except Exception:
+            log.exception("could not flush the last metrics of %s", experiment_id)
+        with sessions() as s:
+            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            store.finish_experiment(s, experiment_id, attempt, "failed", error=error[-4000:])
+        return "failed"
