@@ -1,0 +1,77 @@
+"""`groklab up` as a user runs it: SQLite and a filesystem broker, no PostgreSQL or Redis."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.integration.conftest import free_port, wait_for_status, wait_http
+
+pytestmark = pytest.mark.integration
+
+TINY = {
+    "name": "tiny",
+    "preset": "ci-small",
+    "task": {"p": 11},
+    "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32},
+    "training": {"steps": 60, "eval_every": 20, "checkpoint_every": 30},
+    "analysis": {"every": 30},
+}
+
+
+def test_groklab_up_end_to_end(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    port = free_port()
+    log = open(tmp_path / "up.log", "wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/readyz", timeout=90, procs=(up,))
+        output = (tmp_path / "up.log").read_text()
+        assert url in output
+        client = httpx.Client(base_url=url, headers=_auth_headers(output), timeout=30)
+        r = client.post("/api/v1/experiments", json=TINY)
+        assert r.status_code == 201, r.text
+        job = wait_for_status(client, r.json()["id"], timeout=180)
+        assert job["status"] == "succeeded", job.get("error")
+        assert job["progress"]["step"] == 60
+
+        metrics = client.get(f"/api/v1/experiments/{job['id']}/metrics", params={"names": "train_loss"}).json()
+        (series,) = metrics["series"]
+        assert series["steps"][-1] == 60
+        assert series["values"][-1] < series["values"][0]
+
+        listing = client.get(f"/api/v1/experiments/{job['id']}/checkpoints").json()
+        assert [c["step"] for c in listing] == [30, 60]
+        blob = client.get(f"/api/v1/experiments/{job['id']}/checkpoints/60").content
+        assert hashlib.sha256(blob).hexdigest() == listing[1]["sha256"]
+
+        csv = client.get(f"/api/v1/experiments/{job['id']}/metrics", params={"names": "val_acc", "format": "csv"})
+        assert csv.status_code == 200
+        assert csv.text.splitlines()[0].startswith("name")
+        assert (tmp_path / "data" / "groklab.db").exists()
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            rc = up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            raise
+    assert rc == 0
+    assert "groklab stopped" in (tmp_path / "up.log").read_text()
+
+
+def _auth_headers(output: str) -> dict:
+    for line in output.splitlines():
+        if "admin token" in line:
+            return {"Authorization": f"Bearer {line.rsplit(' ', 1)[-1].strip()}"}
+    return {}

@@ -1,0 +1,137 @@
+"""End to end on the real stack: PostgreSQL, Redis, a uvicorn API and a celery worker process."""
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+import redis
+
+from tests.integration.conftest import wait_for_status
+
+pytestmark = pytest.mark.integration
+
+# A job that runs long enough to be cancelled mid-run, on a tiny model.
+LONG_TINY = {
+    "name": "long-tiny",
+    "preset": "ci-small",
+    "task": {"p": 11},
+    "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32},
+    "training": {"steps": 500000, "eval_every": 50, "checkpoint_every": 200},
+    "analysis": {"every": None},
+}
+
+
+def first_step_at(series: dict, threshold: float) -> int | None:
+    for step, value in zip(series["steps"], series["values"]):
+        if value >= threshold:
+            return step
+    return None
+
+
+def series_by_name(payload: dict) -> dict[str, dict]:
+    return {s["name"]: s for s in payload["series"] if s.get("member", 0) == 0}
+
+
+@pytest.fixture(scope="session")
+def grokked_run(stack):
+    """One ci-small run through the whole stack, shared by the tests that inspect it."""
+    r = stack.client.post("/api/v1/experiments", json={"name": "ci-small-e2e", "preset": "ci-small"})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["status"] == "queued"
+    done = wait_for_status(stack.client, job["id"], timeout=600)
+    return done
+
+
+def test_ci_small_succeeds_through_the_stack(grokked_run):
+    assert grokked_run["status"] == "succeeded", grokked_run.get("error")
+    assert grokked_run["attempt"] == 1
+    progress = grokked_run["progress"]
+    assert progress["step"] == progress["total_steps"] == grokked_run["spec"]["training"]["steps"]
+
+
+def test_metrics_show_memorisation_long_before_generalisation(stack, grokked_run):
+    r = stack.client.get(
+        f"/api/v1/experiments/{grokked_run['id']}/metrics", params={"names": "train_acc,val_acc"}
+    )
+    assert r.status_code == 200, r.text
+    series = series_by_name(r.json())
+    memorised = first_step_at(series["train_acc"], 0.99)
+    generalised = first_step_at(series["val_acc"], 0.99)
+    assert memorised is not None and generalised is not None
+    assert generalised >= 5 * memorised
+    summary = grokked_run["summary"]
+    assert summary["memorization_step"] == memorised
+    assert summary["generalization_step"] == generalised
+
+
+def test_metric_points_are_not_duplicated(stack, grokked_run):
+    payload = stack.client.get(f"/api/v1/experiments/{grokked_run['id']}/metrics").json()
+    for s in payload["series"]:
+        assert len(s["steps"]) == len(set(s["steps"])), s["name"]
+        assert s["steps"] == sorted(s["steps"])
+
+
+def test_checkpoint_downloads_verifies_and_loads_into_the_engine(stack, grokked_run):
+    from service.spec import ExperimentSpec
+    from worker.engine.train import Trainer
+
+    listing = stack.client.get(f"/api/v1/experiments/{grokked_run['id']}/checkpoints").json()
+    steps = [c["step"] for c in listing]
+    final = grokked_run["spec"]["training"]["steps"]
+    assert final in steps
+    entry = next(c for c in listing if c["step"] == final)
+    r = stack.client.get(f"/api/v1/experiments/{grokked_run['id']}/checkpoints/{final}")
+    assert r.status_code == 200
+    digest = hashlib.sha256(r.content).hexdigest()
+    assert digest == entry["sha256"] == r.headers["x-checksum-sha256"]
+    assert len(r.content) == entry["size"]
+
+    trainer = Trainer.from_checkpoint(ExperimentSpec.model_validate(grokked_run["spec"]), r.content)
+    assert trainer.step == final
+    assert trainer.evaluate()[0]["val_acc"] >= 0.99
+
+
+def test_cancel_queued_and_running(stack):
+    long = stack.client.post("/api/v1/experiments", json=LONG_TINY).json()
+    wait_for_status(stack.client, long["id"], statuses=("running",), timeout=120)
+    # The one worker is busy: this one stays queued.
+    queued = stack.client.post("/api/v1/experiments", json={**LONG_TINY, "name": "queued"}).json()
+    r = stack.client.post(f"/api/v1/experiments/{queued['id']}/cancel")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled"
+
+    # Let the running job get past a checkpoint, then cancel it.
+    deadline = time.monotonic() + 60
+    while not stack.client.get(f"/api/v1/experiments/{long['id']}/checkpoints").json():
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.3)
+    asked = time.monotonic()
+    r = stack.client.post(f"/api/v1/experiments/{long['id']}/cancel")
+    assert r.status_code == 200, r.text
+    done = wait_for_status(stack.client, long["id"], timeout=30)
+    assert done["status"] == "cancelled"
+    assert time.monotonic() - asked < 10
+    assert stack.client.get(f"/api/v1/experiments/{long['id']}/checkpoints").json()
+
+    # The worker then takes the cancelled job's message and must not start it.
+    broker = redis.Redis.from_url(stack.broker_url)
+    deadline = time.monotonic() + 30
+    while broker.llen("cpu") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    job = stack.client.get(f"/api/v1/experiments/{queued['id']}").json()
+    assert job["status"] == "cancelled"
+    assert job["attempt"] == 0
+    assert job["started_at"] is None
+
+
+def test_invalid_spec_is_refused_and_nothing_is_stored(stack):
+    before = stack.client.get("/api/v1/experiments", params={"limit": 500}).json()
+    r = stack.client.post("/api/v1/experiments", json={"task": {"op": "x/y", "p": 100}})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert any("p" in d["loc"] and "prime" in d["msg"] for d in detail)
+    after = stack.client.get("/api/v1/experiments", params={"limit": 500}).json()
+    assert len(after["items"]) == len(before["items"])
