@@ -18,8 +18,9 @@ the ratio generalization_step / memorization_step, which does not depend on the 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 PHASE_COMPREHENSION = "comprehension"
 PHASE_GROKKING = "grokking"

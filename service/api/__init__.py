@@ -1,0 +1,1 @@
+"""The REST API: dependencies, middleware and one router per resource."""

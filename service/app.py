@@ -1,0 +1,58 @@
+"""The FastAPI application: `create_app(settings=None)`.
+
+`uvicorn --factory service.app:create_app` (what `groklab api` runs) reads the settings from the
+environment; tests pass their own Settings.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from service.api.middleware import BodySizeLimit
+from service.api.routes import experiments, health
+from service.db import make_engine, make_sessionmaker
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Train and analyse **grokking** experiments. POST an experiment spec to `/api/v1/experiments`;
+a worker trains it and writes metrics and checkpoints back; poll the job, read its metrics
+(downsampled on the server), download its checkpoints.
+
+Errors: 422 with the field paths of an invalid input (`detail[].loc`), 404 for an unknown id,
+413 for a body over GROKLAB_MAX_BODY_BYTES, 409 when the state forbids the action.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="groklab", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
+
+    app.include_router(health.router)
+    app.include_router(experiments.router, prefix="/api/v1")
+    return app
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("database error: %s", exc)
+    return JSONResponse({"detail": "database unavailable; try again later"}, status_code=503)

@@ -1,0 +1,198 @@
+"""The tables (SQLAlchemy 2, `Mapped[...]`). Storage only: the API schemas live in schemas.py.
+
+Every timestamp is timezone-aware UTC, on PostgreSQL and on SQLite alike (see UTCDateTime).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+STATUSES: tuple[str, ...] = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED_STATUSES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+# Metric rollups: one row per (series, level, bucket) where a level-L bucket holds the steps
+# [bucket * 2**L, (bucket + 1) * 2**L). Finer than 2**4 the raw points are cheap enough to read.
+ROLLUP_LEVELS: tuple[int, ...] = tuple(range(4, 21))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones, so the value is converted to UTC
+    and stored naive, and read back with UTC attached. Naive datetimes are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware (UTC) datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
+            name="ck_experiments_status",
+        ),
+        # Newest-first keyset pagination, alone or filtered by status or name.
+        Index("ix_experiments_created", "created_at", "id"),
+        Index("ix_experiments_status_created", "status", "created_at", "id"),
+        Index("ix_experiments_name_created", "name", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    spec: Mapped[dict[str, Any]]
+    queue: Mapped[str] = mapped_column(String(64))
+
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer)
+    steps_per_s: Mapped[float | None] = mapped_column(Float)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+
+    error: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    summary: Mapped[dict[str, Any] | None]
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class Metric(Base):
+    """One scalar of one ensemble member at one step. The primary key is the range-query index.
+
+    No FOREIGN KEY to experiments on purpose: on PostgreSQL the per-row referential trigger
+    halves ingestion speed. ingest_metrics checks the experiment once per batch instead.
+    On SQLite the table is WITHOUT ROWID, so the primary key is the clustered layout.
+    A NaN value is stored as NULL (SQLite cannot store NaN).
+    """
+
+    __tablename__ = "metrics"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    experiment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    member: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+
+
+class MetricSeries(Base):
+    """One row per series (experiment, name, member): its point count and its first and last
+    points. Kept in step with `metrics` by ingest_metrics; lists the series of an experiment and
+    answers the common whole-run query without probing the points."""
+
+    __tablename__ = "metric_series"
+
+    experiment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    member: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    first_step: Mapped[int] = mapped_column(Integer)
+    first_value: Mapped[float | None] = mapped_column(Float)
+    last_step: Mapped[int] = mapped_column(Integer)
+    last_value: Mapped[float | None] = mapped_column(Float)
+
+
+class MetricRollup(Base):
+    """Per-bucket extremes of a series, kept in step with `metrics` by ingest_metrics.
+
+    A derived index: level L, bucket b covers steps [b * 2**L, (b + 1) * 2**L). It lets the
+    server answer a min/max-downsampled query in O(max_points) instead of reading every point.
+    n counts the points in the bucket; min_*/max_* are the points with the smallest and largest
+    value (earliest step on ties; NULL when the bucket has only NaN values).
+    """
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    experiment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    member: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    min_step: Mapped[int | None] = mapped_column(Integer)
+    min_value: Mapped[float | None] = mapped_column(Float)
+    max_step: Mapped[int | None] = mapped_column(Integer)
+    max_value: Mapped[float | None] = mapped_column(Float)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    experiment_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Deferred: listing checkpoints never loads the blobs.
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    meta: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AnalysisCache(Base):
+    __tablename__ = "analysis_cache"
+
+    experiment_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,992 @@
+"""The store: every read and write of job state, metrics, checkpoints and cached analysis.
+
+Each function takes a SQLAlchemy Session first and commits its own work (reads commit too, so a
+long-lived worker session never sits idle inside a transaction). State changes that race (claim,
+progress, cancel, finish) are compare-and-swap UPDATEs: the database, not the broker, decides
+which worker runs a job.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, undefer
+
+from service.downsample import METHOD, bucket_extremes, bucket_level, buckets_for, minmax_downsample
+from service.models import (
+    CANCELLED,
+    FAILED,
+    FINISHED_STATUSES,
+    QUEUED,
+    ROLLUP_LEVELS,
+    RUNNING,
+    STATUSES,
+    AnalysisCache,
+    Checkpoint,
+    Experiment,
+    Metric,
+    MetricSeries,
+    utcnow,
+)
+from service.spec import ExperimentSpec
+
+MAX_STEP = 2**31 - 1  # steps, members and bucket numbers are 32-bit integers in the tables
+MAX_NAME_LENGTH = 200
+
+
+class ExperimentNotFound(LookupError):
+    def __init__(self, experiment_id: str) -> None:
+        super().__init__(f"experiment {experiment_id} not found")
+        self.experiment_id = experiment_id
+
+
+def _insert(session: Session, table: Any):
+    """INSERT with ON CONFLICT support for the session's dialect (PostgreSQL or SQLite)."""
+    dialect = session.get_bind().dialect.name
+    return postgresql_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+
+
+def _is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+# ---- experiments -------------------------------------------------------------------------
+
+
+def create_experiment(session: Session, spec: ExperimentSpec, queue: str) -> Experiment:
+    """Store a new job: status 'queued', attempt 0, the resolved spec as JSON."""
+    experiment = Experiment(
+        id=str(uuid.uuid4()),
+        name=spec.name,
+        status=QUEUED,
+        spec=spec.model_dump(mode="json"),
+        queue=queue,
+        step=0,
+        total_steps=spec.training.steps,
+        created_at=utcnow(),
+        attempt=0,
+        max_attempts=3,
+        cancel_requested=False,
+    )
+    session.add(experiment)
+    session.commit()
+    return experiment
+
+
+def get_experiment(session: Session, experiment_id: str) -> Experiment | None:
+    """The job as it is in the database now (never a stale copy from the session)."""
+    experiment = session.get(Experiment, str(experiment_id), populate_existing=True)
+    session.commit()
+    return experiment
+
+
+def _encode_cursor(experiment: Experiment) -> str:
+    raw = f"{experiment.created_at.isoformat()}|{experiment.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, experiment_id = raw.split("|")
+        created_at = datetime.fromisoformat(created)
+        uuid.UUID(experiment_id)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"invalid cursor {cursor!r}: pass next_cursor from a previous page") from exc
+    return created_at, experiment_id
+
+
+def list_experiments(
+    session: Session,
+    *,
+    status: str | None = None,
+    name: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Experiment], str | None]:
+    """A page of jobs, newest first, and the cursor of the next page (None on the last page).
+
+    Keyset pagination on (created_at, id): stable while new jobs arrive, O(limit) per page.
+    `name` matches exactly. Raises ValueError on an unknown status or a malformed cursor.
+    """
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1 (got {limit})")
+    query = select(Experiment)
+    if status is not None:
+        query = query.where(Experiment.status == status)
+    if name is not None:
+        query = query.where(Experiment.name == name)
+    if cursor:
+        created_at, last_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Experiment.created_at < created_at,
+                and_(Experiment.created_at == created_at, Experiment.id < last_id),
+            )
+        )
+    query = query.order_by(Experiment.created_at.desc(), Experiment.id.desc()).limit(limit + 1)
+    experiments = list(session.scalars(query.execution_options(populate_existing=True)))
+    session.commit()
+    next_cursor = _encode_cursor(experiments[limit - 1]) if len(experiments) > limit else None
+    return experiments[:limit], next_cursor
+
+
+def claim_experiment(session: Session, experiment_id: str, worker: str) -> Experiment | None:
+    """Move a queued job to 'running' for this worker, or return None if it can't be claimed.
+
+    A compare-and-swap: UPDATE ... WHERE status='queued' AND attempt=<the attempt just read>.
+    Of two workers holding the same (redelivered) message exactly one wins; a job that is
+    already running, finished or cancelled is never started again. A queued job that has used up
+    max_attempts is marked failed instead of being started.
+    """
+    experiment = get_experiment(session, experiment_id)
+    if experiment is None or experiment.status != QUEUED:
+        return None
+    now = utcnow()
+    is_current = and_(
+        Experiment.id == experiment.id,
+        Experiment.status == QUEUED,
+        Experiment.attempt == experiment.attempt,
+    )
+    if experiment.attempt >= experiment.max_attempts:
+        session.execute(
+            update(Experiment)
+            .where(is_current)
+            .values(
+                status=FAILED,
+                finished_at=now,
+                error=f"gave up after {experiment.attempt} attempts (max_attempts)",
+            )
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        return None
+    result = session.execute(
+        update(Experiment)
+        .where(is_current)
+        .values(
+            status=RUNNING,
+            attempt=Experiment.attempt + 1,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return get_experiment(session, experiment.id)
+
+
+def _update_running(session: Session, experiment_id: str, attempt: int, **values: Any) -> bool:
+    """CAS on (status='running', attempt): a stale worker from an earlier attempt changes nothing."""
+    result = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == str(experiment_id),
+            Experiment.status == RUNNING,
+            Experiment.attempt == attempt,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def update_progress(
+    session: Session,
+    experiment_id: str,
+    attempt: int,
+    *,
+    step: int,
+    steps_per_s: float | None,
+    eta_s: float | None,
+) -> bool:
+    """Record progress and the heartbeat. False (nothing changed) unless running this attempt."""
+    return _update_running(
+        session,
+        experiment_id,
+        attempt,
+        step=step,
+        steps_per_s=_finite_or_none(steps_per_s),
+        eta_s=_finite_or_none(eta_s),
+        heartbeat_at=utcnow(),
+    )
+
+
+def cancel_requested(session: Session, experiment_id: str) -> bool:
+    """Whether someone asked to cancel this job (the worker polls this and stops cooperatively)."""
+    flag = session.scalar(
+        select(Experiment.cancel_requested).where(Experiment.id == str(experiment_id))
+    )
+    session.commit()
+    return bool(flag)
+
+
+def request_cancel(session: Session, experiment_id: str) -> Experiment | None:
+    """Cancel a job: queued -> 'cancelled' at once; running -> cancel_requested=True (the worker
+    finishes it 'cancelled'); finished -> unchanged. None for an unknown id."""
+    for _ in range(5):  # a claim may slip in between the read and the CAS: read again
+        experiment = get_experiment(session, experiment_id)
+        if experiment is None or experiment.status in FINISHED_STATUSES:
+            return experiment
+        now = utcnow()
+        if experiment.status == QUEUED:
+            values: dict[str, Any] = {
+                "status": CANCELLED, "cancel_requested": True, "finished_at": now,
+            }
+        else:
+            values = {"cancel_requested": True}
+        result = session.execute(
+            update(Experiment)
+            .where(
+                Experiment.id == experiment.id,
+                Experiment.status == experiment.status,
+                Experiment.attempt == experiment.attempt,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if result.rowcount == 1:
+            return get_experiment(session, experiment.id)
+    raise RuntimeError(f"experiment {experiment_id} kept changing state while cancelling")
+
+
+def finish_experiment(
+    session: Session,
+    experiment_id: str,
+    attempt: int,
+    status: str,
+    *,
+    error: str | None = None,
+    summary: dict | None = None,
+) -> bool:
+    """End a running job with a final status (succeeded, failed, cancelled). CAS on (running,
+    attempt): False, and nothing changed, when this attempt no longer owns the job."""
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)} (got {status!r})")
+    now = utcnow()
+    return _update_running(
+        session,
+        experiment_id,
+        attempt,
+        status=status,
+        error=error,
+        summary=summary,
+        finished_at=now,
+        heartbeat_at=now,
+    )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _require_experiment(session: Session, experiment_id: str) -> None:
+    if session.scalar(select(Experiment.id).where(Experiment.id == experiment_id)) is None:
+        raise ExperimentNotFound(experiment_id)
+
+
+# ---- metrics: ingestion ------------------------------------------------------------------
+
+
+class _Points:
+    """A batch of metric points as columns, validated."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        try:
+            self.names: list[str] = [row["name"] for row in rows]
+            members = [row["member"] for row in rows]
+            steps = [row["step"] for row in rows]
+            values = [row["value"] for row in rows]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"each metric row must be a dict with step, member, name, value ({exc})"
+            ) from exc
+        for name in set(self.names):
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH or "\x00" in name:
+                raise ValueError(
+                    f"metric name must be a string of 1..{MAX_NAME_LENGTH} characters without NUL"
+                    f" (got {name!r})"
+                )
+        self.members = _int_column("member", members)
+        self.steps = _int_column("step", steps)
+        try:
+            self.values = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metric values must be numbers ({exc})") from exc
+        if self.values.ndim != 1:
+            raise ValueError("metric values must be plain numbers")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def take(self, index: np.ndarray | list[int]) -> "_Points":
+        out = object.__new__(_Points)
+        out.names = [self.names[i] for i in index]
+        out.members, out.steps, out.values = (
+            self.members[index], self.steps[index], self.values[index],
+        )
+        return out
+
+    def db_values(self) -> list[float | None]:
+        """Values for the database: NaN becomes NULL (SQLite cannot store NaN)."""
+        values = self.values.tolist()
+        if np.isnan(self.values).any():
+            return [None if v != v else v for v in values]
+        return values
+
+
+def _int_column(what: str, items: list[Any]) -> np.ndarray:
+    column = np.asarray(items)
+    if column.ndim != 1 or (len(column) and column.dtype.kind not in "iu"):
+        raise ValueError(f"metric {what} must be integers")
+    column = column.astype(np.int64)
+    if len(column) and (column.min() < 0 or column.max() > MAX_STEP):
+        raise ValueError(f"metric {what} must be in [0, {MAX_STEP}]")
+    return column
+
+
+def ingest_metrics(session: Session, experiment_id: str, rows: list[dict]) -> int:
+    """Store metric points `{"step", "member", "name", "value"}`; returns how many were new.
+
+    Idempotent: a point already stored for (experiment, name, member, step) is skipped, so a
+    retried or redelivered batch never duplicates anything (the first value written wins).
+    NaN values are stored as NULL. The rollups that serve downsampled queries are updated in the
+    same transaction, from exactly the points that were new.
+
+    Fast path: one bulk insert that assumes every point is new (COPY on PostgreSQL, executemany
+    on SQLite). If any point exists already it fails on the primary key; the transaction is
+    rolled back and the batch goes again through INSERT ... ON CONFLICT DO NOTHING RETURNING,
+    which reports the points that were new. On PostgreSQL the transaction commits with
+    synchronous_commit=off: a crash of the database server may lose the last fraction of a second
+    of metric points (never corrupts anything; the next synchronous commit flushes them).
+    """
+    experiment_id = str(experiment_id)
+    points = _Points(rows)
+    if not len(points):
+        return 0
+    postgresql = _is_postgresql(session)
+    try:
+        _begin_ingest(session, experiment_id, postgresql)
+        try:
+            _insert_new_points(session, experiment_id, points, postgresql)
+            new = points
+        except Exception as exc:
+            if not _is_integrity_error(exc):
+                raise
+            session.rollback()
+            _begin_ingest(session, experiment_id, postgresql)
+            new = _insert_skipping_existing(session, experiment_id, points)
+        _merge_summaries(session, experiment_id, new, postgresql)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return len(new)
+
+
+def _is_integrity_error(exc: BaseException) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    try:  # COPY goes to psycopg directly, which raises its own IntegrityError
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, psycopg.errors.IntegrityError)
+
+
+def _begin_ingest(session: Session, experiment_id: str, postgresql: bool) -> None:
+    """Check that the experiment exists and, on PostgreSQL, make this transaction commit
+    asynchronously: one round trip."""
+    sql = "SELECT EXISTS (SELECT 1 FROM experiments WHERE id = ?)"
+    if postgresql:
+        sql = "SELECT EXISTS (SELECT 1 FROM experiments WHERE id = ?), " \
+            "set_config('synchronous_commit', 'off', true)"
+    if not _fetch(session, sql, (experiment_id,))[0][0]:
+        raise ExperimentNotFound(experiment_id)
+
+
+def _insert_new_points(
+    session: Session, experiment_id: str, points: _Points, postgresql: bool
+) -> None:
+    """One bulk INSERT of points assumed new; fails (IntegrityError) if any exists already."""
+    if postgresql:
+        dbapi = session.connection().connection.driver_connection
+        with dbapi.cursor() as cursor:
+            with cursor.copy(
+                "COPY metrics (experiment_id, name, member, step, value) FROM STDIN"
+            ) as copy:
+                copy.write(_copy_text(experiment_id, points))
+        return
+    session.connection().exec_driver_sql(
+        "INSERT INTO metrics (experiment_id, name, member, step, value) VALUES (?, ?, ?, ?, ?)",
+        list(zip(
+            repeat(experiment_id), points.names, points.members.tolist(), points.steps.tolist(),
+            points.db_values(),
+        )),
+    )
+
+
+def _copy_text(experiment_id: str, points: _Points) -> bytes:
+    """The points in COPY's text format (a joined string is 2x faster than write_row per row)."""
+    escaped = {
+        name: name.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+        .replace("\r", "\\r")
+        for name in set(points.names)
+    }
+    values = [r"\N" if v is None else repr(v) for v in points.db_values()]
+    return "".join([
+        f"{experiment_id}\t{escaped[name]}\t{member}\t{step}\t{value}\n"
+        for name, member, step, value in zip(
+            points.names, points.members.tolist(), points.steps.tolist(), values
+        )
+    ]).encode()
+
+
+def _insert_skipping_existing(session: Session, experiment_id: str, points: _Points) -> _Points:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING: the points that were new."""
+    params = [
+        {"experiment_id": experiment_id, "name": n, "member": m, "step": s, "value": v}
+        for n, m, s, v in zip(
+            points.names, points.members.tolist(), points.steps.tolist(), points.db_values()
+        )
+    ]
+    statement = (
+        _insert(session, Metric)
+        .on_conflict_do_nothing()
+        .returning(Metric.name, Metric.member, Metric.step)
+    )
+    inserted = {tuple(row) for row in session.execute(statement, params)}
+    # Keep the first occurrence of each new key (a batch may repeat a key itself).
+    seen: set[tuple] = set()
+    keep = []
+    for i, key in enumerate(zip(points.names, points.members.tolist(), points.steps.tolist())):
+        if key in inserted and key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return points.take(np.asarray(keep, dtype=np.int64))
+
+
+# Upserts that fold a batch into the summaries. Each ON CONFLICT clause keeps the more extreme
+# of the stored and the new value, so batches may arrive in any order and still agree. Every
+# SET expression sees the row as it was before the update.
+_TAKE_EXTREME = (
+    "(metric_rollups.{c}_value IS NULL OR (excluded.{c}_value IS NOT NULL AND "
+    "(excluded.{c}_value {op} metric_rollups.{c}_value OR (excluded.{c}_value = "
+    "metric_rollups.{c}_value AND excluded.{c}_step < metric_rollups.{c}_step))))"
+)
+_ROLLUP_MERGE = """
+ON CONFLICT (experiment_id, level, name, member, bucket) DO UPDATE SET
+    n = metric_rollups.n + excluded.n,
+    min_step = CASE WHEN {take_min} THEN excluded.min_step ELSE metric_rollups.min_step END,
+    min_value = CASE WHEN {take_min} THEN excluded.min_value ELSE metric_rollups.min_value END,
+    max_step = CASE WHEN {take_max} THEN excluded.max_step ELSE metric_rollups.max_step END,
+    max_value = CASE WHEN {take_max} THEN excluded.max_value ELSE metric_rollups.max_value END
+""".format(
+    take_min=_TAKE_EXTREME.format(c="min", op="<"), take_max=_TAKE_EXTREME.format(c="max", op=">")
+)
+_SERIES_MERGE = """
+ON CONFLICT (experiment_id, name, member) DO UPDATE SET
+    n = metric_series.n + excluded.n,
+    first_value = CASE WHEN excluded.first_step < metric_series.first_step
+        THEN excluded.first_value ELSE metric_series.first_value END,
+    first_step = CASE WHEN excluded.first_step < metric_series.first_step
+        THEN excluded.first_step ELSE metric_series.first_step END,
+    last_value = CASE WHEN excluded.last_step > metric_series.last_step
+        THEN excluded.last_value ELSE metric_series.last_value END,
+    last_step = CASE WHEN excluded.last_step > metric_series.last_step
+        THEN excluded.last_step ELSE metric_series.last_step END
+"""
+# (table, [(column, PostgreSQL type)] after experiment_id, ON CONFLICT clause)
+_ROLLUP_UPSERT = (
+    "metric_rollups",
+    [("level", "int"), ("name", "varchar"), ("member", "int"), ("bucket", "int"), ("n", "int"),
+     ("min_step", "int"), ("min_value", "float8"), ("max_step", "int"), ("max_value", "float8")],
+    _ROLLUP_MERGE,
+)
+_SERIES_UPSERT = (
+    "metric_series",
+    [("name", "varchar"), ("member", "int"), ("n", "int"), ("first_step", "int"),
+     ("first_value", "float8"), ("last_step", "int"), ("last_value", "float8")],
+    _SERIES_MERGE,
+)
+
+
+def _upsert(
+    session: Session,
+    postgresql: bool,
+    upsert: tuple[str, list[tuple[str, str]], str],
+    experiment_id: str,
+    columns: list[list[Any]],
+) -> None:
+    """One upsert of many rows given as columns. SQLite: executemany over VALUES. PostgreSQL: a
+    single statement over unnest()ed array literals (a statement per row would run the executor
+    once per row, and psycopg adapts lists element by element in Python)."""
+    table, typed, merge = upsert
+    names = ", ".join(["experiment_id"] + [column for column, _ in typed])
+    connection = session.connection()
+    if postgresql:
+        arrays = ", ".join(f"%s::{pg_type}[]" for _, pg_type in typed)
+        literals = [
+            _pg_array_literal(column, text=pg_type == "varchar")
+            for column, (_, pg_type) in zip(columns, typed)
+        ]
+        connection.exec_driver_sql(
+            f"INSERT INTO {table} ({names}) SELECT %s, * FROM unnest({arrays}) {merge}",
+            (experiment_id, *literals),
+        )
+    else:
+        marks = ", ".join("?" * (len(typed) + 1))
+        connection.exec_driver_sql(
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) {merge}",
+            list(zip(repeat(experiment_id), *columns)),
+        )
+
+
+def _pg_array_literal(items: list[Any], *, text: bool = False) -> str:
+    """A PostgreSQL array literal: joining reprs runs at C speed."""
+    if text:
+        quoted = {
+            item: '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in set(items)
+        }
+        return "{" + ",".join([quoted[item] for item in items]) + "}"
+    return "{" + ",".join(["NULL" if item is None else repr(item) for item in items]) + "}"
+
+
+def _merge_summaries(
+    session: Session, experiment_id: str, points: _Points, postgresql: bool
+) -> None:
+    """Fold new points into metric_series (count, first and last point) and metric_rollups (per
+    level and bucket: count, smallest and largest value, earliest step on ties)."""
+    n = len(points)
+    if not n:
+        return
+    series: dict[tuple[str, int], int] = {}
+    group = np.fromiter(
+        (series.setdefault(key, len(series)) for key in zip(points.names, points.members.tolist())),
+        dtype=np.int64,
+        count=n,
+    )
+    keys = list(series)
+    order = np.lexsort((points.steps, group))
+    group, steps, values = group[order], points.steps[order], points.values[order]
+    step_list = steps.tolist()
+    value_list = [None if v != v else v for v in values.tolist()]
+
+    starts = np.flatnonzero(np.diff(group, prepend=-1))
+    ends = np.append(starts[1:], n) - 1
+    _upsert(session, postgresql, _SERIES_UPSERT, experiment_id, [
+        [keys[g][0] for g in group[starts].tolist()],
+        [keys[g][1] for g in group[starts].tolist()],
+        (ends - starts + 1).tolist(),
+        [step_list[i] for i in starts.tolist()],
+        [value_list[i] for i in starts.tolist()],
+        [step_list[i] for i in ends.tolist()],
+        [value_list[i] for i in ends.tolist()],
+    ])
+
+    # Every level at once: one copy of the sorted points per level, grouped by (level, series).
+    levels = np.asarray(ROLLUP_LEVELS, dtype=np.int64)
+    ext = bucket_extremes(
+        np.repeat(np.arange(len(levels)) * len(keys), n) + np.tile(group, len(levels)),
+        np.tile(steps, len(levels)) >> np.repeat(levels, n),
+        np.tile(values, len(levels)),
+    )
+    level_index, series_index = np.divmod(ext.group, len(keys))
+    point_of_min, point_of_max = (ext.min_index % n).tolist(), (ext.max_index % n).tolist()
+    min_steps = [step_list[i] for i in point_of_min]
+    min_values = [value_list[i] for i in point_of_min]
+    max_steps = [step_list[i] for i in point_of_max]
+    max_values = [value_list[i] for i in point_of_max]
+    for missing in np.flatnonzero(ext.min_index < 0).tolist():  # buckets of only NaN
+        min_steps[missing] = min_values[missing] = max_steps[missing] = max_values[missing] = None
+    series_of = [keys[i] for i in series_index.tolist()]
+    _upsert(session, postgresql, _ROLLUP_UPSERT, experiment_id, [
+        levels[level_index].tolist(),
+        [name for name, _ in series_of],
+        [member for _, member in series_of],
+        ext.bucket.tolist(),
+        ext.n.tolist(),
+        min_steps, min_values, max_steps, max_values,
+    ])
+
+
+def _driver_sql(sql: str, postgresql: bool) -> str:
+    """SQL written with ? placeholders, for the driver of the dialect (psycopg wants %s)."""
+    return sql.replace("?", "%s") if postgresql else sql
+
+
+# ---- metrics: queries --------------------------------------------------------------------
+
+
+@dataclass
+class _Window:
+    """What a query needs of one series: its points in the window, planned before reading."""
+
+    name: str
+    member: int
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    points: int = 0
+    # Set when the answer comes from the rollups:
+    first: tuple[int, float] | None = None
+    last: tuple[int, float] | None = None
+    level: int = 0
+    inner: tuple[int, int] = (0, -1)  # buckets served from metric_rollups (inclusive)
+    facts: list[tuple] = field(default_factory=list)  # (n, min_step, min_value, max_step, max_value)
+
+
+def query_metrics(
+    session: Session,
+    experiment_id: str,
+    *,
+    names: list[str] | None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    max_points: int | None,
+    member: int | None = None,
+) -> dict:
+    """Metric series of one experiment in a step window, downsampled on the server.
+
+    Returns::
+
+        {"experiment_id": str, "method": "minmax-pow2", "max_points": int | None,
+         "from_step": int | None, "to_step": int | None,
+         "series": [{"name": str, "member": int, "points": int, "downsampled": bool,
+                     "steps": [int, ...], "values": [float | None, ...]}, ...]}
+
+    One entry per (name, member) with points in the window, sorted by name then member; `names`
+    None means every name, `member` None every ensemble member. `points` counts the raw points in
+    the window; `values` are null where the metric was NaN.
+
+    Downsampling, when max_points is given and a series has more points in the window: at most
+    max_points points per series; always the first and the last point of the window; and in
+    each of at most (max_points - 2) // 2 aligned power-of-two step buckets, the points with the
+    smallest and the largest value. service.downsample gives the exact method. It is served from
+    the precomputed rollups, so its cost grows with max_points, not with the length of the run.
+    """
+    experiment_id = str(experiment_id)
+    n_buckets = None if max_points is None else buckets_for(max_points)
+    if from_step is not None and to_step is not None and from_step > to_step:
+        raise ValueError(f"from_step must be at most to_step (got {from_step} > {to_step})")
+    lo = 0 if from_step is None else max(0, from_step)
+    hi = MAX_STEP if to_step is None else min(MAX_STEP, to_step)
+
+    windows: list[_Window] = []
+    planned: list[_Window] = []
+    for s in _series_of(session, experiment_id, names, member):
+        window = _Window(s.name, s.member)
+        if s.last_step < lo or s.first_step > hi:
+            continue
+        whole = lo <= s.first_step and s.last_step <= hi
+        windows.append(window)
+        if max_points is None or (whole and s.n <= max_points):
+            _read_raw(session, experiment_id, window, lo, hi)
+            continue
+        first = (s.first_step, _nan(s.first_value)) if s.first_step >= lo else None
+        last = (s.last_step, _nan(s.last_value)) if s.last_step <= hi else None
+        first = first or _end_point(session, experiment_id, window, lo, hi, last=False)
+        last = last or _end_point(session, experiment_id, window, lo, hi, last=True)
+        if first is None or last is None:
+            windows.pop()  # the window falls between two points
+            continue
+        level = bucket_level(first[0], last[0], max(n_buckets, 1))
+        if not ROLLUP_LEVELS[0] <= level <= ROLLUP_LEVELS[-1]:
+            # A narrow window is cheap to read whole (so is the rare one beyond the rollups).
+            _read_raw(session, experiment_id, window, first[0], last[0])
+            window.steps, window.values = minmax_downsample(window.steps, window.values, max_points)
+            continue
+        width = 1 << level
+        first_bucket, last_bucket = first[0] >> level, last[0] >> level
+        # Buckets wholly inside the window come from the rollups; an edge bucket that the window
+        # cuts through is summarised from its raw points inside the window.
+        window.first, window.last, window.level = first, last, level
+        window.inner = (
+            first_bucket + (1 if lo > first_bucket * width else 0),
+            last_bucket - (1 if hi < (last_bucket + 1) * width - 1 else 0),
+        )
+        planned.append(window)
+
+    _read_rollups(session, experiment_id, planned)
+    for window in planned:
+        _add_edge_facts(session, experiment_id, window)
+        window.points = sum(fact[0] for fact in window.facts)
+        if window.points <= max_points:
+            _read_raw(session, experiment_id, window, window.first[0], window.last[0])
+            continue
+        kept = {window.first[0]: window.first[1], window.last[0]: window.last[1]}
+        if n_buckets >= 1:
+            for _n, min_step, min_value, max_step, max_value in window.facts:
+                if min_step is not None:
+                    kept[min_step] = _nan(min_value)
+                    kept[max_step] = _nan(max_value)
+        window.steps = np.fromiter(sorted(kept), dtype=np.int64, count=len(kept))
+        window.values = np.fromiter(
+            (kept[s] for s in window.steps.tolist()), dtype=np.float64, count=len(kept)
+        )
+    session.commit()
+    return {
+        "experiment_id": experiment_id,
+        "method": METHOD,
+        "max_points": max_points,
+        "from_step": from_step,
+        "to_step": to_step,
+        "series": [
+            {
+                "name": w.name,
+                "member": w.member,
+                "points": w.points,
+                "downsampled": len(w.steps) < w.points,
+                "steps": w.steps.tolist(),
+                "values": _json_values(w.values),
+            }
+            for w in windows
+        ],
+    }
+
+
+def list_metric_series(session: Session, experiment_id: str) -> list[MetricSeries]:
+    """Every series of an experiment (name, member, point count, first and last step)."""
+    return _series_of(session, str(experiment_id), None, None)
+
+
+def _series_of(
+    session: Session, experiment_id: str, names: list[str] | None, member: int | None
+) -> list[MetricSeries]:
+    query = (
+        select(MetricSeries)
+        .where(MetricSeries.experiment_id == experiment_id)
+        .order_by(MetricSeries.name, MetricSeries.member)
+        .execution_options(populate_existing=True)
+    )
+    if names is not None:
+        query = query.where(MetricSeries.name.in_(names))
+    if member is not None:
+        query = query.where(MetricSeries.member == member)
+    series = list(session.scalars(query))
+    session.commit()
+    return series
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _json_values(values: np.ndarray) -> list[float | None]:
+    out = values.tolist()
+    if np.isnan(values).any():
+        return [None if v != v else v for v in out]
+    return out
+
+
+_RAW_SQL = (
+    "SELECT step, value FROM metrics WHERE experiment_id = ? AND name = ? AND member = ? "
+    "AND step >= ? AND step <= ? ORDER BY step"
+)
+_END_SQL = (
+    "SELECT step, value FROM metrics WHERE experiment_id = ? AND name = ? AND member = ? "
+    "AND step >= ? AND step <= ? ORDER BY step {order} LIMIT 1"
+)
+
+
+def _fetch(session: Session, sql: str, params: tuple) -> list[tuple]:
+    """Rows as plain tuples straight from the driver: the fast way to read many points."""
+    postgresql = _is_postgresql(session)
+    cursor = session.connection().connection.driver_connection.cursor()
+    try:
+        cursor.execute(_driver_sql(sql, postgresql), params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _read_raw(session: Session, experiment_id: str, window: _Window, lo: int, hi: int) -> None:
+    rows = _fetch(session, _RAW_SQL, (experiment_id, window.name, window.member, lo, hi))
+    table = np.array(rows, dtype=np.float64).reshape(-1, 2)  # NULL (None) becomes NaN
+    window.steps, window.values = table[:, 0].astype(np.int64), table[:, 1]
+    window.points = len(rows)
+
+
+def _end_point(
+    session: Session, experiment_id: str, window: _Window, lo: int, hi: int, *, last: bool
+) -> tuple[int, float] | None:
+    rows = _fetch(
+        session,
+        _END_SQL.format(order="DESC" if last else "ASC"),
+        (experiment_id, window.name, window.member, lo, hi),
+    )
+    return (int(rows[0][0]), _nan(rows[0][1])) if rows else None
+
+
+def _read_rollups(session: Session, experiment_id: str, windows: list[_Window]) -> None:
+    """The inner buckets of every planned window: one query per level."""
+    by_level: dict[int, dict[tuple[str, int], _Window]] = {}
+    for window in windows:
+        if window.inner[0] <= window.inner[1]:
+            by_level.setdefault(window.level, {})[(window.name, window.member)] = window
+    for level, group in by_level.items():
+        names = sorted({name for name, _ in group})
+        members = sorted({member for _, member in group})
+        rows = _fetch(
+            session,
+            "SELECT name, member, bucket, n, min_step, min_value, max_step, max_value "
+            "FROM metric_rollups WHERE experiment_id = ? AND level = ? "
+            f"AND name IN ({', '.join('?' * len(names))}) "
+            f"AND member IN ({', '.join('?' * len(members))}) AND bucket >= ? AND bucket <= ?",
+            (
+                experiment_id, level, *names, *members,
+                min(w.inner[0] for w in group.values()), max(w.inner[1] for w in group.values()),
+            ),
+        )
+        for name, member, bucket, *facts in rows:
+            window = group.get((name, member))
+            if window is not None and window.inner[0] <= bucket <= window.inner[1]:
+                window.facts.append(facts)
+
+
+def _add_edge_facts(session: Session, experiment_id: str, window: _Window) -> None:
+    """Summarise the edge buckets that the window cuts through from their raw points."""
+    level, (first_step, _), (last_step, _) = window.level, window.first, window.last
+    first_bucket, last_bucket = first_step >> level, last_step >> level
+    edges = []
+    if window.inner[0] > first_bucket:
+        edges.append((first_step, min(last_step, ((first_bucket + 1) << level) - 1)))
+    if window.inner[1] < last_bucket and (last_bucket != first_bucket or not edges):
+        edges.append((max(first_step, last_bucket << level), last_step))
+    for lo, hi in edges:
+        edge = _Window(window.name, window.member)
+        _read_raw(session, experiment_id, edge, lo, hi)
+        ext = bucket_extremes(np.zeros(edge.points, dtype=np.int64), edge.steps >> level, edge.values)
+        for n, i, j in zip(ext.n.tolist(), ext.min_index.tolist(), ext.max_index.tolist()):
+            if i < 0:
+                window.facts.append((n, None, None, None, None))
+            else:
+                window.facts.append((
+                    n, int(edge.steps[i]), float(edge.values[i]),
+                    int(edge.steps[j]), float(edge.values[j]),
+                ))
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+
+
+def add_checkpoint(
+    session: Session, experiment_id: str, step: int, blob: bytes, meta: dict
+) -> Checkpoint:
+    """Store a checkpoint with its sha256 and size. Idempotent on (experiment, step): the first
+    one written for a step is kept and returned. Raises ExperimentNotFound."""
+    experiment_id = str(experiment_id)
+    if not 0 <= step <= MAX_STEP:
+        raise ValueError(f"step must be in [0, {MAX_STEP}] (got {step})")
+    _require_experiment(session, experiment_id)
+    blob = bytes(blob)
+    session.execute(
+        _insert(session, Checkpoint)
+        .values(
+            experiment_id=experiment_id,
+            step=step,
+            size=len(blob),
+            sha256=hashlib.sha256(blob).hexdigest(),
+            data=blob,
+            meta=meta,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing()
+    )
+    session.commit()
+    checkpoint = get_checkpoint(session, experiment_id, step)
+    assert checkpoint is not None
+    return checkpoint
+
+
+def list_checkpoints(session: Session, experiment_id: str) -> list[Checkpoint]:
+    """Checkpoints of an experiment by step, without their data."""
+    checkpoints = list(
+        session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.experiment_id == str(experiment_id))
+            .order_by(Checkpoint.step)
+            .execution_options(populate_existing=True)
+        )
+    )
+    session.commit()
+    return checkpoints
+
+
+def _load_checkpoint(session: Session, experiment_id: str, *, step: int | None) -> Checkpoint | None:
+    query = (
+        select(Checkpoint)
+        .options(undefer(Checkpoint.data))
+        .where(Checkpoint.experiment_id == str(experiment_id))
+        .execution_options(populate_existing=True)
+    )
+    if step is None:
+        query = query.order_by(Checkpoint.step.desc()).limit(1)
+    else:
+        query = query.where(Checkpoint.step == step)
+    checkpoint = session.scalars(query).first()
+    session.commit()
+    return checkpoint
+
+
+def get_checkpoint(session: Session, experiment_id: str, step: int) -> Checkpoint | None:
+    """One checkpoint with its data, or None."""
+    return _load_checkpoint(session, experiment_id, step=step)
+
+
+def latest_checkpoint(session: Session, experiment_id: str) -> Checkpoint | None:
+    """The checkpoint with the highest step, with its data (for resuming), or None."""
+    return _load_checkpoint(session, experiment_id, step=None)
+
+
+def checkpoint_intact(checkpoint: Checkpoint) -> bool:
+    """Whether the stored data still hashes to the sha256 recorded when it was written."""
+    return hashlib.sha256(checkpoint.data).hexdigest() == checkpoint.sha256
+
+
+# ---- analysis cache ----------------------------------------------------------------------
+
+
+def get_cached_analysis(session: Session, experiment_id: str, step: int) -> dict | None:
+    data = session.scalar(
+        select(AnalysisCache.data).where(
+            AnalysisCache.experiment_id == str(experiment_id), AnalysisCache.step == step
+        )
+    )
+    session.commit()
+    return data
+
+
+def put_cached_analysis(session: Session, experiment_id: str, step: int, data: dict) -> None:
+    """Store (or replace) the analysis of an experiment at a checkpoint step."""
+    statement = _insert(session, AnalysisCache).values(
+        experiment_id=str(experiment_id), step=step, data=data, created_at=utcnow()
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["experiment_id", "step"],
+            set_={"data": statement.excluded.data, "created_at": statement.excluded.created_at},
+        )
+    )
+    session.commit()

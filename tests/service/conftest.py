@@ -1,0 +1,116 @@
+"""Fixtures for the service tests: migrated databases on both backends, and an API client.
+
+Store tests run on SQLite and on PostgreSQL (a database created for this test session and
+dropped at its end). PostgreSQL unreachable: skipped with the reason, or failed under CI=true
+(the `postgres_server_url` fixture in tests/conftest.py decides).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import make_engine, make_sessionmaker, migrate
+from service.settings import Settings
+from tests.support import create_pg_database, drop_pg_database
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'groklab.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_url(postgres_server_url: str) -> Iterator[str]:
+    url = create_pg_database(postgres_server_url, prefix="groklab_service_test")
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_pg_database(postgres_server_url, url)
+
+
+
+@pytest.fixture(scope="session")
+def _engines() -> Iterator[dict]:
+    engines: dict = {}
+    yield engines
+    for engine in engines.values():
+        engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def sessions(db_url: str, _engines: dict) -> sessionmaker[Session]:
+    """A session factory on a migrated database of the backend under test."""
+    if db_url not in _engines:
+        _engines[db_url] = make_engine(db_url)
+    return make_sessionmaker(_engines[db_url])
+
+
+@pytest.fixture
+def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    with sessions() as s:
+        yield s
+
+
+@pytest.fixture
+def api_settings(tmp_path: Path) -> Settings:
+    """Embedded-mode settings in a fresh folder: SQLite, filesystem broker."""
+    settings = Settings(data_dir=tmp_path, max_body_bytes=64 * 1024, max_page_size=20)
+    migrate(settings.resolved_database_url)
+    return settings
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch, api_settings: Settings) -> list:
+    """Send tasks through a real Celery app on the test's own filesystem broker; return the
+    (experiment_id, queue) of each message it sent.
+
+    worker.celery_app builds its module-level app from the process settings at import, so the
+    test swaps in one built from api_settings (enqueue_experiment reads the module global).
+    """
+    from worker import celery_app as celery_module
+
+    app = celery_module.make_celery(api_settings)
+    monkeypatch.setattr(celery_module, "celery_app", app)
+    sent: list = []
+    real_send = app.send_task
+
+    def recording_send(name, args=None, queue=None, **kwargs):
+        sent.append((args[0], queue))
+        return real_send(name, args=args, queue=queue, **kwargs)
+
+    monkeypatch.setattr(app, "send_task", recording_send)
+    yield sent
+    app.close()
+
+
+@pytest.fixture
+def client(api_settings: Settings, enqueued: list) -> Iterator[TestClient]:
+    from service.app import create_app
+
+    with TestClient(create_app(api_settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def api_sessions(client: TestClient) -> sessionmaker[Session]:
+    """Sessions on the API's own database, to arrange state the API cannot create."""
+    return client.app.state.sessions

@@ -1,0 +1,12 @@
+"""Specs for the service tests."""
+from __future__ import annotations
+
+from service.spec import ExperimentSpec, spec_from_preset
+
+
+def small_spec(**overrides) -> ExperimentSpec:
+    """ci-small with a tiny model: cheap to validate, realistic in shape."""
+    return spec_from_preset(
+        "ci-small",
+        **{"model": {"d_model": 16, "n_heads": 2, "d_mlp": 32}, **overrides},
+    )

@@ -1,0 +1,70 @@
+"""Checkpoints and the analysis cache in the store, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from service import store
+from tests.service.specs import small_spec
+
+
+@pytest.fixture
+def experiment_id(session) -> str:
+    return store.create_experiment(session, small_spec(), "cpu").id
+
+
+def test_checkpoint_stores_sha256_and_size(session, experiment_id):
+    blob = os.urandom(100_000)
+    checkpoint = store.add_checkpoint(session, experiment_id, 500, blob, {"spec_hash": "abc"})
+    assert checkpoint.sha256 == hashlib.sha256(blob).hexdigest()
+    assert checkpoint.size == len(blob)
+    again = store.get_checkpoint(session, experiment_id, 500)
+    assert bytes(again.data) == blob and again.meta == {"spec_hash": "abc"}
+    assert store.checkpoint_intact(again)
+
+
+def test_checkpoint_is_idempotent_on_step_first_write_wins(session, experiment_id):
+    first = store.add_checkpoint(session, experiment_id, 100, b"first", {})
+    second = store.add_checkpoint(session, experiment_id, 100, b"second", {"late": True})
+    assert second.sha256 == first.sha256
+    assert bytes(store.get_checkpoint(session, experiment_id, 100).data) == b"first"
+    assert len(store.list_checkpoints(session, experiment_id)) == 1
+
+
+def test_list_latest_and_missing(session, experiment_id):
+    assert store.latest_checkpoint(session, experiment_id) is None
+    for step in (1000, 200, 3000):
+        store.add_checkpoint(session, experiment_id, step, f"at {step}".encode(), {"step": step})
+    listing = store.list_checkpoints(session, experiment_id)
+    assert [c.step for c in listing] == [200, 1000, 3000]
+    latest = store.latest_checkpoint(session, experiment_id)
+    assert latest.step == 3000 and bytes(latest.data) == b"at 3000"
+    assert store.get_checkpoint(session, experiment_id, 999) is None
+    with pytest.raises(store.ExperimentNotFound):
+        store.add_checkpoint(session, "00000000-0000-0000-0000-000000000000", 1, b"x", {})
+
+
+def test_corruption_is_detected(session, experiment_id):
+    from sqlalchemy import update
+
+    from service.models import Checkpoint
+
+    store.add_checkpoint(session, experiment_id, 7, b"good bytes", {})
+    session.execute(
+        update(Checkpoint)
+        .where(Checkpoint.experiment_id == experiment_id, Checkpoint.step == 7)
+        .values(data=b"bad bytes!")
+    )
+    session.commit()
+    assert not store.checkpoint_intact(store.get_checkpoint(session, experiment_id, 7))
+
+
+def test_analysis_cache_round_trip_and_replace(session, experiment_id):
+    assert store.get_cached_analysis(session, experiment_id, 1000) is None
+    store.put_cached_analysis(session, experiment_id, 1000, {"key_frequencies": [14, 35]})
+    assert store.get_cached_analysis(session, experiment_id, 1000) == {"key_frequencies": [14, 35]}
+    store.put_cached_analysis(session, experiment_id, 1000, {"key_frequencies": [7]})
+    assert store.get_cached_analysis(session, experiment_id, 1000) == {"key_frequencies": [7]}
+    assert store.get_cached_analysis(session, experiment_id, 2000) is None

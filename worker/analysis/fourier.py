@@ -1,0 +1,498 @@
+"""Fourier progress measures for modular arithmetic over Z_p.
+
+Nanda et al. 2023, "Progress measures for grokking via mechanistic interpretability"
+(arXiv:2301.05217): a 1-layer transformer trained on a+b mod p embeds each input as
+cos(w_k x), sin(w_k x) for a few key frequencies w_k = 2*pi*k/p, multiplies them in the MLP and
+reads out logits(c) ~ sum_k cos(w_k (a + b - c)). The measures below watch that circuit form:
+the Fourier sparsity of W_E and W_L (Gini), the key frequencies the MLP neurons cluster on, the
+restricted loss (keep only the key frequencies) and the excluded loss (remove them).
+
+Conventions: inputs range over the full grid (a, b) in Z_p x Z_p, flattened row-major (a outer,
+b inner: index a*p + b); logits are [p, p, p] over (a, b, c) or the same flattened to [p*p, p].
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# A neuron belongs to frequency k if the terms of frequency k (cos/sin in a, in b, and their
+# products) explain more than this fraction of its variance over the grid. Nanda et al. read
+# their trained model's neurons by eye at about 0.85; 0.5 keeps the assignment unique (at most
+# one frequency can hold a majority) and catches clusters while they form.
+NEURON_EXPLAINED_THRESHOLD = 0.5
+# A frequency is key when at least this share of the MLP neurons belongs to it ...
+KEY_FREQ_MIN_NEURON_FRACTION = 0.01
+# ... and never fewer than this many neurons: one stray neuron is not a cluster.
+KEY_FREQ_MIN_NEURONS = 2
+# The ops whose answer depends on a single sum s = a +- b, the case restricted/excluded loss
+# are defined for.
+SUM_OPS: dict[str, int] = {"x+y": 1, "x-y": -1}
+
+
+def make_fourier_basis(p: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, list[str]]:
+    """The real Fourier basis of functions on Z_p: an orthonormal [p, p] matrix and row names.
+
+    Rows: 1/sqrt(p) ("const"), then cos(w_k x) and sin(w_k x) for k = 1..p//2, w_k = 2*pi*k/p,
+    each scaled to unit norm (Nanda et al. 2023, App. D). For even p, sin(w_{p/2} x) = 0, so the
+    Nyquist frequency has only its cos row ((-1)^x / sqrt(p)) and the basis stays p x p. Row i
+    has frequency (i + 1) // 2 in both cases.
+    """
+    if p < 2:
+        raise ValueError(f"p must be >= 2 for a Fourier basis (got {p})")
+    x = torch.arange(p, dtype=torch.float64)
+    rows = [torch.ones(p, dtype=torch.float64)]
+    names = ["const"]
+    for k in range(1, p // 2 + 1):
+        angle = 2 * math.pi * k * x / p
+        rows.append(torch.cos(angle))
+        names.append(f"cos {k}")
+        if 2 * k != p:
+            rows.append(torch.sin(angle))
+            names.append(f"sin {k}")
+    basis = torch.stack(rows)
+    basis = basis / basis.norm(dim=1, keepdim=True)
+    return basis.to(device=device, dtype=torch.float32), names
+
+
+def basis_frequencies(p: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The frequency of each row of make_fourier_basis(p): [p] long, 0 for the constant."""
+    return torch.div(torch.arange(p, device=device) + 1, 2, rounding_mode="floor")
+
+
+def _frequency_norms(coefficients: torch.Tensor, p: int) -> torch.Tensor:
+    """sqrt of the summed squares of [p, ...] Fourier coefficients per frequency: [p//2 + 1]."""
+    squares = coefficients.pow(2).reshape(p, -1).sum(dim=1)
+    per_freq = torch.zeros(p // 2 + 1, dtype=squares.dtype, device=squares.device)
+    per_freq.index_add_(0, basis_frequencies(p, squares.device), squares)
+    return per_freq.sqrt()
+
+
+def embedding_fourier_norms(W_E: torch.Tensor, p: int) -> torch.Tensor:
+    """Norm of the embedding per frequency: [p//2 + 1], index 0 = constant, index k = frequency k.
+
+    norm_k = sqrt(||F_cos_k W_E||^2 + ||F_sin_k W_E||^2) with F = make_fourier_basis(p) applied
+    over the token axis (Nanda et al. 2023, Fig. 3). Only the p number tokens count: W_E is
+    [vocab_in, d_model] and rows p.. (the '=' token) are dropped.
+    """
+    if W_E.shape[0] < p:
+        raise ValueError(f"W_E must have at least p={p} rows, one per number (got {W_E.shape[0]})")
+    W = W_E[:p].detach().float()
+    basis, _ = make_fourier_basis(p, W.device)
+    return _frequency_norms(basis @ W, p)
+
+
+def neuron_logit_fourier_norms(W_L: torch.Tensor, p: int) -> torch.Tensor:
+    """Norm of the neuron-to-logit map W_L [d_mlp, p] per output frequency: [p//2 + 1].
+
+    W_L = W_out @ W_U maps MLP neurons to the logits c (Nanda et al. 2023, Sec. 4.1); the Fourier
+    transform runs over c, and norm_k sums the squares over all neurons of the cos_k and sin_k
+    columns.
+    """
+    if W_L.shape[-1] != p:
+        raise ValueError(f"W_L must be [d_mlp, p={p}] (got {list(W_L.shape)})")
+    W = W_L.detach().float()
+    basis, _ = make_fourier_basis(p, W.device)
+    return _frequency_norms(basis @ W.T, p)
+
+
+def gini(x: torch.Tensor) -> float:
+    """Gini coefficient of a non-negative vector: 0 when flat, 1 when one-hot.
+
+    G = n/(n-1) * sum_i sum_j |x_i - x_j| / (2 n sum_i x_i), the usual mean-difference Gini with
+    the small-sample factor n/(n-1), so that a one-hot vector of any length gives exactly 1.
+    Nanda et al. 2023 (Sec. 5.1) track it on the Fourier norms of W_E and W_L. A zero vector, or
+    one of length < 2, gives 0.
+    """
+    x = x.detach().double().flatten()
+    if x.numel() and bool((x < 0).any()):
+        raise ValueError("gini needs a non-negative vector (got negative entries)")
+    n = x.numel()
+    total = float(x.sum())
+    if n < 2 or total == 0.0:
+        return 0.0
+    ordered, _ = torch.sort(x)
+    rank = torch.arange(1, n + 1, dtype=torch.float64, device=x.device)
+    g = 2.0 * float((rank * ordered).sum()) / (n * total) - (n + 1) / n
+    return g * n / (n - 1)
+
+
+def gini_embed(W_E: torch.Tensor, p: int) -> float:
+    """Gini of the embedding's Fourier norms over frequencies k = 1..p//2 (constant left out).
+
+    The constant row is the same shift for every input, so it says nothing about sparsity.
+    """
+    return gini(embedding_fourier_norms(W_E, p)[1:])
+
+
+def gini_unembed(W_L: torch.Tensor, p: int) -> float:
+    """Gini of the neuron-logit map's Fourier norms over k = 1..p//2 (constant left out).
+
+    W_L = W_out @ W_U [d_mlp, p]. A constant over c adds the same to every logit, which the
+    softmax ignores.
+    """
+    return gini(neuron_logit_fourier_norms(W_L, p)[1:])
+
+
+def neuron_frequencies(neuron_acts: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each MLP neuron's dominant frequency and the fraction of its variance it explains.
+
+    neuron_acts [p*p, d_mlp] over the grid (a, b), a outer. The 2-D Fourier transform
+    A_hat[f, g] = sum_{a,b} F[f, a] F[g, b] A[a, b] (F = make_fourier_basis(p)) splits each
+    neuron's variance (everything but the const x const term) among pairs of basis rows. The
+    terms of frequency k are those with each row in {const, cos_k, sin_k} other than
+    const x const: cos/sin of w_k a, of w_k b, and their four products (Nanda et al. 2023, Sec. 4.2).
+
+    Returns (freq [d_mlp] long, frac [d_mlp] float): the k with the largest share of variance and
+    that share. A neuron with no variance (dead) gets freq 0 and frac 0.
+    """
+    if neuron_acts.dim() != 2 or neuron_acts.shape[0] != p * p:
+        raise ValueError(
+            f"neuron_acts must be [p*p={p * p}, d_mlp] over the (a, b) grid (got {list(neuron_acts.shape)})"
+        )
+    raw = neuron_acts.detach().float()
+    # Centre first: a ReLU neuron's mean can dwarf its variance; after centring the const x const
+    # term is 0 and the variance is the plain sum of squares (Parseval: the basis is orthonormal).
+    acts = raw - raw.mean(dim=0)
+    variance = acts.pow(2).sum(dim=0)
+    d_mlp = acts.shape[1]
+    basis, _ = make_fourier_basis(p, acts.device)
+    over_a = (basis @ acts.reshape(p, p * d_mlp)).reshape(p, p, d_mlp)  # [f, b, n]
+
+    def coefficient(g_of_f: torch.Tensor) -> torch.Tensor:
+        """A_hat[f, g_of_f[f]] for every row f: [p, n]. Only O(p) of the p^2 terms are needed."""
+        return torch.einsum("fb,fbn->fn", basis[g_of_f], over_a)
+
+    # The terms of frequency k pair row f (cos_k or sin_k in a) with itself, with its partner
+    # (sin_k for cos_k and back; the Nyquist cos of even p has none) or with the constant in b;
+    # and the constant in a with row f in b.
+    rows = torch.arange(p, device=acts.device)
+    partner = torch.where(rows % 2 == 1, rows + 1, rows - 1)
+    has_partner = ((rows > 0) & (partner < p)).to(acts.dtype)[:, None]
+    per_row = (
+        coefficient(rows).pow(2)
+        + coefficient(partner.clamp(0, p - 1)).pow(2) * has_partner
+        + coefficient(torch.zeros_like(rows)).pow(2)
+        + (basis @ over_a[0]).pow(2)
+    )
+    energy = torch.zeros(p // 2 + 1, d_mlp, dtype=per_row.dtype, device=acts.device)
+    energy.index_add_(0, basis_frequencies(p, acts.device)[1:], per_row[1:])
+    energy = energy[1:]  # [p//2, n], k = 1..p//2
+
+    best_energy, best = energy.max(dim=0)
+    alive = variance > 1e-10 * raw.pow(2).sum(dim=0) + 1e-30
+    frac = torch.where(alive, best_energy / variance.clamp_min(1e-30), torch.zeros_like(variance))
+    freq = torch.where(alive, best + 1, torch.zeros_like(best))
+    return freq, frac.clamp(0.0, 1.0)
+
+
+def key_frequencies(
+    neuron_acts: torch.Tensor,
+    p: int,
+    explained_threshold: float = NEURON_EXPLAINED_THRESHOLD,
+    min_neurons: int | None = None,
+) -> list[int]:
+    """The frequencies that clusters of MLP neurons compute (Nanda et al. 2023, Sec. 4.2).
+
+    A neuron is explained by k (neuron_frequencies) when frequency k carries more than
+    explained_threshold of its variance. k is key when at least min_neurons neurons are
+    explained by it; by default max(KEY_FREQ_MIN_NEURONS, ceil(1% of d_mlp)).
+    Returns the key frequencies in ascending order.
+    """
+    return key_frequency_clusters(neuron_acts, p, explained_threshold, min_neurons)["key_frequencies"]
+
+
+def key_frequency_clusters(
+    neuron_acts: torch.Tensor,
+    p: int,
+    explained_threshold: float = NEURON_EXPLAINED_THRESHOLD,
+    min_neurons: int | None = None,
+) -> dict[str, Any]:
+    """key_frequencies with the working shown.
+
+    Returns {"key_frequencies": list[int] ascending,
+             "neuron_freq": [d_mlp] long (0 = explained by no single frequency),
+             "neuron_frac": [d_mlp] float (variance share of the neuron's dominant frequency),
+             "frac_neurons_explained": float (share of neurons explained by a key frequency)}.
+    """
+    freq, frac = neuron_frequencies(neuron_acts, p)
+    d_mlp = freq.numel()
+    if min_neurons is None:
+        min_neurons = max(KEY_FREQ_MIN_NEURONS, math.ceil(KEY_FREQ_MIN_NEURON_FRACTION * d_mlp))
+    assigned = torch.where(frac > explained_threshold, freq, torch.zeros_like(freq))
+    counts = torch.bincount(assigned, minlength=p // 2 + 1)
+    counts[0] = 0
+    keys = [int(k) for k in torch.nonzero(counts >= min_neurons).flatten()]
+    explained = sum(int(counts[k]) for k in keys)
+    return {
+        "key_frequencies": keys,
+        "neuron_freq": assigned,
+        "neuron_frac": frac,
+        "frac_neurons_explained": explained / d_mlp if d_mlp else 0.0,
+    }
+
+
+def key_frequency_energy(norms: torch.Tensor, key_freqs: list[int]) -> float:
+    """Share of the embedding's non-constant squared Fourier norm held by the key frequencies.
+
+    sum_{k in key} norms[k]^2 / sum_{k >= 1} norms[k]^2, with norms from embedding_fourier_norms
+    (index 0 = constant, left out). 0 for an all-zero spectrum.
+    """
+    squares = norms.detach().double().pow(2)
+    total = float(squares[1:].sum())
+    if total == 0.0:
+        return 0.0
+    keys = sorted({int(k) for k in key_freqs if 1 <= int(k) < squares.numel()})
+    return float(squares[keys].sum()) / total if keys else 0.0
+
+
+def _check_sum_op(op: str, what: str) -> int:
+    if op not in SUM_OPS:
+        raise ValueError(f"{what} needs op x+y or x-y (got {op!r})")
+    return SUM_OPS[op]
+
+
+def _as_grid_logits(logits: torch.Tensor, p: int) -> torch.Tensor:
+    if logits.shape == (p, p, p):
+        return logits
+    if logits.shape == (p * p, p):
+        return logits.reshape(p, p, p)
+    raise ValueError(f"logits must be [p, p, p] or [p*p, p] with p={p} (got {list(logits.shape)})")
+
+
+def sum_frequency_component(
+    logits: torch.Tensor, freqs: list[int], p: int, op: str, include_constant: bool = False
+) -> torch.Tensor:
+    """The part of the logits along cos(w_k s) and sin(w_k s), s = a + b (op x+y) or a - b (x-y).
+
+    For each output c, logits[:, :, c] is projected orthogonally onto the functions of (a, b)
+    cos(w_k s), sin(w_k s) for k in freqs (and the constant, if include_constant). These are the
+    directions of Nanda et al.'s get_component_cos_xpy / _sin_xpy: the only ones the Fourier
+    multiplication algorithm writes to. Since they depend on (a, b) only through s, the
+    projection is the 1-D Fourier filter of the mean logit over the pairs that share s.
+    Returns a [p, p, p] tensor (a, b, c).
+    """
+    sign = _check_sum_op(op, "sum_frequency_component")
+    grid = _as_grid_logits(logits, p)
+    if grid.dtype not in (torch.float32, torch.float64):
+        grid = grid.float()
+    device = grid.device
+    a = torch.arange(p, device=device)
+    s = (a[:, None] + sign * a[None, :]) % p  # [a, b]
+    # Each s occurs p times on the grid, so projecting onto u_f(a, b) = B[f, s] (norm^2 = p)
+    # needs the per-s sums of the logits divided by p: the per-s mean. Summing in the logits'
+    # dtype keeps the [p, p, p] grid from being copied to float64.
+    per_s = torch.zeros(p, p, dtype=grid.dtype, device=device)
+    per_s.index_add_(0, s.flatten(), grid.reshape(p * p, p))
+    per_s = per_s.double() / p  # [s, c]
+    basis, _ = make_fourier_basis(p, device)
+    basis = basis.double()
+    row_freq = basis_frequencies(p, device)
+    wanted = {int(k) for k in freqs if 1 <= int(k) <= p // 2}
+    if include_constant:
+        wanted.add(0)
+    keep = torch.tensor([int(f) in wanted for f in row_freq.tolist()], device=device)
+    B = basis[keep]  # [kept rows, s]
+    filtered = B.T @ (B @ per_s)  # [s, c]
+    return filtered[s].to(logits.dtype)
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cross-entropy in float64: float32 log_softmax bottoms out at ~1e-7 per sample."""
+    return float(F.cross_entropy(logits.double(), labels.long()))
+
+
+def restricted_loss(
+    logits: torch.Tensor, labels: torch.Tensor, key_freqs: list[int], p: int, op: str
+) -> float:
+    """Loss when the logits keep only the key frequencies (Nanda et al. 2023, Sec. 5.1).
+
+    restricted = const + sum_{k in key} [component along cos(w_k s) + along sin(w_k s)],
+    s = a + b (x+y) or a - b (x-y), per output c (sum_frequency_component with the constant,
+    which is the paper's bias correction). Cross-entropy over ALL p*p pairs, as in the paper's
+    code. labels: [p*p] or [p, p] answers over the grid. Raises ValueError for other ops.
+    """
+    _check_sum_op(op, "restricted loss")
+    restricted = sum_frequency_component(logits, key_freqs, p, op, include_constant=True)
+    return _cross_entropy(restricted.reshape(p * p, p), labels.reshape(p * p))
+
+
+def excluded_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    key_freqs: list[int],
+    p: int,
+    op: str,
+    train_mask: torch.Tensor,
+) -> float:
+    """Training loss with the key frequencies removed from the logits (Nanda et al. 2023, Sec. 5.1).
+
+    excluded = logits - sum_{k in key} [component along cos(w_k s) + along sin(w_k s)],
+    cross-entropy over the training pairs only (train_mask [p*p] or [p, p] bool): it rises while
+    the model still memorises through the key frequencies. Raises ValueError for ops other than
+    x+y and x-y.
+    """
+    _check_sum_op(op, "excluded loss")
+    grid = _as_grid_logits(logits, p)
+    excluded = grid - sum_frequency_component(grid, key_freqs, p, op)
+    mask = train_mask.reshape(p * p).bool()
+    if not bool(mask.any()):
+        raise ValueError("excluded loss needs at least one training pair (train_mask is all False)")
+    return _cross_entropy(excluded.reshape(p * p, p)[mask], labels.reshape(p * p)[mask])
+
+
+def total_weight_norm(params: dict[str, torch.Tensor]) -> float:
+    """Global L2 norm of all parameters: sqrt(sum over tensors of sum of squares).
+
+    Weight decay shrinks it while the model trades memorisation for the circuit (Nanda et al.
+    2023, Fig. 7; Liu et al. 2022 "Omnigrok" read grokking off it).
+    """
+    total = 0.0
+    for tensor in params.values():
+        total += float(tensor.detach().double().pow(2).sum())
+    return math.sqrt(total)
+
+
+def softmax_collapse_fraction(logits: torch.Tensor) -> float:
+    """Share of samples whose softmax, in the logits' own dtype, is exactly one-hot.
+
+    Prieto et al. 2025, "Grokking at the edge of numerical stability": once a logit gap exceeds
+    what float32 can resolve, softmax rounds to 1.0 for the top class and 0.0 elsewhere, the
+    gradient of the loss vanishes for that sample and learning stalls ("Softmax Collapse").
+    logits [..., n_classes]; every leading index is a sample.
+    """
+    flat = logits.detach().reshape(-1, logits.shape[-1])
+    if flat.shape[0] == 0:
+        return 0.0
+    probs = torch.softmax(flat, dim=-1)
+    one_hot = (probs.max(dim=-1).values == 1.0) & ((probs == 0).sum(dim=-1) == flat.shape[-1] - 1)
+    return float(one_hot.float().mean())
+
+
+# ---- glue: a model in, progress measures out ---------------------------------------------------
+
+PROGRESS_MEASURE_NAMES: tuple[str, ...] = (
+    "restricted_loss",
+    "excluded_loss",
+    "gini_embed",
+    "gini_unembed",
+    "key_freq_count",
+    "key_freq_energy",
+)
+
+
+def full_grid_tokens(p: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """All p*p inputs as [p*p, 3] tokens (a, b, '='), a outer; token p is '='."""
+    a = torch.arange(p, device=device)
+    pairs = torch.cartesian_prod(a, a)
+    equals = torch.full((p * p, 1), p, dtype=pairs.dtype, device=device)
+    return torch.cat([pairs, equals], dim=1)
+
+
+def sum_op_labels(p: int, op: str, device: torch.device | str | None = None) -> torch.Tensor:
+    """The answers (a + b) mod p or (a - b) mod p over the grid: [p*p] long, a outer."""
+    sign = _check_sum_op(op, "sum_op_labels")
+    a = torch.arange(p, device=device)
+    return ((a[:, None] + sign * a[None, :]) % p).flatten()
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _measures_from(
+    logits: torch.Tensor,
+    mlp_acts: torch.Tensor,
+    weights: dict[str, Any],
+    p: int,
+    op: str,
+    train_mask: torch.Tensor,
+) -> dict[str, Any]:
+    """progress_measures for one member, from its full-grid logits [p*p, p] and acts [p*p, d_mlp]."""
+    W_E, W_U, W_out = weights["W_E"], weights["W_U"], weights.get("W_out")
+    W_L = W_U if W_out is None else W_out @ W_U  # MLP arch: W_U already reads the neurons
+    clusters = key_frequency_clusters(mlp_acts, p)
+    keys = clusters["key_frequencies"]
+    spectrum = embedding_fourier_norms(W_E, p)
+
+    result: dict[str, Any] = {
+        "restricted_loss": None,
+        "excluded_loss": None,
+        "full_loss": None,
+        "gini_embed": gini(spectrum[1:]),
+        "gini_unembed": gini_unembed(W_L, p),
+        "key_freq_count": len(keys),
+        "key_freq_energy": key_frequency_energy(spectrum, keys),
+        "key_frequencies": keys,
+        "frac_neurons_explained": clusters["frac_neurons_explained"],
+        "embedding_spectrum": [float(v) for v in spectrum],
+        "softmax_collapse": softmax_collapse_fraction(logits),
+    }
+    if op in SUM_OPS:
+        labels = sum_op_labels(p, op, logits.device)
+        mask = train_mask.to(logits.device)
+        result["restricted_loss"] = restricted_loss(logits, labels, keys, p, op)
+        result["excluded_loss"] = excluded_loss(logits, labels, keys, p, op, mask)
+        result["full_loss"] = _cross_entropy(logits, labels)
+    return result
+
+
+def _full_grid_forward(model: torch.nn.Module, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = full_grid_tokens(p, _model_device(model))
+    logits, mlp_acts = model(tokens, return_mlp_acts=True)
+    if logits.dim() != 3 or logits.shape[1] != p * p or logits.shape[2] != p:
+        raise ValueError(f"model logits must be [E, p*p={p * p}, p={p}] (got {list(logits.shape)})")
+    return logits, mlp_acts
+
+
+@torch.no_grad()
+def progress_measures(
+    model: torch.nn.Module, member: int, p: int, op: str, train_mask: torch.Tensor
+) -> dict[str, Any]:
+    """Every progress measure of ensemble member `member`, from one full-grid forward pass.
+
+    model(tokens [p*p, 3], return_mlp_acts=True) -> (logits [E, p*p, p], mlp_acts [E, p*p, d_mlp])
+    and model.analysis_weights(member) -> {"W_E", "W_U", "W_out" (None for the MLP arch), "W_in"}.
+    train_mask: [p*p] (or [p, p]) bool over the grid, a outer, True for training pairs.
+    Key frequencies are found afresh at each call from the current neurons (the paper fixes them
+    from the final model), so early in training there may be none.
+
+    Returns a JSON-serialisable dict:
+        restricted_loss, excluded_loss, full_loss: float | None (None unless op is x+y or x-y;
+            full_loss is the unmodified loss over all pairs, for comparison with restricted_loss)
+        gini_embed, gini_unembed: float in [0, 1]
+        key_freq_count: int; key_frequencies: list[int]; key_freq_energy: float in [0, 1]
+        frac_neurons_explained: float, share of MLP neurons explained by a key frequency
+        embedding_spectrum: list[float] of length p//2 + 1 (embedding_fourier_norms)
+        softmax_collapse: float in [0, 1]
+    """
+    logits, mlp_acts = _full_grid_forward(model, p)
+    return _measures_from(
+        logits[member], mlp_acts[member], model.analysis_weights(member), p, op, train_mask
+    )
+
+
+@torch.no_grad()
+def progress_measure_rows(
+    model: torch.nn.Module, step: int, p: int, op: str, train_mask: torch.Tensor, n_members: int
+) -> list[dict[str, Any]]:
+    """Metric rows {"step", "member", "name", "value"} for PROGRESS_MEASURE_NAMES, all members.
+
+    One forward pass serves every member. Measures that do not apply (restricted/excluded loss
+    for ops other than x+y and x-y) are left out rather than stored as None.
+    """
+    logits, mlp_acts = _full_grid_forward(model, p)
+    rows: list[dict[str, Any]] = []
+    for member in range(n_members):
+        measures = _measures_from(
+            logits[member], mlp_acts[member], model.analysis_weights(member), p, op, train_mask
+        )
+        for name in PROGRESS_MEASURE_NAMES:
+            value = measures[name]
+            if value is not None:
+                rows.append({"step": int(step), "member": member, "name": name, "value": float(value)})
+    return rows

@@ -1,0 +1,353 @@
+"""Ensembles of small networks for the algorithmic tasks.
+
+Every parameter has a leading ensemble dimension E: member e's weights are W[e]. One forward pass
+runs all E members (batched matmuls), so a sweep of E runs costs one run's Python overhead.
+
+Inputs are [a, b, =] token rows; the models predict the answer from the last position only, so
+they compute only what that prediction needs:
+- The first transformer block sees embeddings, which depend only on (token, position). Its
+  LayerNorm and Q/K/V projections are applied to the vocab * 3 possible inputs and then looked
+  up, instead of being recomputed for every one of the N rows.
+- The last block needs keys and values at every position but the query, attention output and
+  MLP only at the last one. With one layer (Nanda et al. 2023) the first block is the last one.
+
+Weights use the "x @ W" convention: W_E [vocab, d_model], W_Q [d_model, n_heads * d_head]
+(head h is columns h*d_head:(h+1)*d_head), W_O [n_heads * d_head, d_model], W_in [d_model, d_mlp],
+W_out [d_mlp, d_model], W_U [d_model, n_out]. Attention has no biases (Nanda et al. 2023).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from service.spec import ExperimentSpec
+
+N_CTX = 3  # [a, b, =]
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "quadratic": lambda x: x * x,
+}
+
+
+def member_seeds(spec: ExperimentSpec) -> list[int]:
+    """Seed of each ensemble member: ensemble.seeds, or training.seed + i."""
+    if spec.ensemble.seeds is not None:
+        return list(spec.ensemble.seeds)
+    return [spec.training.seed + i for i in range(spec.ensemble.size)]
+
+
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """Row index[e, m] of member e's table: table [E, R, k], index [E, M] (or [M]) -> [E, M, k]."""
+    E, R, k = table.shape
+    if index.dim() == 1:
+        index = index.unsqueeze(0).expand(E, -1)
+    if E == 1:
+        return table[0].index_select(0, index[0]).unsqueeze(0)
+    offsets = torch.arange(E, device=index.device).unsqueeze(1) * R
+    rows = table.reshape(E * R, k).index_select(0, (index + offsets).reshape(-1))
+    return rows.view(E, index.shape[1], k)
+
+
+def member_matmul(x: Tensor, W: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x [E, ..., i] @ W [E, i, o] (+ bias [E, o]) -> [E, ..., o], each member with its own W."""
+    E = x.shape[0]
+    flat = x.reshape(E, -1, x.shape[-1])
+    out = torch.bmm(flat, W) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, W)
+    return out.view(*x.shape[:-1], W.shape[-1])
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """LayerNorm over the last dim with per-member affine weight, bias [E, d]."""
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    return F.layer_norm(x, x.shape[-1:], eps=eps) * weight.view(shape) + bias.view(shape)
+
+
+def _stacked(E: int, *shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(E, *shape))
+
+
+class EnsembleModule(nn.Module):
+    """Common to both architectures: per-member initialisation and the tokens' shape."""
+
+    n_members: int
+    vocab_in: int
+    n_out: int
+
+    def init_spec(self, name: str) -> tuple[str, float]:  # pragma: no cover - abstract
+        """('normal', std) | ('ones', 0) | ('zeros', 0) for the parameter called name."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def init_members(self, seeds: list[int], init_scale: float = 1.0) -> None:
+        """Member e's weights come from torch.Generator seeded with seeds[e], drawn on the CPU in
+        parameter order, so a member equals a one-member model with the same seed on any device.
+
+        Omnigrok (Liu et al. 2022): every weight matrix and embedding is multiplied by init_scale;
+        LayerNorm gains stay 1 and biases 0.
+        """
+        if len(seeds) != self.n_members:
+            raise ValueError(f"need one seed per member: {self.n_members} (got {len(seeds)})")
+        for e, seed in enumerate(seeds):
+            generator = torch.Generator().manual_seed(seed)
+            for name, p in self.named_parameters():
+                kind, std = self.init_spec(name)
+                if kind == "normal":
+                    value = torch.randn(p.shape[1:], generator=generator) * (std * init_scale)
+                    p[e].copy_(value)
+                elif kind == "ones":
+                    p[e].fill_(1.0)
+                else:
+                    p[e].zero_()
+
+    def member_tokens(self, tokens: Tensor) -> Tensor:
+        """tokens [N, 3] (shared by all members) or [E, N, 3] (one batch per member) -> [E, N, 3]."""
+        if tokens.dim() == 2:
+            return tokens.unsqueeze(0).expand(self.n_members, -1, -1)
+        if tokens.dim() != 3 or tokens.shape[0] != self.n_members:
+            raise ValueError(
+                f"tokens must be [N, {N_CTX}] or [{self.n_members}, N, {N_CTX}] (got {list(tokens.shape)})"
+            )
+        return tokens
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + attn(ln1(x)), then + mlp(ln2(x)). Parameters stacked over E."""
+
+    def __init__(self, E: int, d_model: int, n_heads: int, d_mlp: int, act: str, layer_norm: bool):
+        super().__init__()
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.act = ACTIVATIONS[act]
+        self.use_ln = layer_norm
+        if layer_norm:
+            self.ln1_w, self.ln1_b = _stacked(E, d_model), _stacked(E, d_model)
+        self.W_Q = _stacked(E, d_model, d_model)
+        self.W_K = _stacked(E, d_model, d_model)
+        self.W_V = _stacked(E, d_model, d_model)
+        self.W_O = _stacked(E, d_model, d_model)
+        if layer_norm:
+            self.ln2_w, self.ln2_b = _stacked(E, d_model), _stacked(E, d_model)
+        self.W_in = _stacked(E, d_model, d_mlp)
+        self.b_in = _stacked(E, d_mlp)
+        self.W_out = _stacked(E, d_mlp, d_model)
+        self.b_out = _stacked(E, d_model)
+
+    def ln1(self, x: Tensor) -> Tensor:
+        return layer_norm(x, self.ln1_w, self.ln1_b) if self.use_ln else x
+
+    def ln2(self, x: Tensor) -> Tensor:
+        return layer_norm(x, self.ln2_w, self.ln2_b) if self.use_ln else x
+
+    def heads(self, x: Tensor) -> Tensor:
+        """[..., n_heads * d_head] -> [..., n_heads, d_head]"""
+        return x.unflatten(-1, (self.n_heads, self.d_head))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal attention of queries at the LAST q.shape[2] positions.
+
+        q [E, N, Tq, H, dh], k and v [E, N, T, H, dh] -> z [E, N, Tq, H * dh]. The query at
+        position i sees keys 0..i: with three positions a loop over queries is cheaper than a mask.
+        """
+        T, Tq = k.shape[2], q.shape[2]
+        scale = 1.0 / math.sqrt(self.d_head)
+        out = []
+        for j in range(Tq):
+            i = T - Tq + j  # absolute position of this query
+            scores = (q[:, :, j : j + 1] * k[:, :, : i + 1]).sum(-1) * scale  # [E, N, i+1, H]
+            pattern = scores.softmax(dim=2)
+            out.append((pattern.unsqueeze(-1) * v[:, :, : i + 1]).sum(2).flatten(-2))
+        return out[0].unsqueeze(2) if Tq == 1 else torch.stack(out, dim=2)
+
+    def mlp(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [E, ..., d] -> (mlp output [E, ..., d], post-activation [E, ..., d_mlp])"""
+        acts = self.act(member_matmul(self.ln2(x), self.W_in, self.b_in))
+        return member_matmul(acts, self.W_out, self.b_out), acts
+
+    def forward(self, x: Tensor, last_only: bool) -> tuple[Tensor, Tensor]:
+        """x [E, N, T, d]. last_only: return only the last position ([E, N, d]) and its MLP acts."""
+        h = self.ln1(x)
+        if last_only:
+            kv = member_matmul(h, torch.cat([self.W_K, self.W_V], dim=2))
+            k, v = (self.heads(t) for t in kv.chunk(2, dim=-1))
+            q = self.heads(member_matmul(h[:, :, -1:], self.W_Q))
+            x = x[:, :, -1]
+            z = self.attend(q, k, v)[:, :, 0]
+        else:
+            qkv = member_matmul(h, torch.cat([self.W_Q, self.W_K, self.W_V], dim=2))
+            q, k, v = (self.heads(t) for t in qkv.chunk(3, dim=-1))
+            z = self.attend(q, k, v)
+        x = x + member_matmul(z, self.W_O)
+        out, acts = self.mlp(x)
+        return x + out, acts
+
+
+class EnsembleTransformer(EnsembleModule):
+    """Decoder-only transformer (Nanda et al. 2023 layout), predicting at the last position."""
+
+    def __init__(
+        self, n_members: int, vocab_in: int, n_out: int, n_layers: int, d_model: int,
+        n_heads: int, d_mlp: int, act: str = "relu", layer_norm: bool = False,
+    ):
+        super().__init__()
+        if act not in ("relu", "gelu"):
+            raise ValueError(f"transformer act must be relu or gelu (got {act!r})")
+        self.n_members, self.vocab_in, self.n_out = n_members, vocab_in, n_out
+        self.d_model, self.d_mlp, self.use_ln = d_model, d_mlp, layer_norm
+        E = n_members
+        self.W_E = _stacked(E, vocab_in, d_model)
+        self.W_pos = _stacked(E, N_CTX, d_model)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(E, d_model, n_heads, d_mlp, act, layer_norm) for _ in range(n_layers)
+        )
+        if layer_norm:
+            self.ln_f_w, self.ln_f_b = _stacked(E, d_model), _stacked(E, d_model)
+        self.W_U = _stacked(E, d_model, n_out)
+
+    def init_spec(self, name: str) -> tuple[str, float]:
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.endswith("_w"):
+            return "ones", 0.0
+        if leaf.endswith("_b") or leaf in ("b_in", "b_out"):
+            return "zeros", 0.0
+        if leaf == "W_U":  # Nanda et al. 2023 scale the unembedding by the output width
+            return "normal", 1.0 / math.sqrt(self.n_out)
+        return "normal", 1.0 / math.sqrt(self.d_model)
+
+    def first_block_inputs(self, tok: Tensor) -> tuple[Tensor, Tensor]:
+        """All vocab * 3 possible first-block inputs, and each row's index into them.
+
+        Returns (table [E, 3 * vocab, d] with row t * vocab + token = W_E[token] + W_pos[t],
+        index [E, N, 3]).
+        """
+        E, V = self.n_members, self.vocab_in
+        table = (self.W_E.unsqueeze(1) + self.W_pos.unsqueeze(2)).reshape(E, N_CTX * V, -1)
+        index = tok + torch.arange(N_CTX, device=tok.device) * V
+        return table, index
+
+    def forward(self, tokens: Tensor, return_mlp_acts: bool = False):
+        """tokens [N, 3] or [E, N, 3] -> logits [E, N, n_out] at the last position
+        (and the last block's MLP post-activation there, [E, N, d_mlp], if return_mlp_acts)."""
+        tok = self.member_tokens(tokens)
+        E, N, T = tok.shape
+        table, index = self.first_block_inputs(tok)
+        first = self.blocks[0]
+        h_table = first.ln1(table)
+        if len(self.blocks) == 1:
+            kv_table = member_matmul(h_table, torch.cat([first.W_K, first.W_V], dim=2))
+            q_table = member_matmul(h_table[:, (T - 1) * self.vocab_in :], first.W_Q)
+            kv = gather_rows(kv_table, index.reshape(E, N * T)).view(E, N, T, -1)
+            k, v = (first.heads(t) for t in kv.chunk(2, dim=-1))
+            q = first.heads(gather_rows(q_table, tok[:, :, -1])).unsqueeze(2)
+            x = gather_rows(table, index[:, :, -1])
+            x = x + member_matmul(first.attend(q, k, v)[:, :, 0], first.W_O)
+            out, acts = first.mlp(x)
+            x = x + out
+        else:
+            qkv_table = member_matmul(h_table, torch.cat([first.W_Q, first.W_K, first.W_V], dim=2))
+            qkv = gather_rows(qkv_table, index.reshape(E, N * T)).view(E, N, T, -1)
+            q, k, v = (first.heads(t) for t in qkv.chunk(3, dim=-1))
+            x = gather_rows(table, index.reshape(E, N * T)).view(E, N, T, -1)
+            x = x + member_matmul(first.attend(q, k, v), first.W_O)
+            out, _ = first.mlp(x)
+            x = x + out
+            for block in self.blocks[1:-1]:
+                x, _ = block(x, last_only=False)
+            x, acts = self.blocks[-1](x, last_only=True)
+        if self.use_ln:
+            x = layer_norm(x, self.ln_f_w, self.ln_f_b)
+        logits = member_matmul(x, self.W_U)
+        return (logits, acts) if return_mlp_acts else logits
+
+    @torch.no_grad()
+    def analysis_weights(self, member: int) -> dict[str, Tensor | None]:
+        """One member's weights as plain detached 2-D tensors ("x @ W" layout; last block for the
+        per-layer ones): W_E [vocab, d], W_pos [3, d], W_Q/W_K/W_V [d, H*dh], W_O [H*dh, d],
+        W_in [d, d_mlp], b_in [d_mlp], W_out [d_mlp, d], b_out [d], W_U [d, n_out]."""
+        last = self.blocks[-1]
+        weights = {
+            "W_E": self.W_E[member], "W_pos": self.W_pos[member],
+            "W_Q": last.W_Q[member], "W_K": last.W_K[member], "W_V": last.W_V[member],
+            "W_O": last.W_O[member], "W_in": last.W_in[member], "b_in": last.b_in[member],
+            "W_out": last.W_out[member], "b_out": last.b_out[member], "W_U": self.W_U[member],
+        }
+        return {k: v.detach().clone() for k, v in weights.items()}
+
+
+class EnsembleMLP(EnsembleModule):
+    """Gromov 2023: embeddings of a and b concatenated -> n_layers hidden layers -> logits."""
+
+    def __init__(
+        self, n_members: int, vocab_in: int, n_out: int, n_layers: int, d_model: int,
+        d_mlp: int, act: str = "relu",
+    ):
+        super().__init__()
+        self.n_members, self.vocab_in, self.n_out = n_members, vocab_in, n_out
+        self.d_model, self.d_mlp = d_model, d_mlp
+        self.act = ACTIVATIONS[act]
+        E = n_members
+        self.W_E = _stacked(E, vocab_in, d_model)
+        self.hidden_W = nn.ParameterList(
+            [_stacked(E, 2 * d_model, d_mlp)] + [_stacked(E, d_mlp, d_mlp) for _ in range(n_layers - 1)]
+        )
+        self.hidden_b = nn.ParameterList([_stacked(E, d_mlp) for _ in range(n_layers)])
+        self.W_U = _stacked(E, d_mlp, n_out)
+        self.b_U = _stacked(E, n_out)
+
+    def init_spec(self, name: str) -> tuple[str, float]:
+        if name.startswith("hidden_b") or name == "b_U":
+            return "zeros", 0.0
+        if name == "W_E":  # unit-variance embeddings, like nn.Embedding
+            return "normal", 1.0
+        fan_in = 2 * self.d_model if name == "hidden_W.0" else self.d_mlp
+        return "normal", 1.0 / math.sqrt(fan_in)
+
+    def forward(self, tokens: Tensor, return_mlp_acts: bool = False):
+        """tokens [N, 3] or [E, N, 3] ('=' is ignored) -> logits [E, N, n_out]
+        (and the last hidden layer's activations [E, N, d_mlp] if return_mlp_acts)."""
+        tok = self.member_tokens(tokens)
+        E, N, _ = tok.shape
+        V, d = self.vocab_in, self.d_model
+        # The first layer is linear in each embedding: project the vocab once, then look up.
+        W0 = self.hidden_W[0]
+        table = torch.cat([torch.bmm(self.W_E, W0[:, :d]), torch.bmm(self.W_E, W0[:, d:])], dim=1)
+        index = tok[:, :, :2] + torch.tensor([0, V], device=tok.device)
+        pre = gather_rows(table, index.reshape(E, 2 * N)).view(E, N, 2, -1).sum(2)
+        h = self.act(pre + self.hidden_b[0].unsqueeze(1))
+        for W, b in zip(self.hidden_W[1:], self.hidden_b[1:]):
+            h = self.act(member_matmul(h, W, b))
+        logits = member_matmul(h, self.W_U, self.b_U)
+        return (logits, h) if return_mlp_acts else logits
+
+    @torch.no_grad()
+    def analysis_weights(self, member: int) -> dict[str, Tensor | None]:
+        """W_E [vocab, d], W_U [d_mlp, n_out] (last hidden -> out), b_U [n_out],
+        W_in_a / W_in_b [d, d_mlp] (first hidden layer, acting on a's and b's embedding);
+        W_in and W_out are None (they name transformer weights)."""
+        W0 = self.hidden_W[0][member]
+        weights = {
+            "W_E": self.W_E[member], "W_U": self.W_U[member], "b_U": self.b_U[member],
+            "W_in_a": W0[: self.d_model], "W_in_b": W0[self.d_model :],
+        }
+        out: dict[str, Tensor | None] = {k: v.detach().clone() for k, v in weights.items()}
+        out["W_in"] = None
+        out["W_out"] = None
+        return out
+
+
+def build_model(spec: ExperimentSpec, device: torch.device | str = "cpu") -> EnsembleModule:
+    """The spec's model with spec.ensemble.size members, each initialised from its own seed."""
+    m, n = spec.model, spec.task.n_elements
+    E = spec.ensemble.size
+    if m.arch == "transformer":
+        model: EnsembleModule = EnsembleTransformer(
+            E, n + 1, n, m.n_layers, m.d_model, m.n_heads, m.d_mlp, m.act, m.layer_norm
+        )
+    else:
+        model = EnsembleMLP(E, n + 1, n, m.n_layers, m.d_model, m.d_mlp, m.act)
+    model.init_members(member_seeds(spec), m.init_scale)
+    return model.to(device)
