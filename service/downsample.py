@@ -58,15 +58,18 @@ def bucket_extremes(group: np.ndarray, bucket: np.ndarray, values: np.ndarray) -
     bucket_min = np.minimum.reduceat(low, starts)
     bucket_max = np.maximum.reduceat(high, starts)
     # The first index holding the extreme: ties go to the earliest step.
-    min_index = np.minimum.reduceat(np.where(finite & (low == bucket_min[owner]), index, n), starts)
-    max_index = np.minimum.reduceat(np.where(finite & (high == bucket_max[owner]), index, n), starts)
+    is_min = finite & (low == bucket_min[owner])
+    is_max = finite & (high == bucket_max[owner])
+    min_index = np.minimum.reduceat(np.where(is_min, index, n), starts)
+    max_index = np.minimum.reduceat(np.where(is_max, index, n), starts)
     min_index[min_index == n] = -1
     max_index[max_index == n] = -1
     return BucketExtremes(group[starts], bucket[starts], counts, min_index, max_index)
 
 
 def bucket_level(first_step: int, last_step: int, max_buckets: int) -> int:
-    """The smallest L such that [first_step, last_step] touches at most max_buckets buckets of 2**L."""
+    """The smallest L such that [first_step, last_step] touches at most max_buckets aligned
+    buckets of 2**L steps."""
     if max_buckets < 1:
         raise ValueError(f"max_buckets must be at least 1 (got {max_buckets})")
     level = 0

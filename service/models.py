@@ -33,8 +33,11 @@ STATUSES: tuple[str, ...] = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED_STATUSES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 # Metric rollups: one row per (series, level, bucket) where a level-L bucket holds the steps
-# [bucket * 2**L, (bucket + 1) * 2**L). Finer than 2**4 the raw points are cheap enough to read.
-ROLLUP_LEVELS: tuple[int, ...] = tuple(range(4, 21))
+# [bucket * 2**L, (bucket + 1) * 2**L). A query at level L reads the finest stored level at or
+# below L and merges: at most 2 rows per bucket up to level 11, and steps / 1024 rows per series
+# beyond (under 1000 for the default GROKLAB_MAX_STEPS). Below 2**4 steps per bucket the raw
+# points are cheap enough to read. Every stored level costs ingestion time.
+ROLLUP_LEVELS: tuple[int, ...] = (4, 6, 8, 10)
 
 
 def utcnow() -> datetime:

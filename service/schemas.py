@@ -42,7 +42,7 @@ class ExperimentOut(BaseModel):
     )
 
     @classmethod
-    def of(cls, experiment: Experiment) -> "ExperimentOut":
+    def of(cls, experiment: Experiment) -> ExperimentOut:
         return cls(
             id=experiment.id,
             name=experiment.name,
@@ -105,7 +105,7 @@ class CheckpointOut(BaseModel):
     meta: dict[str, Any]
 
     @classmethod
-    def of(cls, checkpoint: Checkpoint) -> "CheckpointOut":
+    def of(cls, checkpoint: Checkpoint) -> CheckpointOut:
         return cls.model_validate(checkpoint)
 
 

@@ -21,13 +21,14 @@ def make_celery(settings: Settings | None = None) -> Celery:
     transport_options: dict = {}
     if settings.resolved_broker_url.startswith("filesystem://"):
         folder = settings.broker_dir
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            "control_folder": str(folder / "control"),
         }
     else:
         # Redis redelivers an unacked message after visibility_timeout. Training jobs ack late

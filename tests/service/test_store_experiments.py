@@ -1,4 +1,4 @@
-"""Job state in the store, on SQLite and PostgreSQL: create, list, claim, progress, cancel, finish."""
+"""Job state in the store, SQLite and PostgreSQL: create, list, claim, progress, cancel, finish."""
 from __future__ import annotations
 
 import threading
@@ -77,19 +77,20 @@ def test_claim_is_a_compare_and_swap(session):
 
 
 def test_two_threads_claim_and_exactly_one_wins(sessions):
+    def claim(job_id: str, worker: str, barrier: threading.Barrier, results: list) -> None:
+        with sessions() as s:
+            barrier.wait()
+            claimed = store.claim_experiment(s, job_id, worker)
+            results.append(claimed.worker if claimed else None)
+
     for _ in range(3):  # a few rounds, each on a fresh job
         with sessions() as s:
-            job = store.create_experiment(s, small_spec(), "cpu")
-        barrier = threading.Barrier(4)
-        results: list = []
-
-        def claim(worker: str) -> None:
-            with sessions() as s:
-                barrier.wait()
-                claimed = store.claim_experiment(s, job.id, worker)
-                results.append(claimed.worker if claimed else None)
-
-        threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(4)]
+            job_id = store.create_experiment(s, small_spec(), "cpu").id
+        barrier, results = threading.Barrier(4), []
+        threads = [
+            threading.Thread(target=claim, args=(job_id, f"w{i}", barrier, results))
+            for i in range(4)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -97,7 +98,7 @@ def test_two_threads_claim_and_exactly_one_wins(sessions):
         winners = [r for r in results if r is not None]
         assert len(results) == 4 and len(winners) == 1
         with sessions() as s:
-            final = store.get_experiment(s, job.id)
+            final = store.get_experiment(s, job_id)
         assert final.attempt == 1 and final.worker == winners[0]
 
 

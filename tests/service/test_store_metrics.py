@@ -176,7 +176,7 @@ def test_a_failed_batch_leaves_nothing_behind(session, experiment_id, monkeypatc
     def boom(*args, **kwargs):
         raise RuntimeError("lost the connection")
 
-    monkeypatch.setattr(store, "_merge_summaries", boom)
+    monkeypatch.setattr(store, "_write_summaries", boom)
     with pytest.raises(RuntimeError):
         store.ingest_metrics(session, experiment_id, rows_of("x", range(10), range(10)))
     monkeypatch.undo()

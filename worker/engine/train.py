@@ -223,21 +223,24 @@ class Trainer:
         target = t.steps if until_step is None else until_step
         analysis_every = self.spec.analysis.every
         start_step, started = self.step, time.perf_counter()
-        last_report, last_checkpoint = None, None
+        last_eval = last_analysis = last_checkpoint = None
         stopped = "completed"
 
         def report(final: bool = False) -> None:
-            nonlocal last_report
+            """Evaluate (and analyse) this step if it is due; at the end, if not done yet."""
+            nonlocal last_eval, last_analysis
             rows: list[MetricRow] = []
-            if final or is_eval_step(self.step, t.eval_every):
+            if last_eval != self.step and (final or is_eval_step(self.step, t.eval_every)):
                 rows += self._eval_rows()
-            if on_analysis is not None and analysis_every is not None and (
-                final or self.step % analysis_every == 0
+                last_eval = self.step
+            if (
+                on_analysis is not None and analysis_every is not None and last_analysis != self.step
+                and (final or self.step % analysis_every == 0)
             ):
                 rows += list(on_analysis(self, self.step) or [])
+                last_analysis = self.step
             if rows and on_metrics is not None:
                 on_metrics(rows)
-            last_report = self.step
 
         def checkpoint() -> None:
             nonlocal last_checkpoint
@@ -260,8 +263,7 @@ class Trainer:
             if t.stop_on_grok and min(self.grok_streak) >= GROK_PATIENCE:
                 stopped = "grokked"
                 break
-        if last_report != self.step:
-            report(final=True)
+        report(final=True)
         if last_checkpoint != self.step:
             checkpoint()
         return self.summary(stopped, self.step - start_step, time.perf_counter() - started)

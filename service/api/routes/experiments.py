@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 NO_NUL = r"^[^\x00]*$"
+DEFAULT_PAGE_SIZE = 50
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No experiment with this id."}}
 
 SPEC_EXAMPLES = {
@@ -97,13 +98,16 @@ def list_experiments(
         str | None, Query(max_length=200, pattern=NO_NUL, description="Exact name.")
     ] = None,
     limit: Annotated[
-        int, Query(ge=1, description="Page size, at most GROKLAB_MAX_PAGE_SIZE.")
-    ] = 50,
+        int | None,
+        Query(ge=1, description="Page size: default 50, at most GROKLAB_MAX_PAGE_SIZE."),
+    ] = None,
     cursor: Annotated[
         str | None, Query(max_length=200, description="next_cursor of the previous page.")
     ] = None,
 ) -> ExperimentPage:
     """Jobs, newest first, a page at a time (stable cursor pagination)."""
+    if limit is None:
+        limit = min(DEFAULT_PAGE_SIZE, settings.max_page_size)
     if limit > settings.max_page_size:
         raise invalid(
             ("query", "limit"),

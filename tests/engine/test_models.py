@@ -1,0 +1,97 @@
+"""The ensemble models against the plain per-run reference, and their interface."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.engine.reference import reference_from_engine
+from worker.engine.data import build_dataset
+from worker.engine.models import build_model
+
+CONFIGS = {
+    "nanda-1-layer": {},
+    "2-layers": {"n_layers": 2},
+    "3-layers-layernorm-gelu": {"n_layers": 3, "layer_norm": True, "act": "gelu"},
+    "layernorm-init-scale": {"layer_norm": True, "init_scale": 3.0},
+    "mlp-quadratic": {"arch": "mlp", "n_layers": 1, "act": "quadratic"},
+    "mlp-3-layers-gelu": {"arch": "mlp", "n_layers": 3, "act": "gelu"},
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_logits_and_mlp_acts_equal_the_reference(tiny_spec, config):
+    spec = tiny_spec(task={"p": 13}, model=config, ensemble={"size": 3})
+    model = build_model(spec)
+    tokens = build_dataset(spec).tokens
+    logits, acts = model(tokens, return_mlp_acts=True)
+    assert logits.shape == (3, 169, 13) and acts.shape == (3, 169, 64)
+    assert torch.equal(model(tokens), logits)
+    for member in range(3):
+        ref_logits, ref_acts = reference_from_engine(model, member, spec)(tokens, return_mlp_acts=True)
+        torch.testing.assert_close(logits[member], ref_logits, rtol=1e-5, atol=2e-5)
+        torch.testing.assert_close(acts[member], ref_acts, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_param_count_matches_the_spec(tiny_spec, config):
+    spec = tiny_spec(model=config, ensemble={"size": 2})
+    model = build_model(spec)
+    per_member = sum(p[0].numel() for p in model.parameters())
+    assert per_member == spec.param_count()
+
+
+def test_nanda_param_count(tiny_spec):
+    from service.spec import spec_from_preset
+
+    spec = spec_from_preset("nanda2023")
+    assert sum(p[0].numel() for p in build_model(spec).parameters()) == spec.param_count() == 226_688
+
+
+def test_each_member_is_initialised_like_a_single_run_with_its_seed(tiny_spec):
+    ensemble = build_model(tiny_spec(ensemble={"size": 3, "seeds": [5, 6, 7]}))
+    single = build_model(tiny_spec(training={"seed": 6}))
+    for (name, p_ens), (_, p_one) in zip(ensemble.named_parameters(), single.named_parameters()):
+        assert torch.equal(p_ens[1], p_one[0]), name
+    assert not torch.equal(ensemble.W_E[0], ensemble.W_E[1])
+    default = build_model(tiny_spec(training={"seed": 5}, ensemble={"size": 2}))  # seeds 5, 6
+    assert torch.equal(default.W_E[1], single.W_E[0])
+
+
+def test_init_scale_multiplies_every_weight(tiny_spec):
+    base = build_model(tiny_spec(model={"layer_norm": True}))
+    scaled = build_model(tiny_spec(model={"layer_norm": True, "init_scale": 4.0}))
+    for (name, p), (_, q) in zip(base.named_parameters(), scaled.named_parameters()):
+        if name.rsplit(".", 1)[-1].startswith("W_"):
+            torch.testing.assert_close(q, 4.0 * p)
+        else:  # LayerNorm gains and biases keep their init
+            assert torch.equal(q, p), name
+
+
+def test_per_member_tokens(tiny_spec):
+    spec = tiny_spec(ensemble={"size": 2})
+    model = build_model(spec)
+    tokens = build_dataset(spec).tokens
+    batches = torch.stack([tokens[:30], tokens[30:60]])
+    logits = model(batches)
+    torch.testing.assert_close(logits[0], model(tokens[:30])[0])
+    torch.testing.assert_close(logits[1], model(tokens[30:60])[1])
+    with pytest.raises(ValueError, match="tokens must be"):
+        model(torch.stack([tokens[:30]] * 3))
+
+
+def test_analysis_weights_are_one_members_plain_matrices(tiny_spec):
+    spec = tiny_spec(model={"n_layers": 2}, ensemble={"size": 2})
+    model = build_model(spec)
+    w = model.analysis_weights(1)
+    assert w["W_E"].shape == (12, 32) and w["W_U"].shape == (32, 11)
+    assert w["W_in"].shape == (32, 64) and w["W_out"].shape == (64, 32)
+    assert torch.equal(w["W_in"], model.blocks[-1].W_in[1])  # the last layer's
+    assert not w["W_E"].requires_grad
+    w["W_E"].zero_()  # a copy: the model is untouched
+    assert model.W_E[1].abs().sum() > 0
+
+    mlp = build_model(tiny_spec(model={"arch": "mlp", "n_layers": 2}, ensemble={"size": 2}))
+    w = mlp.analysis_weights(0)
+    assert w["W_E"].shape == (12, 32) and w["W_U"].shape == (64, 11)
+    assert w["W_out"] is None and w["W_in"] is None
+    assert w["W_in_a"].shape == w["W_in_b"].shape == (32, 64)
