@@ -9,8 +9,9 @@ Measured here, on both backends:
   - ingestion through store.ingest_metrics, batches of 1000 rows (one commit each),
   - 6 series downsampled to 1000 points each, in one query_metrics call and over HTTP,
   - a 25k-point raw page of one series, through query_metrics and over HTTP.
-"HTTP" is the FastAPI app in process (TestClient): routing, validation and JSON included, no
-network. The reference served one series per request; here one request serves all six.
+"HTTP" is `uvicorn --factory service.app:create_app` in its own process, asked over loopback by
+an httpx client (response JSON parsed). The reference served one series per request; here one
+request serves all six.
 
     .venv/bin/python bench/bench_metrics.py [--repeat 3] [--no-postgres]
 
@@ -21,15 +22,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from service import store  # noqa: E402
@@ -76,12 +83,40 @@ def timed(fn, repeat: int) -> list[float]:
     return times
 
 
+@contextmanager
+def api_server(database_url: str, data_dir: Path) -> Iterator[httpx.Client]:
+    """`uvicorn --factory service.app:create_app` (what `groklab api` runs) on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ, GROKLAB_DATABASE_URL=database_url, GROKLAB_DATA_DIR=str(data_dir),
+        GROKLAB_MAX_POINTS="25000",
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app",
+         "--port", str(port), "--log-level", "warning"],
+        env=env, cwd=ROOT,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        yield client
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def bench_backend(label: str, url: str, repeat: int, data_dir: Path) -> dict:
-    from fastapi.testclient import TestClient
-
-    from service.app import create_app
-    from service.settings import Settings
-
     migrate(url)
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
@@ -121,10 +156,9 @@ def bench_backend(label: str, url: str, repeat: int, data_dir: Path) -> dict:
             session, experiment_id, names=["val_loss"], max_points=1000
         )["series"][0]["steps"])
 
-    # The same two reads over HTTP. The default GROKLAB_MAX_POINTS (20000) would downsample a
-    # 25k page, so this app allows 25k.
-    settings = Settings(data_dir=data_dir, database_url=url, max_points=25_000)
-    with TestClient(create_app(settings)) as client:
+    # The same two reads over HTTP, from a uvicorn server in its own process. The default
+    # GROKLAB_MAX_POINTS (20000) would downsample a 25k page, so this server allows 25k.
+    with api_server(url, data_dir) as client:
         base = f"/api/v1/experiments/{experiment_id}/metrics"
 
         def http_sampled():

@@ -6,10 +6,8 @@ environment; tests pass their own Settings.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -17,9 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit
 from service.api.routes import experiments, health
-from service.db import make_engine, make_sessionmaker
+from service.db import make_engine, make_sessionmaker, without_non_finite
+from service.lifecycle import LifecycleLoop
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        loop = None
+        if settings.reaper_interval_s > 0:
+            # The reaper and the reconciler live in the API process (see service.lifecycle).
+            loop = LifecycleLoop(app.state.sessions, settings, get_enqueue())
+            loop.start()
         yield
+        if loop is not None:
+            loop.stop()
         engine.dispose()
 
     app = FastAPI(title="groklab", version="1", description=DESCRIPTION, lifespan=lifespan)
@@ -66,14 +73,5 @@ async def _database_unavailable(_request: Request, exc: Exception) -> JSONRespon
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 (detail: [{loc, msg, type, input}]), safe for inputs such as 1e999 that
     JSON cannot carry: a non-finite number is echoed as null instead of failing with a 500."""
-    return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    detail = without_non_finite(jsonable_encoder(exc.errors()))
+    return JSONResponse({"detail": detail}, status_code=422)

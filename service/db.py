@@ -5,6 +5,8 @@ make_engine (SQLite pragmas) and in store.py's bulk metric insert.
 """
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     instead of failing with "database is locked"; synchronous=NORMAL is safe under WAL (a power
     cut can lose the last commits, never corrupt the file).
     """
+    kwargs.setdefault("json_serializer", json_dumps)
     sqlite = is_sqlite(url)
     if sqlite:
         connect_args = dict(kwargs.pop("connect_args", {}))
@@ -47,6 +50,23 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def without_non_finite(value: Any) -> Any:
+    """value with every NaN or infinite float replaced by None: JSON has no such numbers
+    (PostgreSQL's json type refuses them; an API response cannot carry them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: without_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_non_finite(v) for v in value]
+    return value
+
+
+def json_dumps(value: Any) -> str:
+    """The JSON columns' serializer: a summary with a NaN final loss is stored with null."""
+    return json.dumps(without_non_finite(value))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -32,12 +33,18 @@ CANCELLED = "cancelled"
 STATUSES: tuple[str, ...] = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED_STATUSES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
-# Metric rollups: one row per (series, level, bucket) where a level-L bucket holds the steps
-# [bucket * 2**L, (bucket + 1) * 2**L). A query at level L reads the finest stored level at or
-# below L and merges: at most 2 rows per bucket up to level 11, and steps / 1024 rows per series
-# beyond (under 1000 for the default GROKLAB_MAX_STEPS). Below 2**4 steps per bucket the raw
-# points are cheap enough to read. Every stored level costs ingestion time.
-ROLLUP_LEVELS: tuple[int, ...] = (4, 6, 8, 10)
+# Token scopes, each including the ones before it: admin ⊇ write ⊇ read.
+SCOPES: tuple[str, ...] = ("read", "write", "admin")
+# Owner of the experiments that existed before tokens did, and of `groklab up`'s admin token.
+LOCAL_OWNER = "local"
+
+# Metric rollups: one row per (series, level, bucket), where a level-L bucket holds the steps
+# [bucket * 2**L, (bucket + 1) * 2**L). A query that needs level L reads level L itself (one row
+# per bucket) up to level 10; beyond, it reads level 10 and merges, steps / 1024 rows per series
+# (under 1000 for the default GROKLAB_MAX_STEPS). Below 16 steps per bucket the raw points are
+# cheap enough to read. Each stored level costs ingestion time. Changing this tuple needs a data
+# migration that rebuilds metric_rollups from metrics.
+ROLLUP_LEVELS: tuple[int, ...] = (4, 5, 6, 7, 8, 9, 10)
 
 
 def utcnow() -> datetime:
@@ -85,10 +92,13 @@ class Experiment(Base):
         Index("ix_experiments_created", "created_at", "id"),
         Index("ix_experiments_status_created", "status", "created_at", "id"),
         Index("ix_experiments_name_created", "name", "created_at", "id"),
+        # A non-admin token lists only its owner's jobs.
+        Index("ix_experiments_owner_created", "owner", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(200), server_default=LOCAL_OWNER)
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     spec: Mapped[dict[str, Any]]
     queue: Mapped[str] = mapped_column(String(64))
@@ -113,6 +123,24 @@ class Experiment(Base):
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+class ApiToken(Base):
+    """A bearer token. Only the sha256 of the secret is stored: the secret is shown once, when
+    the token is created, and cannot be recovered from the database."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        CheckConstraint("scope IN ('read', 'write', 'admin')", name="ck_api_tokens_scope"),
+        UniqueConstraint("token_hash", name="uq_api_tokens_token_hash"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
 
 
 class Metric(Base):
@@ -157,7 +185,8 @@ class MetricRollup(Base):
     A derived index: level L, bucket b covers steps [b * 2**L, (b + 1) * 2**L). It lets the
     server answer a min/max-downsampled query in O(max_points) instead of reading every point.
     n counts the points in the bucket; min_*/max_* are the points with the smallest and largest
-    value (earliest step on ties; NULL when the bucket has only NaN values).
+    value (earliest step on ties; NULL when the bucket has only NaN values). On PostgreSQL the
+    migration gives it fillfactor 70 so that the updates of each batch stay heap-only.
     """
 
     __tablename__ = "metric_rollups"

@@ -28,6 +28,15 @@ class Settings(BaseSettings):
     )
     metrics_flush_s: float = Field(1.0, description="Recorder flushes metrics at least this often.")
     heartbeat_s: float = Field(5.0, description="Running jobs update their heartbeat this often.")
+    heartbeat_timeout_s: float = Field(
+        60.0, description="A running job whose heartbeat is older than this is requeued."
+    )
+    reaper_interval_s: float = Field(
+        10.0, description="How often the API process runs the reaper and the reconciler (0: never)."
+    )
+    reconcile_after_s: float = Field(
+        30.0, description="A job queued this long with no broker message is enqueued again."
+    )
 
     # Abuse limits
     max_body_bytes: int = Field(256 * 1024, description="Largest accepted request body.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -312,7 +313,8 @@ def _require_experiment(session: Session, experiment_id: str) -> None:
 
 
 class _Points:
-    """A batch of metric points as columns, validated."""
+    """A batch of metric points as columns, validated. Names are also coded as integers
+    (name_code indexes unique_names) so that grouping by name is a numpy operation."""
 
     def __init__(self, rows: list[dict]) -> None:
         try:
@@ -324,7 +326,14 @@ class _Points:
             raise ValueError(
                 f"each metric row must be a dict with step, member, name, value ({exc})"
             ) from exc
-        for name in set(self.names):
+        codes: dict[str, int] = {}
+        self.name_code = np.fromiter(
+            (codes.setdefault(name, len(codes)) for name in self.names),
+            dtype=np.int64,
+            count=len(self.names),
+        )
+        self.unique_names = list(codes)
+        for name in self.unique_names:
             if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH or "\x00" in name:
                 raise ValueError(
                     f"metric name must be a string of 1..{MAX_NAME_LENGTH} characters without NUL"
@@ -342,11 +351,12 @@ class _Points:
     def __len__(self) -> int:
         return len(self.names)
 
-    def take(self, index: np.ndarray | list[int]) -> _Points:
+    def take(self, index: np.ndarray) -> _Points:
         out = object.__new__(_Points)
-        out.names = [self.names[i] for i in index]
-        out.members, out.steps, out.values = (
-            self.members[index], self.steps[index], self.values[index],
+        out.names = [self.names[i] for i in index.tolist()]
+        out.unique_names = self.unique_names
+        out.name_code, out.members, out.steps, out.values = (
+            self.name_code[index], self.members[index], self.steps[index], self.values[index],
         )
         return out
 
@@ -448,12 +458,12 @@ def _copy_binary(experiment_id: str, points: _Points) -> bytes:
     """The points in COPY's binary format, laid out by numpy: the rows of one metric name (and
     one NULL-ness of the value) share a fixed-size record, so each group is one array."""
     eid = experiment_id.encode()
-    groups: dict[tuple[str, bool], list[int]] = {}
-    null = np.isnan(points.values).tolist()
-    for i, key in enumerate(zip(points.names, null)):
-        groups.setdefault(key, []).append(i)
+    null = np.isnan(points.values)
     chunks = [_PGCOPY_HEADER]
-    for (name, is_null), index in groups.items():
+    for (code, name), is_null in itertools.product(enumerate(points.unique_names), (False, True)):
+        index = np.flatnonzero((points.name_code == code) & (null == is_null))
+        if not len(index):
+            continue
         encoded = name.encode()
         fields = [
             ("n_fields", ">i2"), ("eid_len", ">i4"), ("eid", f"S{len(eid)}"),
@@ -606,24 +616,24 @@ def _write_summaries(
 def _summaries(points: _Points) -> tuple[list[list], list[list]]:
     """The metric_series and metric_rollups rows of a batch of new points, as columns."""
     n = len(points)
-    series: dict[tuple[str, int], int] = {}
-    group = np.fromiter(
-        (series.setdefault(key, len(series)) for key in zip(points.names, points.members.tolist())),
-        dtype=np.int64,
-        count=n,
-    )
-    keys = list(series)
+    # A series is (name, member): number them 0..k-1 in numpy.
+    members = int(points.members.max()) + 1
+    keys, group = np.unique(points.name_code * members + points.members, return_inverse=True)
+    key_names = [points.unique_names[k] for k in (keys // members).tolist()]
+    key_members = (keys % members).tolist()
     order = np.lexsort((points.steps, group))
     group, steps, values = group[order], points.steps[order], points.values[order]
     step_list = steps.tolist()
-    value_list = [None if v != v else v for v in values.tolist()]
+    value_list = values.tolist()
+    if np.isnan(values).any():
+        value_list = [None if v != v else v for v in value_list]
 
     starts = np.flatnonzero(np.diff(group, prepend=-1))
     ends = np.append(starts[1:], n) - 1
-    first_of = [keys[g] for g in group[starts].tolist()]
+    first_group = group[starts].tolist()
     series_rows = [
-        [name for name, _ in first_of],
-        [member for _, member in first_of],
+        [key_names[g] for g in first_group],
+        [key_members[g] for g in first_group],
         (ends - starts + 1).tolist(),
         [step_list[i] for i in starts.tolist()],
         [value_list[i] for i in starts.tolist()],
@@ -646,11 +656,11 @@ def _summaries(points: _Points) -> tuple[list[list], list[list]]:
     max_values = [value_list[i] for i in point_of_max]
     for missing in np.flatnonzero(ext.min_index < 0).tolist():  # buckets of only NaN
         min_steps[missing] = min_values[missing] = max_steps[missing] = max_values[missing] = None
-    bucket_of = [keys[i] for i in series_index.tolist()]
+    bucket_series = series_index.tolist()
     rollup_rows = [
         levels[level_index].tolist(),
-        [name for name, _ in bucket_of],
-        [member for _, member in bucket_of],
+        [key_names[g] for g in bucket_series],
+        [key_members[g] for g in bucket_series],
         ext.bucket.tolist(),
         ext.n.tolist(),
         min_steps, min_values, max_steps, max_values,
@@ -666,7 +676,9 @@ def _pg_array_literal(items: list[Any], pg_type: str) -> str:
             item: '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in set(items)
         }
         return "{" + ",".join([quoted[item] for item in items]) + "}"
-    return "{" + ",".join(["NULL" if item is None else repr(item) for item in items]) + "}"
+    if None in items:
+        return "{" + ",".join(["NULL" if item is None else repr(item) for item in items]) + "}"
+    return "{" + ",".join(map(repr, items)) + "}"
 
 
 def _driver_sql(sql: str, postgresql: bool) -> str:

@@ -38,20 +38,48 @@ def postgres_server_url() -> str:
     return PG_URL
 
 
+class RedisDatabases:
+    """Hands out Redis database numbers of their own to this test session, flushed on the way in
+    and out, so that two stacks alive at once never share a queue."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base = base_url.rsplit("/", 1)[0]
+        self.next = 1 + uuid.uuid4().int % 15
+        self.used: list[str] = []
+
+    def allocate(self) -> str:
+        import redis
+
+        url = f"{self.base}/{self.next}"
+        self.next = 1 + self.next % 15
+        redis.Redis.from_url(url).flushdb()
+        self.used.append(url)
+        return url
+
+    def flush_all_used(self) -> None:
+        import redis
+
+        for url in self.used:
+            redis.Redis.from_url(url).flushdb()
+
+
 @pytest.fixture(scope="session")
-def redis_test_url() -> str:
-    """A Redis database of its own for this test session (flushed before and after)."""
+def redis_databases():
     import redis
 
-    base = redis.Redis.from_url(REDIS_URL)
     try:
-        base.ping()
+        redis.Redis.from_url(REDIS_URL).ping()
     except Exception as exc:  # noqa: BLE001
         service_missing("Redis", exc)
-    # Pick a database number from the session id so parallel sessions rarely meet.
-    db = 1 + uuid.uuid4().int % 15
-    url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
+    dbs = RedisDatabases(REDIS_URL)
+    yield dbs
+    try:
+        dbs.flush_all_used()
+    except Exception:  # noqa: BLE001  (a test may have restarted Redis)
+        pass
+
+
+@pytest.fixture(scope="session")
+def redis_test_url(redis_databases) -> str:
+    """A Redis database of its own for this test session."""
+    return redis_databases.allocate()

@@ -8,11 +8,12 @@ start a second copy of a job.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from service.settings import Settings, get_settings
 
 RUN_EXPERIMENT = "worker.tasks.run_experiment"
+QUEUES = ("gpu", "cpu")
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -49,9 +50,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
         task_default_queue=settings.default_queue,
-        task_queues=[Queue("gpu"), Queue("cpu")],
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         task_routes={RUN_EXPERIMENT: {"queue": settings.default_queue}},
-        worker_hijack_root_logger=False,
     )
     return app
 

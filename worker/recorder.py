@@ -46,6 +46,7 @@ class Recorder:
         self._last_progress = -1e18
         self._last_cancel_poll = now
         self._stop = False
+        self.lost = False
         self._recent: deque[tuple[float, int]] = deque(maxlen=50)
         self.points_written = 0
 
@@ -74,8 +75,7 @@ class Recorder:
                 s, self.experiment_id, self.attempt, step=step, steps_per_s=rate, eta_s=eta
             )
         if not still_ours:
-            log.warning("experiment %s attempt %s is no longer ours; stopping", self.experiment_id, self.attempt)
-            self._stop = True
+            self.lose()
 
     def should_stop(self) -> bool:
         if self._stop:
@@ -87,6 +87,12 @@ class Recorder:
                 if store.cancel_requested(s, self.experiment_id):
                     self._stop = True
         return self._stop
+
+    def lose(self) -> None:
+        """The job was taken from this attempt (requeued or finished elsewhere): stop training."""
+        log.warning("experiment %s attempt %s is no longer ours; stopping", self.experiment_id, self.attempt)
+        self.lost = True
+        self._stop = True
 
     # ---- helpers -------------------------------------------------------------------------
     def steps_per_s(self) -> float | None:

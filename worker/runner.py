@@ -3,9 +3,12 @@ finish it. A requeued job resumes from its latest checkpoint."""
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
+from contextlib import contextmanager
 
 from service import store
+from service.lifecycle import heartbeat
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
 from service.spec import ExperimentSpec
@@ -39,9 +42,32 @@ def analysis_callback(spec: ExperimentSpec):
     return on_analysis
 
 
-def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings | None = None) -> str:
-    from worker.engine.train import Trainer
+@contextmanager
+def heartbeating(sessions, experiment_id: str, attempt: int, every_s: float, on_lost):
+    """Beat every `every_s` seconds in a thread, so that a long step or a long analysis never
+    looks like a dead worker. on_lost() runs once the job is no longer this attempt's."""
+    done = threading.Event()
 
+    def beat() -> None:
+        while not done.wait(every_s):
+            try:
+                with sessions() as s:
+                    if not heartbeat(s, experiment_id, attempt):
+                        on_lost()
+                        return
+            except Exception:  # the database may blip; the next beat tries again
+                log.exception("heartbeat of %s failed", experiment_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{experiment_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=every_s + 5)
+
+
+def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     sessions = sessions_for(settings)
     with sessions() as s:
@@ -52,34 +78,19 @@ def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings 
             log.info("experiment %s not claimable (%s); nothing to do", experiment_id, state)
             return f"skipped:{state}"
         attempt = exp.attempt
+        log.info("claimed %s (attempt %d) on %s", experiment_id, attempt, worker_name)
         spec = ExperimentSpec.model_validate(exp.spec)
         latest = store.latest_checkpoint(s, experiment_id)
         resume_blob = bytes(latest.data) if latest is not None else None
+        resume_step = latest.step if latest is not None else None
 
     recorder = Recorder(
         sessions, experiment_id, attempt,
         total_steps=spec.training.steps, flush_every_s=settings.metrics_flush_s,
     )
     try:
-        if resume_blob is not None:
-            trainer = Trainer.from_checkpoint(spec, resume_blob)
-            log.info("experiment %s resumes at step %d (attempt %d)", experiment_id, trainer.step, attempt)
-        else:
-            trainer = Trainer(spec)
-        result = trainer.run(
-            on_metrics=recorder.on_metrics,
-            on_checkpoint=recorder.on_checkpoint,
-            should_stop=recorder.should_stop,
-            on_progress=recorder.on_progress,
-            on_analysis=analysis_callback(spec),
-        )
-        recorder.flush()
-        status = "cancelled" if result.get("stopped") == "cancelled" else "succeeded"
-        with sessions() as s:
-            summary = experiment_summary(s, experiment_id)
-            summary["stopped"] = result.get("stopped")
-            store.finish_experiment(s, experiment_id, attempt, status, summary=summary)
-        return status
+        with heartbeating(sessions, experiment_id, attempt, settings.heartbeat_s, recorder.lose):
+            return _train(spec, experiment_id, attempt, (resume_blob, resume_step), recorder, sessions)
     except Exception as exc:  # the job fails cleanly; the worker lives on
         log.exception("experiment %s failed", experiment_id)
         try:
@@ -90,3 +101,31 @@ def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings 
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
             store.finish_experiment(s, experiment_id, attempt, "failed", error=error[-4000:])
         return "failed"
+
+
+def _train(spec, experiment_id, attempt, resume, recorder, sessions) -> str:
+    from worker.engine.train import Trainer
+
+    resume_blob, resume_step = resume
+    if resume_blob is not None:
+        trainer = Trainer.from_checkpoint(spec, resume_blob)
+        log.info("experiment %s resumes at step %d (attempt %d)", experiment_id, trainer.step, attempt)
+    else:
+        trainer = Trainer(spec)
+    result = trainer.run(
+        on_metrics=recorder.on_metrics,
+        on_checkpoint=recorder.on_checkpoint,
+        should_stop=recorder.should_stop,
+        on_progress=recorder.on_progress,
+        on_analysis=analysis_callback(spec),
+    )
+    recorder.flush()
+    if recorder.lost:
+        return "lost"  # requeued while we ran: the job's next attempt finishes it
+    status = "cancelled" if result.get("stopped") == "cancelled" else "succeeded"
+    with sessions() as s:
+        summary = experiment_summary(s, experiment_id)
+        summary["stopped"] = result.get("stopped")
+        summary["resumed_from_step"] = resume_step
+        store.finish_experiment(s, experiment_id, attempt, status, summary=summary)
+    return status

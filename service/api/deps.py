@@ -13,7 +13,8 @@ from service.models import Experiment
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+def get_app_settings(request: Request) -> Settings:
+    """The settings this app was created with (create_app(settings))."""
     return request.app.state.settings
 
 
@@ -29,7 +30,7 @@ def get_enqueue() -> Callable[[str, str], None]:
     return enqueue_experiment
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 EnqueueDep = Annotated[Callable[[str, str], None], Depends(get_enqueue)]
 

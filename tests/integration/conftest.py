@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,48 +66,73 @@ class Stack:
     broker_url: str
     client: httpx.Client
     logs: Path
-    worker: subprocess.Popen
     api: subprocess.Popen
+    workers: list[subprocess.Popen]
 
     def start_worker(self, name: str) -> subprocess.Popen:
-        return groklab("worker", "--name", name, "--loglevel", "info", env=self.env, log=self.logs / f"{name.split('@')[0]}.log")
+        """A worker process in a session of its own, so a test can kill -9 it whole."""
+        log = open(self.logs / f"worker-{name}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker", "--name", f"{name}@%h"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def kill_worker(self, proc: subprocess.Popen) -> None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 def stack_env(database_url: str, broker_url: str, data_dir: Path, **extra: str) -> dict:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
     env.update(
         GROKLAB_DATABASE_URL=database_url,
         GROKLAB_BROKER_URL=broker_url,
         GROKLAB_DATA_DIR=str(data_dir),
         GROKLAB_METRICS_FLUSH_S="0.5",
+        # Short lifecycle timings so the reaper and reconciler act within a test's patience.
+        GROKLAB_HEARTBEAT_S="1",
+        GROKLAB_HEARTBEAT_TIMEOUT_S="6",
+        GROKLAB_REAPER_INTERVAL_S="1",
+        GROKLAB_RECONCILE_AFTER_S="3",
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
-@pytest.fixture(scope="session")
-def stack(postgres_server_url, redis_test_url, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("stack")
-    database_url = create_pg_database(postgres_server_url)
-    env = stack_env(database_url, redis_test_url, data_dir)
-    subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True)
+@contextmanager
+def running_stack(admin_url: str, broker_url: str, data_dir: Path, workers: int = 1, **extra_env: str):
+    """A fresh database, migrated; the API process; `workers` worker processes."""
+    database_url = create_pg_database(admin_url)
+    env = stack_env(database_url, broker_url, data_dir, **extra_env)
+    subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
     port = free_port()
     api = groklab("api", "--port", str(port), env=env, log=data_dir / "api.log")
-    worker = groklab("worker", "--name", "it-main@%h", env=env, log=data_dir / "worker.log")
     url = f"http://127.0.0.1:{port}"
+    stack = Stack(url, env, database_url, broker_url, None, data_dir, api, [])
     try:
-        wait_http(f"{url}/healthz", procs=(api, worker))
-        client = httpx.Client(base_url=url, timeout=30)
-        yield Stack(url, env, database_url, redis_test_url, client, data_dir, worker, api)
-        client.close()
+        for i in range(workers):
+            stack.start_worker(f"w{i}")
+        wait_http(f"{url}/healthz", procs=(api,))
+        stack.client = httpx.Client(base_url=url, timeout=30)
+        yield stack
+        stack.client.close()
     finally:
-        for p in (api, worker):
+        for p in (api, *stack.workers):
             if p.poll() is None:
                 p.terminate()
-        for p in (api, worker):
+        for p in (api, *stack.workers):
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
-        drop_pg_database(postgres_server_url, database_url)
+        drop_pg_database(admin_url, database_url)
+
+
+@pytest.fixture(scope="session")
+def stack(postgres_server_url, redis_test_url, tmp_path_factory):
+    with running_stack(postgres_server_url, redis_test_url, tmp_path_factory.mktemp("stack")) as s:
+        yield s

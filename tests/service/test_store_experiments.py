@@ -171,3 +171,12 @@ def test_a_job_out_of_attempts_fails_instead_of_starting(session):
     assert store.claim_experiment(session, job.id, "w") is None
     got = store.get_experiment(session, job.id)
     assert got.status == "failed" and "3 attempts" in got.error
+
+
+def test_non_finite_numbers_in_a_summary_are_stored_as_null(session):
+    job = store.create_experiment(session, small_spec(), "cpu")
+    claimed = store.claim_experiment(session, job.id, "w")
+    summary = {"final": {"train_loss": float("nan"), "val_loss": float("inf")}, "steps": [1.0]}
+    assert store.finish_experiment(session, job.id, claimed.attempt, "failed", summary=summary)
+    got = store.get_experiment(session, job.id)
+    assert got.summary == {"final": {"train_loss": None, "val_loss": None}, "steps": [1.0]}

@@ -35,7 +35,7 @@ NOT_FOUND = {404: {"model": ErrorOut, "description": "No experiment with this id
 
 SPEC_EXAMPLES = {
     "ci-small": {
-        "summary": "ci-small: groks on 2 CPU cores in about a minute",
+        "summary": "ci-small: the smallest preset that groks (x+y mod 47, 3000 steps)",
         "value": {"name": "ci-small", "preset": "ci-small"},
     },
     "ci-small-resolved": {

@@ -1,0 +1,213 @@
+"""Keeping every job alive: heartbeats, the reaper and the reconciler.
+
+The database is the source of truth; the broker only wakes workers. Three things can go wrong
+with a broker-driven job, and each has its answer here:
+
+- A worker dies mid-job (OOM kill, SIGKILL, a host reboot). Its heartbeat goes stale; the
+  **reaper** puts the job back to 'queued' and enqueues it again. The next claim resumes from
+  the latest checkpoint. After `max_attempts` claims the job fails with a reason that says so.
+- The broker loses messages (Redis flushed or restarted without persistence). The
+  **reconciler** finds queued jobs with no message on the broker and enqueues them again.
+- A message is delivered twice (Redis visibility_timeout, reject_on_worker_lost requeues).
+  The claim is a compare-and-swap on (status, attempt), so the second copy finds the job
+  running or finished and does nothing.
+
+Both loops run in a background thread of the API process (`LifecycleLoop`, started by the app's
+lifespan), so `groklab up`, `groklab api` and every API replica keep jobs moving with no extra
+process. Several replicas are safe: each requeue is a compare-and-swap, and a duplicate message
+is harmless.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Iterable
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.models import CANCELLED, FAILED, QUEUED, RUNNING, Experiment, utcnow
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def heartbeat(session: Session, experiment_id: str, attempt: int) -> bool:
+    """Mark this attempt alive. False when the job is no longer running this attempt."""
+    result = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == experiment_id,
+            Experiment.status == RUNNING,
+            Experiment.attempt == attempt,
+        )
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def reap_stale_jobs(session: Session, stale_after_s: float) -> tuple[list[str], list[str]]:
+    """Requeue running jobs whose heartbeat is older than stale_after_s.
+
+    Returns (requeued ids, ended ids). A job that has used up max_attempts fails with a reason;
+    one whose cancel was requested ends 'cancelled'. Each change is a compare-and-swap on
+    (status, attempt), so a worker that comes back to life cannot finish a requeued job.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=stale_after_s)
+    stale = session.execute(
+        select(Experiment.id, Experiment.attempt, Experiment.max_attempts,
+               Experiment.cancel_requested, Experiment.heartbeat_at, Experiment.worker)
+        .where(Experiment.status == RUNNING, Experiment.heartbeat_at < cutoff)
+    ).all()
+    requeued, ended = [], []
+    for exp_id, attempt, max_attempts, cancel, beat, worker in stale:
+        if cancel:
+            values = {"status": CANCELLED, "finished_at": now}
+        elif attempt >= max_attempts:
+            values = {
+                "status": FAILED, "finished_at": now,
+                "error": (
+                    f"gave up after {attempt} attempts (max_attempts={max_attempts}): the worker "
+                    f"{worker} stopped sending heartbeats (last at {beat.isoformat()})"
+                ),
+            }
+        else:
+            values = {"status": QUEUED, "worker": None, "steps_per_s": None, "eta_s": None}
+        result = session.execute(
+            update(Experiment)
+            .where(Experiment.id == exp_id, Experiment.status == RUNNING,
+                   Experiment.attempt == attempt)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            (requeued if values["status"] == QUEUED else ended).append(exp_id)
+            log.warning("job %s: heartbeat stale since %s on %s -> %s", exp_id, beat, worker, values["status"])
+    session.commit()
+    return requeued, ended
+
+
+def queued_jobs(session: Session, older_than_s: float) -> list[tuple[str, str]]:
+    """(id, queue) of jobs queued for longer than older_than_s (by creation or last start)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    rows = session.execute(
+        select(Experiment.id, Experiment.queue, Experiment.created_at, Experiment.started_at)
+        .where(Experiment.status == QUEUED, Experiment.created_at < cutoff)
+    ).all()
+    session.commit()
+    return [(i, q) for i, q, created, started in rows if started is None or started < cutoff]
+
+
+# ---- what the broker holds ----------------------------------------------------------------
+def _job_id_of(message: dict) -> str | None:
+    """The experiment id carried by one serialized kombu message (JSON, body base64)."""
+    try:
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else None
+    except (KeyError, ValueError, TypeError, IndexError):
+        return None
+
+
+def broker_job_ids(broker_url: str, queues: Iterable[str], broker_dir: Path | None = None) -> set[str] | None:
+    """Experiment ids with a message waiting on the broker.
+
+    Supported: Redis (the queue lists) and the filesystem transport (one file per message).
+    None for any other broker: the reconciler then leaves it alone. Messages delivered but not
+    acked are not counted: a live worker claims a job within moments of receiving it, so a job
+    still queued long after delivery sits with a dead worker, and enqueueing it again is right.
+    """
+    ids: set[str] = set()
+    if broker_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(broker_url)
+        try:
+            for queue in queues:
+                for raw in client.lrange(queue, 0, -1):
+                    job = _job_id_of(json.loads(raw))
+                    if job:
+                        ids.add(job)
+        finally:
+            client.close()
+        return ids
+    if broker_url.startswith("filesystem://") and broker_dir is not None:
+        for path in (broker_dir / "out").glob("*.msg"):
+            try:
+                job = _job_id_of(json.loads(path.read_bytes()))
+            except (OSError, ValueError):
+                continue  # taken by a worker between the listing and the read
+            if job:
+                ids.add(job)
+        return ids
+    return None
+
+
+def reconcile_lost_messages(
+    session: Session, settings: Settings, enqueue: Callable[[str, str], None]
+) -> list[str]:
+    """Enqueue again every job that has been queued for a while with no message on the broker.
+
+    A filesystem broker hands a message to a worker by deleting its file, so a job between
+    delivery and claim has no file for a moment; the grace period covers that (a duplicate
+    message would be harmless anyway: the claim is a compare-and-swap).
+    """
+    candidates = queued_jobs(session, settings.reconcile_after_s)
+    if not candidates:
+        return []
+    present = broker_job_ids(
+        settings.resolved_broker_url, {q for _, q in candidates}, settings.broker_dir
+    )
+    if present is None:
+        return []
+    lost = [(i, q) for i, q in candidates if i not in present]
+    for exp_id, queue in lost:
+        log.warning("job %s is queued but the broker has no message for it: enqueueing again", exp_id)
+        enqueue(exp_id, queue)
+    return [i for i, _ in lost]
+
+
+class LifecycleLoop:
+    """The reaper and the reconciler, every `interval_s`, in a daemon thread."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings,
+                 enqueue: Callable[[str, str], None]) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.enqueue = enqueue
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="groklab-lifecycle", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def tick(self) -> None:
+        with self.sessions() as session:
+            requeued, _ = reap_stale_jobs(session, self.settings.heartbeat_timeout_s)
+            queues = dict(session.execute(
+                select(Experiment.id, Experiment.queue).where(Experiment.id.in_(requeued))
+            ).all()) if requeued else {}
+            session.commit()
+            for exp_id in requeued:
+                self.enqueue(exp_id, queues[exp_id])
+            reconcile_lost_messages(session, self.settings, self.enqueue)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reaper_interval_s):
+            try:
+                self.tick()
+            except Exception:  # a broker or database hiccup must not end the loop
+                log.exception("lifecycle tick failed; trying again in %ss", self.settings.reaper_interval_s)
