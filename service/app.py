@@ -17,7 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit
-from service.api.routes import experiments, health
+from service.api.routes import analysis, experiments, health
 from service.db import make_engine, make_sessionmaker, without_non_finite
 from service.lifecycle import LifecycleLoop
 from service.settings import Settings, get_settings
@@ -29,8 +29,15 @@ Train and analyse **grokking** experiments. POST an experiment spec to `/api/v1/
 a worker trains it and writes metrics and checkpoints back; poll the job, read its metrics
 (downsampled on the server), download its checkpoints.
 
-Errors: 422 with the field paths of an invalid input (`detail[].loc`), 404 for an unknown id,
-413 for a body over GROKLAB_MAX_BODY_BYTES, 409 when the state forbids the action.
+Every `/api/v1` call needs a bearer token (`Authorization: Bearer <token>`), made with
+`groklab token create --owner NAME --scope read|write|admin`. Scopes nest (admin ⊇ write ⊇
+read): read to look, write to submit and cancel. A token sees its owner's experiments only; an
+admin token sees everyone's. `groklab up` prints a local admin token on the first start.
+
+Errors: 422 with the field paths of an invalid input (`detail[].loc`), 401 for a missing,
+unknown or revoked token, 403 for a token whose scope is too small, 404 for an unknown id (or
+another owner's), 413 for a body over GROKLAB_MAX_BODY_BYTES, 409 when the state forbids the
+action.
 """
 
 
@@ -62,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(experiments.router, prefix="/api/v1")
+    app.include_router(analysis.router, prefix="/api/v1")
     return app
 
 

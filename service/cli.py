@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -142,8 +143,118 @@ def up(
 
 
 def _ensure_local_admin_token(env: dict) -> str | None:
-    """Placeholder hook for the auth layer: returns a newly created local admin token, if any."""
-    return None
+    """On the first start of a data dir (its database never had a token), create an admin token
+    for the owner 'local' and return it, to be shown once; None on every later start."""
+    from service import auth
+    from service.models import LOCAL_OWNER
+    from service.settings import Settings
+
+    settings = Settings(data_dir=Path(env["GROKLAB_DATA_DIR"]), database_url=None)
+    with _token_session(settings) as session:
+        if auth.count_tokens(session):
+            return None
+        _, token = auth.create_token(session, LOCAL_OWNER, "admin")
+    return token
+
+
+# ---- tokens ----------------------------------------------------------------------------------
+
+token_app = typer.Typer(
+    help="API tokens, straight on the database (GROKLAB_DATABASE_URL, or SQLite under "
+    "GROKLAB_DATA_DIR). Only their sha256 is stored: a token is shown once, when created.",
+    no_args_is_help=True,
+)
+app.add_typer(token_app, name="token")
+
+
+@contextmanager
+def _token_session(settings=None):
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
+    from service.db import is_sqlite, make_engine, make_sessionmaker
+    from service.settings import get_settings
+
+    url = (settings or get_settings()).resolved_database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    if is_sqlite(url):
+        database = make_url(url).database
+        if database and database != ":memory:" and not Path(database).exists():
+            typer.secho(
+                f"no database at {shown}: run `groklab migrate` (or `groklab up`) first, or set "
+                "GROKLAB_DATA_DIR / GROKLAB_DATABASE_URL",
+                fg="red", err=True,
+            )
+            raise typer.Exit(1)
+    engine = make_engine(url)
+    try:
+        if not inspect(engine).has_table("api_tokens"):
+            typer.secho(
+                f"the database at {shown} has no api_tokens table: run `groklab migrate` first",
+                fg="red", err=True,
+            )
+            raise typer.Exit(1)
+        with make_sessionmaker(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+@token_app.command("create")
+def token_create(
+    owner: Annotated[str, typer.Option(help="Whose experiments the token sees and submits.")],
+    scope: Annotated[
+        str, typer.Option(help="read (look), write (also submit and cancel), admin (everyone's).")
+    ] = "read",
+) -> None:
+    """Create a token and print it, once, alone on stdout (TOKEN=$(groklab token create ...))."""
+    from service import auth
+
+    try:
+        auth.check_owner(owner)
+        auth.check_scope(scope)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2)
+    with _token_session() as session:
+        row, token = auth.create_token(session, owner, scope)
+    typer.secho(
+        f"created token {row.id[:8]} for owner {owner!r}, scope {scope}; it is shown only now:",
+        fg="yellow", err=True,
+    )
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(
+    all_: Annotated[bool, typer.Option("--all", help="Include revoked tokens.")] = False,
+) -> None:
+    """Tokens: id prefix, owner, scope, created (never the secret, which is not stored)."""
+    from service import auth
+
+    with _token_session() as session:
+        tokens = auth.list_tokens(session, include_revoked=all_)
+    typer.echo(f"{'ID':<10}{'OWNER':<24}{'SCOPE':<7}{'CREATED':<27}REVOKED")
+    for t in tokens:
+        revoked = t.revoked_at.isoformat(timespec="seconds") if t.revoked_at else "-"
+        created = t.created_at.isoformat(timespec="seconds")
+        typer.echo(f"{t.id[:8]:<10}{t.owner:<24}{t.scope:<7}{created:<27}{revoked}")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id, or its first 4+ characters.")],
+) -> None:
+    """Revoke a token: requests with it are answered 401 from now on."""
+    from service import auth
+
+    with _token_session() as session:
+        try:
+            token = auth.revoke_token(session, token_id)
+        except LookupError as exc:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(1)
+    typer.echo(f"revoked token {token.id[:8]} of owner {token.owner!r} ({token.scope})")
 
 
 def _client(url: str):

@@ -23,6 +23,7 @@ class ExperimentOut(BaseModel):
 
     id: str
     name: str
+    owner: str = Field(description="Owner of the token that submitted it.")
     status: Status
     queue: str = Field(description="Celery queue the job was sent to (gpu or cpu).")
     spec: dict[str, Any] = Field(description="The full spec, presets resolved.")
@@ -46,6 +47,7 @@ class ExperimentOut(BaseModel):
         return cls(
             id=experiment.id,
             name=experiment.name,
+            owner=experiment.owner,
             status=experiment.status,  # type: ignore[arg-type]
             queue=experiment.queue,
             spec=experiment.spec,

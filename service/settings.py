@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_ensemble: int = Field(256, description="Largest ensemble a spec may ask for.")
     max_page_size: int = Field(500, description="Largest page of experiments in a list.")
     max_points: int = Field(20_000, description="Largest max_points a metrics query may ask for.")
+    max_response_points: int = Field(
+        1_000_000,
+        description="Most points one metrics response may hold: series (names x members) x "
+        "max_points. Without max_points, the default shrinks to fit.",
+    )
 
     # API
     host: str = Field("127.0.0.1", description="Address the API binds to.")

@@ -65,19 +65,23 @@ POWER2022: dict[str, Any] = {
     "analysis": {"every": 1000},
 }
 
-# The smallest config that really groks on 2 CPU cores in about a minute.
+# The smallest config that really groks on 2 CPU cores in about a minute (about 15-20 s of
+# training). Measured with the engine on CPU (seeds 0-3): train acc >= 0.99 by step 50, val acc
+# >= 0.99 at steps 400-750 (seed 0: 450); with weight_decay 0 val acc stays at ~0.58 through 2000
+# steps. The Nanda model learns faster than smaller ones here; lr 3e-3 and 60% data make it grok
+# about 4x sooner than lr 1e-3 with 50% data (val acc 0.99 at step 1850).
 CI_SMALL: dict[str, Any] = {
-    "task": {"kind": "modular", "op": "x+y", "p": 47, "train_fraction": 0.5, "split_seed": 0},
+    "task": {"kind": "modular", "op": "x+y", "p": 47, "train_fraction": 0.6, "split_seed": 0},
     "model": copy.deepcopy(NANDA2023["model"]),
     "optimizer": {
-        "name": "adamw", "lr": 1e-3, "weight_decay": 1.0, "betas": [0.9, 0.98],
+        "name": "adamw", "lr": 3e-3, "weight_decay": 1.0, "betas": [0.9, 0.98],
         "warmup_steps": 10, "grad_filter": None,
     },
     "training": {
-        "steps": 3000, "batch_size": None, "seed": 0, "eval_every": 50,
-        "checkpoint_every": 500, "stop_on_grok": False, "device": "auto",
+        "steps": 1200, "batch_size": None, "seed": 0, "eval_every": 50,
+        "checkpoint_every": 400, "stop_on_grok": False, "device": "auto",
     },
-    "analysis": {"every": 500},
+    "analysis": {"every": 200},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

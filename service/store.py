@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import itertools
 import math
 import uuid
@@ -18,17 +19,19 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
+from service.checkpoint_format import check_checkpoint
 from service.downsample import METHOD, bucket_extremes, bucket_level, buckets_for, minmax_downsample
 from service.models import (
     CANCELLED,
     FAILED,
     FINISHED_STATUSES,
+    LOCAL_OWNER,
     QUEUED,
     ROLLUP_LEVELS,
     RUNNING,
@@ -51,6 +54,19 @@ class ExperimentNotFound(LookupError):
         self.experiment_id = experiment_id
 
 
+class CheckpointCorrupt(ValueError):
+    """A stored checkpoint that must not be loaded or served: its bytes no longer hash to the
+    sha256 recorded when it was written, or they are not a groklab safetensors checkpoint."""
+
+    def __init__(self, checkpoint: Checkpoint, problem: str) -> None:
+        super().__init__(
+            f"checkpoint at step {checkpoint.step} of experiment {checkpoint.experiment_id} is "
+            f"corrupt: {problem}"
+        )
+        self.experiment_id = checkpoint.experiment_id
+        self.step = checkpoint.step
+
+
 def _insert(session: Session, table: Any):
     """INSERT with ON CONFLICT support for the session's dialect (PostgreSQL or SQLite)."""
     dialect = session.get_bind().dialect.name
@@ -64,11 +80,14 @@ def _is_postgresql(session: Session) -> bool:
 # ---- experiments -------------------------------------------------------------------------
 
 
-def create_experiment(session: Session, spec: ExperimentSpec, queue: str) -> Experiment:
-    """Store a new job: status 'queued', attempt 0, the resolved spec as JSON."""
+def create_experiment(
+    session: Session, spec: ExperimentSpec, queue: str, owner: str = LOCAL_OWNER
+) -> Experiment:
+    """Store a new job of `owner`: status 'queued', attempt 0, the resolved spec as JSON."""
     experiment = Experiment(
         id=str(uuid.uuid4()),
         name=spec.name,
+        owner=owner,
         status=QUEUED,
         spec=spec.model_dump(mode="json"),
         queue=queue,
@@ -116,13 +135,15 @@ def list_experiments(
     *,
     status: str | None = None,
     name: str | None = None,
+    owner: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[Experiment], str | None]:
     """A page of jobs, newest first, and the cursor of the next page (None on the last page).
 
     Keyset pagination on (created_at, id): stable while new jobs arrive, O(limit) per page.
-    `name` matches exactly. Raises ValueError on an unknown status or a malformed cursor.
+    `name` and `owner` match exactly. Raises ValueError on an unknown status or a malformed
+    cursor.
     """
     if status is not None and status not in STATUSES:
         raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
@@ -133,6 +154,8 @@ def list_experiments(
         query = query.where(Experiment.status == status)
     if name is not None:
         query = query.where(Experiment.name == name)
+    if owner is not None:
+        query = query.where(Experiment.owner == owner)
     if cursor:
         created_at, last_id = _decode_cursor(cursor)
         query = query.where(
@@ -815,6 +838,22 @@ def query_metrics(
     }
 
 
+def count_metric_series(
+    session: Session, experiment_id: str, *, names: list[str] | None, member: int | None
+) -> int:
+    """How many series (name, member) a metrics query with these filters can return."""
+    query = select(func.count()).select_from(MetricSeries).where(
+        MetricSeries.experiment_id == str(experiment_id)
+    )
+    if names is not None:
+        query = query.where(MetricSeries.name.in_(names))
+    if member is not None:
+        query = query.where(MetricSeries.member == member)
+    count = session.scalar(query)
+    session.commit()
+    return int(count or 0)
+
+
 def list_metric_series(session: Session, experiment_id: str) -> list[MetricSeries]:
     """Every series of an experiment (name, member, point count, first and last step)."""
     series = _series_of(session, str(experiment_id), None, None)
@@ -1054,7 +1093,40 @@ def latest_checkpoint(session: Session, experiment_id: str) -> Checkpoint | None
 
 def checkpoint_intact(checkpoint: Checkpoint) -> bool:
     """Whether the stored data still hashes to the sha256 recorded when it was written."""
-    return hashlib.sha256(checkpoint.data).hexdigest() == checkpoint.sha256
+    return hmac.compare_digest(hashlib.sha256(checkpoint.data).hexdigest(), checkpoint.sha256)
+
+
+def verified_checkpoint(
+    session: Session, experiment_id: str, step: int | None = None
+) -> Checkpoint | None:
+    """The checkpoint at `step` (None: the latest) with its data, checked: its sha256, and its
+    layout (a groklab safetensors checkpoint, never a pickle); None when there is no such
+    checkpoint. Raises CheckpointCorrupt saying which check failed."""
+    checkpoint = _load_checkpoint(session, experiment_id, step=step)
+    if checkpoint is None:
+        return None
+    if not checkpoint_intact(checkpoint):
+        raise CheckpointCorrupt(
+            checkpoint,
+            f"its {len(checkpoint.data)} bytes have sha256 "
+            f"{hashlib.sha256(checkpoint.data).hexdigest()}, but {checkpoint.sha256} was stored "
+            "when it was written",
+        )
+    try:
+        check_checkpoint(checkpoint.data)
+    except ValueError as exc:
+        raise CheckpointCorrupt(checkpoint, str(exc)) from None
+    return checkpoint
+
+
+def load_checkpoint_verified(
+    session: Session, experiment_id: str, step: int | None = None
+) -> bytes | None:
+    """The bytes of the checkpoint at `step` (None: the latest, what a resumed job loads),
+    checked against their sha256; None when there is no such checkpoint. Raises
+    CheckpointCorrupt, never returning bytes that changed since they were written."""
+    checkpoint = verified_checkpoint(session, experiment_id, step)
+    return None if checkpoint is None else bytes(checkpoint.data)
 
 
 # ---- analysis cache ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from kombu import Exchange, Queue
 from service.settings import Settings, get_settings
 
 RUN_EXPERIMENT = "worker.tasks.run_experiment"
+ANALYZE_CHECKPOINT = "worker.tasks.analyze_checkpoint"
 QUEUES = ("gpu", "cpu")
 
 
@@ -62,3 +63,8 @@ celery_app = make_celery()
 def enqueue_experiment(experiment_id: str, queue: str) -> None:
     """Wake a worker on `queue` for this experiment. Safe to call twice (the claim is a CAS)."""
     celery_app.send_task(RUN_EXPERIMENT, args=[experiment_id], queue=queue)
+
+
+def enqueue_checkpoint_analysis(experiment_id: str, step: int, queue: str) -> None:
+    """Ask a worker to analyse one stored checkpoint (the result lands in the analysis cache)."""
+    celery_app.send_task(ANALYZE_CHECKPOINT, args=[experiment_id, step], queue=queue)

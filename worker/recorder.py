@@ -62,6 +62,11 @@ class Recorder:
         with self.sessions() as s:
             store.add_checkpoint(s, self.experiment_id, step, blob, meta)
 
+    def on_measures(self, step: int, measures: list[dict]) -> None:
+        """The full progress measures of every member at an analysis step (for GET .../analysis)."""
+        with self.sessions() as s:
+            store.put_cached_analysis(s, self.experiment_id, step, {"step": step, "members": measures})
+
     def on_progress(self, step: int, total_steps: int) -> None:
         now = self.clock()
         self._recent.append((now, step))

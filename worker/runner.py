@@ -27,19 +27,67 @@ def sessions_for(settings: Settings):
     return _sessionmakers[url]
 
 
-def analysis_callback(spec: ExperimentSpec):
-    """Progress measures every analysis.every steps, for the tasks they make sense for."""
-    if spec.analysis.every is None or spec.task.kind != "modular" or spec.model.arch != "transformer":
+def fourier_analysis_applies(spec: ExperimentSpec) -> bool:
+    """The Fourier measures need a modular task and a model with an MLP layer to read."""
+    return spec.task.kind == "modular" and spec.model.arch == "transformer"
+
+
+def analysis_callback(spec: ExperimentSpec, store_measures=None):
+    """Progress measures every analysis.every steps, for the tasks they make sense for.
+
+    Returns on_analysis(trainer, step) -> metric rows; with store_measures(step, measures), the
+    full measures (key frequencies, spectrum) of every member are handed over too."""
+    if spec.analysis.every is None or not fourier_analysis_applies(spec):
         return None
-    from worker.analysis.fourier import progress_measure_rows
+    from worker.analysis.fourier import measure_rows, progress_measures_all
 
     def on_analysis(trainer, step: int) -> list[dict]:
-        return progress_measure_rows(
-            trainer.model, step, spec.task.p, spec.task.op, trainer.train_mask_grid(),
-            spec.ensemble.size,
+        measures = progress_measures_all(
+            trainer.model, spec.task.p, spec.task.op, trainer.train_mask_grid(), spec.ensemble.size
         )
+        if store_measures is not None:
+            store_measures(step, measures)
+        return measure_rows(step, measures)
 
     return on_analysis
+
+
+def checkpoint_analysis(spec: ExperimentSpec, trainer) -> dict:
+    """The analysis document stored per (experiment, step): every member's measures."""
+    from worker.analysis.fourier import progress_measures_all
+
+    measures = progress_measures_all(
+        trainer.model, spec.task.p, spec.task.op, trainer.train_mask_grid(), spec.ensemble.size
+    )
+    return {"step": trainer.step, "members": measures}
+
+
+def analyze_checkpoint(experiment_id: str, step: int, settings: Settings | None = None) -> str:
+    """Compute and cache the analysis of one stored checkpoint (the on-demand API path)."""
+    from worker.engine.train import Trainer
+
+    sessions = sessions_for(settings or get_settings())
+    with sessions() as s:
+        if store.get_cached_analysis(s, experiment_id, step) is not None:
+            return "cached"
+        exp = store.get_experiment(s, experiment_id)
+        if exp is None:
+            return "missing"
+        spec = ExperimentSpec.model_validate(exp.spec)
+        if not fourier_analysis_applies(spec):
+            return "not-applicable"
+        try:
+            blob = store.load_checkpoint_verified(s, experiment_id, step)
+        except store.CheckpointCorrupt as exc:
+            store.put_cached_analysis(s, experiment_id, step, {"step": step, "error": str(exc)})
+            return "corrupt"
+        if blob is None:
+            return "missing"
+    trainer = Trainer.from_checkpoint(spec, blob)
+    document = checkpoint_analysis(spec, trainer)
+    with sessions() as s:
+        store.put_cached_analysis(s, experiment_id, step, document)
+    return "computed"
 
 
 @contextmanager
@@ -80,9 +128,6 @@ def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings 
         attempt = exp.attempt
         log.info("claimed %s (attempt %d) on %s", experiment_id, attempt, worker_name)
         spec = ExperimentSpec.model_validate(exp.spec)
-        latest = store.latest_checkpoint(s, experiment_id)
-        resume_blob = bytes(latest.data) if latest is not None else None
-        resume_step = latest.step if latest is not None else None
 
     recorder = Recorder(
         sessions, experiment_id, attempt,
@@ -90,7 +135,7 @@ def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings 
     )
     try:
         with heartbeating(sessions, experiment_id, attempt, settings.heartbeat_s, recorder.lose):
-            return _train(spec, experiment_id, attempt, (resume_blob, resume_step), recorder, sessions)
+            return _train(spec, experiment_id, attempt, recorder, sessions)
     except Exception as exc:  # the job fails cleanly; the worker lives on
         log.exception("experiment %s failed", experiment_id)
         try:
@@ -103,12 +148,17 @@ def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings 
         return "failed"
 
 
-def _train(spec, experiment_id, attempt, resume, recorder, sessions) -> str:
+def _train(spec, experiment_id, attempt, recorder, sessions) -> str:
     from worker.engine.train import Trainer
 
-    resume_blob, resume_step = resume
+    with sessions() as s:
+        # A requeued job resumes from its latest checkpoint; a corrupted one fails the job
+        # (CheckpointCorrupt says which step and why) instead of training from garbage.
+        resume_blob = store.load_checkpoint_verified(s, experiment_id)
+    resume_step = None
     if resume_blob is not None:
         trainer = Trainer.from_checkpoint(spec, resume_blob)
+        resume_step = trainer.step
         log.info("experiment %s resumes at step %d (attempt %d)", experiment_id, trainer.step, attempt)
     else:
         trainer = Trainer(spec)
@@ -117,7 +167,7 @@ def _train(spec, experiment_id, attempt, resume, recorder, sessions) -> str:
         on_checkpoint=recorder.on_checkpoint,
         should_stop=recorder.should_stop,
         on_progress=recorder.on_progress,
-        on_analysis=analysis_callback(spec),
+        on_analysis=analysis_callback(spec, recorder.on_measures),
     )
     recorder.flush()
     if recorder.lost:

@@ -109,6 +109,10 @@ def running_stack(admin_url: str, broker_url: str, data_dir: Path, workers: int 
     env = stack_env(database_url, broker_url, data_dir, **extra_env)
     subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
+    token = subprocess.run(
+        [sys.executable, "-m", "service.cli", "token", "create", "--owner", "it", "--scope", "admin"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout.strip()
     port = free_port()
     api = groklab("api", "--port", str(port), env=env, log=data_dir / "api.log")
     url = f"http://127.0.0.1:{port}"
@@ -117,7 +121,7 @@ def running_stack(admin_url: str, broker_url: str, data_dir: Path, workers: int 
         for i in range(workers):
             stack.start_worker(f"w{i}")
         wait_http(f"{url}/healthz", procs=(api,))
-        stack.client = httpx.Client(base_url=url, timeout=30)
+        stack.client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         yield stack
         stack.client.close()
     finally:

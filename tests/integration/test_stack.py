@@ -135,3 +135,93 @@ def test_invalid_spec_is_refused_and_nothing_is_stored(stack):
     assert any("p" in d["loc"] and "prime" in d["msg"] for d in detail)
     after = stack.client.get("/api/v1/experiments", params={"limit": 500}).json()
     assert len(after["items"]) == len(before["items"])
+
+
+def test_analysis_shows_the_fourier_circuit_after_grokking(stack, grokked_run):
+    r = stack.client.get(f"/api/v1/experiments/{grokked_run['id']}/analysis")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    summary = body["summary"]
+    assert summary["phase"] == "grokking"
+    assert summary["memorization_step"] == grokked_run["summary"]["memorization_step"]
+    assert summary["generalization_step"] == grokked_run["summary"]["generalization_step"]
+
+    member = body["fourier"]["members"][0]
+    assert body["fourier"]["step"] == grokked_run["spec"]["training"]["steps"]
+    keys = member["key_frequencies"]
+    p = grokked_run["spec"]["task"]["p"]
+    assert 1 <= len(keys) <= 8
+    assert sum(k["share"] for k in keys) >= 0.6  # a handful carry most of the embedding's norm
+    assert len(member["embedding_spectrum"]) == p // 2 + 1
+
+    # The progress measures were recorded as series during training.
+    series = series_by_name(stack.client.get(
+        f"/api/v1/experiments/{grokked_run['id']}/metrics",
+        params={"names": "restricted_loss,excluded_loss,gini_embed,key_freq_energy"},
+    ).json())
+    assert set(series) == {"restricted_loss", "excluded_loss", "gini_embed", "key_freq_energy"}
+    assert series["gini_embed"]["values"][-1] > series["gini_embed"]["values"][0]
+    assert series["excluded_loss"]["values"][-1] > series["restricted_loss"]["values"][-1]
+
+
+def test_analysis_thresholds_are_query_parameters(stack, grokked_run):
+    loose = stack.client.get(
+        f"/api/v1/experiments/{grokked_run['id']}/analysis", params={"acc_threshold": 0.5}
+    ).json()["summary"]
+    assert loose["generalization_step"] < grokked_run["summary"]["generalization_step"]
+    bad = stack.client.get(
+        f"/api/v1/experiments/{grokked_run['id']}/analysis", params={"acc_threshold": 1.5}
+    )
+    assert bad.status_code == 422
+    assert "acc_threshold" in bad.text
+
+
+def test_checkpoint_analysis_is_computed_on_demand_then_cached(stack, grokked_run):
+    import sqlalchemy as sa
+
+    step = 1000
+    exp_id = grokked_run["id"]
+    first = stack.client.get(f"/api/v1/experiments/{exp_id}/checkpoints/{step}/analysis")
+    assert first.status_code == 200  # analysed during training already
+    engine = sa.create_engine(stack.database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM analysis_cache WHERE experiment_id = :i AND step = :s"),
+                     {"i": exp_id, "s": step})
+    engine.dispose()
+
+    r = stack.client.get(f"/api/v1/experiments/{exp_id}/checkpoints/{step}/analysis")
+    assert r.status_code == 202
+    deadline = time.monotonic() + 60
+    while r.status_code == 202:
+        assert time.monotonic() < deadline, "checkpoint analysis never finished"
+        time.sleep(0.5)
+        r = stack.client.get(f"/api/v1/experiments/{exp_id}/checkpoints/{step}/analysis")
+    assert r.status_code == 200
+    recomputed = r.json()["members"][0]
+    original = first.json()["members"][0]
+    assert [k["frequency"] for k in recomputed["key_frequencies"]] == [
+        k["frequency"] for k in original["key_frequencies"]
+    ]
+    assert recomputed["measures"]["restricted_loss"] == pytest.approx(original["measures"]["restricted_loss"], rel=1e-5)
+
+    missing = stack.client.get(f"/api/v1/experiments/{exp_id}/checkpoints/123/analysis")
+    assert missing.status_code == 404
+
+
+def test_fourier_measures_are_refused_for_s5_but_the_summary_works(stack):
+    s5 = {
+        "name": "s5", "preset": "ci-small",
+        "task": {"kind": "permutation", "op": "x*y"},
+        "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32},
+        "training": {"steps": 10, "eval_every": 5, "checkpoint_every": 10},
+    }
+    job = stack.client.post("/api/v1/experiments", json=s5).json()
+    done = wait_for_status(stack.client, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done.get("error")
+    r = stack.client.get(f"/api/v1/experiments/{job['id']}/checkpoints/10/analysis")
+    assert r.status_code == 422
+    assert "need a modular task; this experiment is S5" in r.json()["detail"]
+    body = stack.client.get(f"/api/v1/experiments/{job['id']}/analysis").json()
+    assert body["fourier"] is None
+    assert "S5" in body["fourier_unavailable"]
+    assert body["summary"]["phase"] == "confusion"

@@ -6,13 +6,15 @@ dropped at its end). PostgreSQL unreachable: skipped with the reason, or failed 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import auth
 from service.db import make_engine, make_sessionmaker, migrate
 from service.settings import Settings
 from tests.support import create_pg_database, drop_pg_database
@@ -35,7 +37,6 @@ def pg_url(postgres_server_url: str) -> Iterator[str]:
         yield url
     finally:
         drop_pg_database(postgres_server_url, url)
-
 
 
 @pytest.fixture(scope="session")
@@ -103,10 +104,28 @@ def enqueued(monkeypatch: pytest.MonkeyPatch, api_settings: Settings) -> list:
 
 
 @pytest.fixture
-def client(api_settings: Settings, enqueued: list) -> Iterator[TestClient]:
+def api_app(api_settings: Settings, enqueued: list) -> FastAPI:
     from service.app import create_app
 
-    with TestClient(create_app(api_settings), raise_server_exceptions=False) as test_client:
+    return create_app(api_settings)
+
+
+@pytest.fixture
+def make_token(api_app: FastAPI) -> Callable[[str, str], str]:
+    """make_token(owner, scope) -> a new bearer token in the API's database."""
+
+    def make(owner: str, scope: str) -> str:
+        with api_app.state.sessions() as session:
+            return auth.create_token(session, owner, scope)[1]
+
+    return make
+
+
+@pytest.fixture
+def client(api_app: FastAPI, make_token: Callable[[str, str], str]) -> Iterator[TestClient]:
+    """A client whose requests carry a write token of the owner 'alice'."""
+    headers = {"Authorization": f"Bearer {make_token('alice', 'write')}"}
+    with TestClient(api_app, raise_server_exceptions=False, headers=headers) as test_client:
         yield test_client
 
 

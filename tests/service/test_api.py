@@ -12,14 +12,8 @@ from fastapi.testclient import TestClient
 from service import store
 from service.app import create_app
 from service.settings import Settings
-
-API = "/api/v1/experiments"
-TINY = {
-    "name": "tiny",
-    "preset": "ci-small",
-    "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32},
-    "training": {"steps": 60},
-}
+from tests.service.blobs import checkpoint_bytes
+from tests.service.specs import API, TINY
 
 
 def submit(client: TestClient, **overrides) -> dict:
@@ -155,6 +149,7 @@ def test_body_over_the_limit_is_413(client, api_settings):
     r = client.post(API, json=big)
     assert r.status_code == 413
     assert str(api_settings.max_body_bytes) in r.json()["detail"]
+    assert "GROKLAB_MAX_BODY_BYTES" in r.json()["detail"]
 
 
 def test_streamed_body_over_the_limit_is_413(client):
@@ -165,7 +160,7 @@ def test_streamed_body_over_the_limit_is_413(client):
         yield b'"}'
 
     r = client.post(API, content=chunks(), headers={"content-type": "application/json"})
-    assert r.status_code == 413
+    assert r.status_code == 413 and "GROKLAB_MAX_BODY_BYTES" in r.json()["detail"]
 
 
 # ---- list, get -------------------------------------------------------------------------------
@@ -188,7 +183,7 @@ def test_list_limit_is_capped_by_settings(client, api_settings):
     assert r.status_code == 422
     (error,) = r.json()["detail"]
     assert error["loc"] == ["query", "limit"]
-    assert str(api_settings.max_page_size) in error["msg"]
+    assert str(api_settings.max_page_size) in error["msg"] and "GROKLAB_MAX_PAGE_SIZE" in error["msg"]
 
 
 def test_filter_by_status_and_bad_cursor(client):
@@ -303,6 +298,7 @@ def test_metrics_max_points_is_capped_by_settings(client, run_with_metrics, api_
     assert r.status_code == 422
     (error,) = r.json()["detail"]
     assert error["loc"] == ["query", "max_points"] and str(api_settings.max_points) in error["msg"]
+    assert "GROKLAB_MAX_POINTS" in error["msg"]
     for params in ({"max_points": 1}, {"from_step": 10, "to_step": 5}, {"names": ","},
                    {"format": "xml"}, {"member": -1}, {"to_step": 2**40}):
         r = client.get(f"{API}/{run_with_metrics}/metrics", params=params)
@@ -339,12 +335,12 @@ def test_infinite_values_come_back_as_null(client, api_sessions):
 
 def test_checkpoints_list_and_verified_download(client, api_sessions):
     job = submit(client)
-    blobs = {30: b"safetensors at 30", 60: b"safetensors at 60" * 1000}
+    blobs = {30: checkpoint_bytes(b"at 30"), 60: checkpoint_bytes(b"at 60" * 1000)}
     with api_sessions() as s:
         for step, blob in blobs.items():
             store.add_checkpoint(s, job["id"], step, blob, {"step": step})
     listing = client.get(f"{API}/{job['id']}/checkpoints").json()
-    assert [(c["step"], c["size"]) for c in listing] == [(30, 17), (60, 17000)]
+    assert [(c["step"], c["size"]) for c in listing] == [(30, len(blobs[30])), (60, len(blobs[60]))]
     assert listing[1]["sha256"] == hashlib.sha256(blobs[60]).hexdigest()
     r = client.get(f"{API}/{job['id']}/checkpoints/60")
     assert r.status_code == 200 and r.content == blobs[60]
@@ -361,8 +357,8 @@ def test_a_corrupt_checkpoint_is_refused_not_served(client, api_sessions):
 
     job = submit(client)
     with api_sessions() as s:
-        store.add_checkpoint(s, job["id"], 30, b"the real bytes", {})
-        s.execute(update(Checkpoint).values(data=b"flipped bits!!"))
+        store.add_checkpoint(s, job["id"], 30, checkpoint_bytes(b"the real bytes"), {})
+        s.execute(update(Checkpoint).values(data=checkpoint_bytes(b"flipped bits!!")))
         s.commit()
     r = client.get(f"{API}/{job['id']}/checkpoints/30")
     assert r.status_code == 409

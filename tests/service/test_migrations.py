@@ -47,3 +47,23 @@ def test_upgrade_head_matches_the_models_and_downgrades_cleanly(empty_url):
         engine.dispose()
     migrate(empty_url)
     assert diffs(empty_url) == []
+
+
+def test_experiments_from_before_tokens_belong_to_the_local_owner(empty_url):
+    from sqlalchemy import text
+
+    command.upgrade(alembic_config(empty_url), "0001")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO experiments (id, name, status, spec, queue, step, total_steps, "
+                "created_at, attempt, max_attempts, cancel_requested) VALUES ('old', 'n', "
+                "'queued', '{}', 'cpu', 0, 1, '2026-01-01 00:00:00', 0, 3, false)"
+            ))
+        migrate(empty_url)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT owner FROM experiments")).all() == [("local",)]
+            assert connection.execute(text("SELECT count(*) FROM api_tokens")).scalar() == 0
+    finally:
+        engine.dispose()

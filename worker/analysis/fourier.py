@@ -477,22 +477,33 @@ def progress_measures(
 
 
 @torch.no_grad()
+def progress_measures_all(
+    model: torch.nn.Module, p: int, op: str, train_mask: torch.Tensor, n_members: int
+) -> list[dict[str, Any]]:
+    """progress_measures for every ensemble member, from one forward pass (list index = member)."""
+    logits, mlp_acts = _full_grid_forward(model, p)
+    return [
+        _measures_from(logits[m], mlp_acts[m], model.analysis_weights(m), p, op, train_mask)
+        for m in range(n_members)
+    ]
+
+
+def measure_rows(step: int, measures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metric rows {"step", "member", "name", "value"} for PROGRESS_MEASURE_NAMES.
+
+    Measures that do not apply (restricted/excluded loss for ops other than x+y and x-y) are
+    left out rather than stored as None.
+    """
+    return [
+        {"step": int(step), "member": member, "name": name, "value": float(m[name])}
+        for member, m in enumerate(measures)
+        for name in PROGRESS_MEASURE_NAMES
+        if m[name] is not None
+    ]
+
+
 def progress_measure_rows(
     model: torch.nn.Module, step: int, p: int, op: str, train_mask: torch.Tensor, n_members: int
 ) -> list[dict[str, Any]]:
-    """Metric rows {"step", "member", "name", "value"} for PROGRESS_MEASURE_NAMES, all members.
-
-    One forward pass serves every member. Measures that do not apply (restricted/excluded loss
-    for ops other than x+y and x-y) are left out rather than stored as None.
-    """
-    logits, mlp_acts = _full_grid_forward(model, p)
-    rows: list[dict[str, Any]] = []
-    for member in range(n_members):
-        measures = _measures_from(
-            logits[member], mlp_acts[member], model.analysis_weights(member), p, op, train_mask
-        )
-        for name in PROGRESS_MEASURE_NAMES:
-            value = measures[name]
-            if value is not None:
-                rows.append({"step": int(step), "member": member, "name": name, "value": float(value)})
-    return rows
+    """Metric rows for PROGRESS_MEASURE_NAMES, all members, from one forward pass."""
+    return measure_rows(step, progress_measures_all(model, p, op, train_mask, n_members))

@@ -12,15 +12,20 @@ cannot run code. The metadata holds strings only; ours are:
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
-CHECKPOINT_FORMAT = "groklab-checkpoint/1"
+# The layout is read without torch in one place, shared with the API (which checks what it serves).
+from service.checkpoint_format import (  # noqa: F401  read_metadata: part of this module's API
+    CHECKPOINT_FORMAT,
+    check_checkpoint,
+    read_metadata,
+)
 
 
 def save_checkpoint(tensors: dict[str, Tensor], metadata: dict[str, Any]) -> bytes:
@@ -30,28 +35,14 @@ def save_checkpoint(tensors: dict[str, Tensor], metadata: dict[str, Any]) -> byt
     return safetensors_save(plain, metadata={"format": CHECKPOINT_FORMAT, **meta})
 
 
-def read_metadata(blob: bytes) -> dict[str, str]:
-    """The "__metadata__" of a safetensors blob, read from its JSON header without the tensors."""
-    if len(blob) < 8:
-        raise ValueError("not a checkpoint: fewer than 8 bytes")
-    (header_len,) = struct.unpack("<Q", blob[:8])
-    if header_len > len(blob) - 8:
-        raise ValueError("not a checkpoint: the safetensors header is longer than the blob")
-    try:
-        header = json.loads(blob[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not a checkpoint: unreadable safetensors header ({exc})") from None
-    return dict(header.get("__metadata__") or {})
-
-
 def load_checkpoint(blob: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors on the CPU, metadata); refuses blobs that are not groklab checkpoints."""
-    metadata = read_metadata(blob)
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"not a groklab checkpoint: format is {metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
-        )
-    return safetensors_load(bytes(blob)), metadata
+    metadata = check_checkpoint(blob)
+    try:
+        tensors = safetensors_load(bytes(blob))
+    except SafetensorError as exc:  # offsets, shapes or dtypes that do not fit the bytes
+        raise ValueError(f"not a checkpoint: unreadable safetensors tensors ({exc})") from None
+    return tensors, metadata
 
 
 def rng_state_tensors(batch_generators: list[torch.Generator]) -> dict[str, Tensor]:

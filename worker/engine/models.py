@@ -229,6 +229,31 @@ class EnsembleTransformer(EnsembleModule):
         index = tok + torch.arange(N_CTX, device=tok.device) * V
         return table, index
 
+    def single_block(self, tok: Tensor, table: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """One block that is both first and last: the residual and MLP acts at the last position.
+
+        An attention score depends only on (query token, key token, key position), so scores are
+        computed for each distinct query token (in practice only '=') against the 3 * vocab
+        possible keys, then looked up per row: no per-row query or key vectors at all.
+        """
+        block = self.blocks[0]
+        E, N, T = tok.shape
+        V, H, dh = self.vocab_in, block.n_heads, block.d_head
+        h_table = block.ln1(table)  # [E, T*V, d]
+        query_tokens, query_of_row = torch.unique(tok[:, :, -1], return_inverse=True)
+        U = query_tokens.numel()
+        q = member_matmul(h_table[:, (T - 1) * V + query_tokens], block.W_Q).view(E, U, H, dh)
+        k = member_matmul(h_table, block.W_K).view(E, T * V, H, dh)
+        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / math.sqrt(dh)  # [E, H, U, T*V]
+        score_rows = scores.permute(0, 2, 3, 1).reshape(E, U * T * V, H)
+        score_index = query_of_row.unsqueeze(-1) * (T * V) + index  # [E, N, T]
+        pattern = gather_rows(score_rows, score_index.reshape(E, N * T)).view(E, N, T, H).softmax(dim=2)
+        v = gather_rows(member_matmul(h_table, block.W_V), index.reshape(E, N * T)).view(E, N, T, H, dh)
+        z = (pattern.unsqueeze(-1) * v).sum(2).flatten(-2)  # [E, N, H*dh]
+        x = gather_rows(table, index[:, :, -1]) + member_matmul(z, block.W_O)
+        out, acts = block.mlp(x)
+        return x + out, acts
+
     def forward(self, tokens: Tensor, return_mlp_acts: bool = False):
         """tokens [N, 3] or [E, N, 3] -> logits [E, N, n_out] at the last position
         (and the last block's MLP post-activation there, [E, N, d_mlp], if return_mlp_acts)."""
@@ -236,19 +261,10 @@ class EnsembleTransformer(EnsembleModule):
         E, N, T = tok.shape
         table, index = self.first_block_inputs(tok)
         first = self.blocks[0]
-        h_table = first.ln1(table)
         if len(self.blocks) == 1:
-            kv_table = member_matmul(h_table, torch.cat([first.W_K, first.W_V], dim=2))
-            q_table = member_matmul(h_table[:, (T - 1) * self.vocab_in :], first.W_Q)
-            kv = gather_rows(kv_table, index.reshape(E, N * T)).view(E, N, T, -1)
-            k, v = (first.heads(t) for t in kv.chunk(2, dim=-1))
-            q = first.heads(gather_rows(q_table, tok[:, :, -1])).unsqueeze(2)
-            x = gather_rows(table, index[:, :, -1])
-            x = x + member_matmul(first.attend(q, k, v)[:, :, 0], first.W_O)
-            out, acts = first.mlp(x)
-            x = x + out
+            x, acts = self.single_block(tok, table, index)
         else:
-            qkv_table = member_matmul(h_table, torch.cat([first.W_Q, first.W_K, first.W_V], dim=2))
+            qkv_table = member_matmul(first.ln1(table), torch.cat([first.W_Q, first.W_K, first.W_V], dim=2))
             qkv = gather_rows(qkv_table, index.reshape(E, N * T)).view(E, N, T, -1)
             q, k, v = (first.heads(t) for t in qkv.chunk(3, dim=-1))
             x = gather_rows(table, index.reshape(E, N * T)).view(E, N, T, -1)

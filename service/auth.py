@@ -1,0 +1,150 @@
+"""Bearer tokens: create, list, revoke, and authenticate a request's token.
+
+A token is `glk_` followed by 43 URL-safe characters from `secrets` (256 random bits). Only its
+sha256 is stored: the secret is shown once, when the token is created. Authenticating hashes the
+presented token and looks the hash up in the unique index of `api_tokens`, so no stored secret
+is ever compared character by character. A plain (unsalted) sha256 is enough here: the secret
+is random, not a password, so there is nothing to guess from its hash.
+
+Scopes nest: admin ⊇ write ⊇ read. A token acts for its owner: it sees and changes only that
+owner's experiments; an admin token sees and changes everyone's.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from service.models import SCOPES, ApiToken, Experiment, utcnow
+
+TOKEN_PREFIX = "glk_"
+OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$"
+MIN_ID_PREFIX = 4
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: the hex sha256 of its UTF-8 bytes."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def scope_includes(granted: str, needed: str) -> bool:
+    """Whether a token of scope `granted` may do what needs scope `needed`."""
+    return SCOPES.index(granted) >= SCOPES.index(needed)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts for: the owner and scope of its token."""
+
+    token_id: str
+    owner: str
+    scope: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == "admin"
+
+    def can(self, needed: str) -> bool:
+        return scope_includes(self.scope, needed)
+
+    def sees(self, experiment: Experiment) -> bool:
+        """Own experiments, or every experiment for an admin."""
+        return self.is_admin or experiment.owner == self.owner
+
+
+def check_owner(owner: str) -> str:
+    if not re.match(OWNER_PATTERN, owner):
+        raise ValueError(
+            f"owner must be 1..200 characters of letters, digits and . _ @ + -, starting with a "
+            f"letter or digit (got {owner!r})"
+        )
+    return owner
+
+
+def check_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)} (got {scope!r})")
+    return scope
+
+
+def create_token(session: Session, owner: str, scope: str) -> tuple[ApiToken, str]:
+    """Store a new token for `owner` with `scope`; returns (the row, the secret token).
+
+    The secret exists only in the return value: show it to its user once."""
+    check_owner(owner)
+    check_scope(scope)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(
+        id=str(uuid.uuid4()),
+        owner=owner,
+        scope=scope,
+        token_hash=hash_token(token),
+        created_at=utcnow(),
+        revoked_at=None,
+    )
+    session.add(row)
+    session.commit()
+    return row, token
+
+
+def list_tokens(session: Session, *, include_revoked: bool = False) -> list[ApiToken]:
+    """Tokens by creation time (their hashes, never their secrets)."""
+    query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)
+    if not include_revoked:
+        query = query.where(ApiToken.revoked_at.is_(None))
+    tokens = list(session.scalars(query))
+    session.commit()
+    return tokens
+
+
+def count_tokens(session: Session) -> int:
+    """How many tokens were ever created, revoked ones included."""
+    count = session.scalar(select(func.count()).select_from(ApiToken))
+    session.commit()
+    return int(count or 0)
+
+
+def revoke_token(session: Session, id_prefix: str) -> ApiToken:
+    """Revoke the token whose id starts with `id_prefix` (at least 4 characters, matching exactly
+    one token). Revoking a revoked token keeps its first revocation time. Raises LookupError."""
+    id_prefix = id_prefix.strip().lower()
+    if len(id_prefix) < MIN_ID_PREFIX:
+        raise LookupError(
+            f"give at least {MIN_ID_PREFIX} characters of the token id (got {id_prefix!r})"
+        )
+    escaped = id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    matches = list(
+        session.scalars(select(ApiToken).where(ApiToken.id.like(f"{escaped}%", escape="\\")))
+    )
+    if len(matches) != 1:
+        session.commit()
+        found = "no token" if not matches else f"{len(matches)} tokens"
+        raise LookupError(f"{found} with an id starting {id_prefix!r}; `groklab token list` shows them")
+    (token,) = matches
+    session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.refresh(token)
+    return token
+
+
+def authenticate(session: Session, token: str) -> Principal | None:
+    """The principal of a presented token, or None when it is unknown or revoked."""
+    digest = hash_token(token)
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == digest)).first()
+    session.commit()
+    if row is None or row.revoked_at is not None:
+        return None
+    if not hmac.compare_digest(row.token_hash, digest):  # the index matched; belt and braces
+        return None
+    return Principal(token_id=row.id, owner=row.owner, scope=row.scope)
