@@ -36,7 +36,13 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # Redis redelivers an unacked message after visibility_timeout. Training jobs ack late
         # (after they finish), so the timeout must outlast the longest job, or Redis would hand
         # a running job to a second worker. The claim in the database guards against that too.
-        transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+        # kombu sweeps for messages past the timeout every interval x throttle seconds (100 s by
+        # default); tie the sweep to the timeout so a short timeout really redelivers.
+        transport_options = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": max(1, min(60, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+        }
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,

@@ -163,8 +163,10 @@ def test_redelivery_after_visibility_timeout_never_runs_a_job_twice(postgres_ser
         assert done["summary"]["resumed_from_step"] is None
         points = raw_metrics(stack.client, job["id"])
         assert max(step for (_, _, step) in points) == 2000
-        # Every claim is logged; the job was claimed exactly once across both workers.
+        # Every claim is logged: the broker did hand the job out again past the timeout, and
+        # the job was claimed exactly once across both workers.
         logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+        assert f"experiment {job['id']} not claimable (running)" in logs
         assert logs.count(f"claimed {job['id']}") == 1
 
 
