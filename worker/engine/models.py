@@ -42,15 +42,34 @@ def member_seeds(spec: ExperimentSpec) -> list[int]:
     return [spec.training.seed + i for i in range(spec.ensemble.size)]
 
 
+class _SelectRows(torch.autograd.Function):
+    """table.index_select(0, index) whose backward is one index_add_.
+
+    The stock backward (a scatter_add over an expanded index) slows down badly when many rows
+    pick the same table row, which is the normal case here: every row's '=' token.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.table_shape = table.shape
+        return table.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.table_shape).index_add_(0, index, grad), None
+
+
 def gather_rows(table: Tensor, index: Tensor) -> Tensor:
     """Row index[e, m] of member e's table: table [E, R, k], index [E, M] (or [M]) -> [E, M, k]."""
     E, R, k = table.shape
     if index.dim() == 1:
         index = index.unsqueeze(0).expand(E, -1)
     if E == 1:
-        return table[0].index_select(0, index[0]).unsqueeze(0)
+        return _SelectRows.apply(table[0], index[0].contiguous()).unsqueeze(0)
     offsets = torch.arange(E, device=index.device).unsqueeze(1) * R
-    rows = table.reshape(E * R, k).index_select(0, (index + offsets).reshape(-1))
+    rows = _SelectRows.apply(table.reshape(E * R, k), (index + offsets).reshape(-1))
     return rows.view(E, index.shape[1], k)
 
 
