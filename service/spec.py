@@ -30,6 +30,8 @@ MODULAR_OPS: tuple[str, ...] = (
 DIVIDING_OPS: frozenset[str] = frozenset({"x/y", "x/y if y odd else x-y"})
 PERMUTATION_OPS: tuple[str, ...] = ("x*y", "x*y*x^-1", "x*y*x")
 S5_ORDER = 120
+# The Fourier progress measures run the model on all p*p pairs and hold p^3 logits.
+FOURIER_MAX_P = 512
 
 NANDA2023: dict[str, Any] = {
     "task": {"kind": "modular", "op": "x+y", "p": 113, "train_fraction": 0.3, "split_seed": 0},

@@ -11,7 +11,7 @@ from service import store
 from service.lifecycle import heartbeat
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
-from service.spec import ExperimentSpec
+from service.spec import FOURIER_MAX_P, ExperimentSpec
 from service.summary import experiment_summary
 from worker.recorder import Recorder
 
@@ -28,8 +28,12 @@ def sessions_for(settings: Settings):
 
 
 def fourier_analysis_applies(spec: ExperimentSpec) -> bool:
-    """The Fourier measures need a modular task and a model with an MLP layer to read."""
-    return spec.task.kind == "modular" and spec.model.arch == "transformer"
+    """The Fourier measures need a modular task, a transformer's MLP layer to read, and a p
+    whose p^3 full-grid logits fit in memory (FOURIER_MAX_P)."""
+    return (
+        spec.task.kind == "modular" and spec.model.arch == "transformer"
+        and spec.task.p <= FOURIER_MAX_P
+    )
 
 
 def analysis_callback(spec: ExperimentSpec, store_measures=None):

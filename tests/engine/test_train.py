@@ -169,6 +169,17 @@ def test_resume_from_checkpoint_is_bit_identical(tiny_spec, overrides):
     assert [m["final"] for m in summary_resumed["members"]] == [m["final"] for m in summary_straight["members"]]
 
 
+def test_resuming_a_finished_run_reports_nothing_twice(tiny_spec):
+    spec = tiny_spec(training={"steps": 20})
+    _, _, checkpoints = record(Trainer(spec))
+    final_step, blob, _ = checkpoints[-1]
+    assert final_step == 20
+    summary, rows, again = record(Trainer.from_checkpoint(spec, blob))
+    assert rows == [] and again == []
+    assert summary["steps"] == 20 and summary["steps_run"] == 0 and summary["stopped"] == "completed"
+    assert summary["members"][0]["final"]["train_loss"] > 0
+
+
 def test_a_checkpoint_of_another_spec_is_refused(tiny_spec):
     blob = Trainer(tiny_spec()).to_checkpoint()
     with pytest.raises(ValueError, match="spec hash"):

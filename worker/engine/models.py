@@ -9,7 +9,9 @@ they compute only what that prediction needs:
   LayerNorm and Q/K/V projections are applied to the vocab * 3 possible inputs and then looked
   up, instead of being recomputed for every one of the N rows.
 - The last block needs keys and values at every position but the query, attention output and
-  MLP only at the last one. With one layer (Nanda et al. 2023) the first block is the last one.
+  MLP only at the last one. With one layer (Nanda et al. 2023) the first block is the last one,
+  and even the attention scores become a lookup: a score depends only on the query token, the
+  key token and the key position (EnsembleTransformer.single_block).
 
 Weights use the "x @ W" convention: W_E [vocab, d_model], W_Q [d_model, n_heads * d_head]
 (head h is columns h*d_head:(h+1)*d_head), W_O [n_heads * d_head, d_model], W_in [d_model, d_mlp],

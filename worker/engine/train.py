@@ -251,6 +251,9 @@ class Trainer:
         if self.step == 0:
             report()
         while self.step < target:
+            if t.stop_on_grok and min(self.grok_streak) >= GROK_PATIENCE:
+                stopped = "grokked"
+                break
             if should_stop is not None and should_stop():
                 stopped = "cancelled"
                 break
@@ -260,12 +263,12 @@ class Trainer:
             report(final=self.step == target)
             if self.step % t.checkpoint_every == 0:
                 checkpoint()
-            if t.stop_on_grok and min(self.grok_streak) >= GROK_PATIENCE:
-                stopped = "grokked"
-                break
-        report(final=True)
-        if last_checkpoint != self.step:
-            checkpoint()
+        # A run resumed from its last checkpoint that trains no further step reports nothing
+        # again: that step's metrics and checkpoint were sent before the checkpoint was taken.
+        if self.step != start_step or start_step == 0:
+            report(final=True)
+            if last_checkpoint != self.step:
+                checkpoint()
         return self.summary(stopped, self.step - start_step, time.perf_counter() - started)
 
     def summary(self, stopped: str, steps_run: int, wall_s: float) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from service import store
 from service.api.deps import OwnedExperiment, SessionDep, invalid
 from service.models import AnalysisCache, Experiment
+from service.spec import FOURIER_MAX_P
 from service.summary import experiment_summary
 from worker.analysis.grokking import GrokkingThresholds
 
@@ -34,6 +35,8 @@ def fourier_unavailable(experiment: Experiment) -> str | None:
         )
     if model["arch"] != "transformer":
         return f"Fourier measures are computed for transformer models; this experiment is {model['arch']!r}"
+    if task["p"] > FOURIER_MAX_P:
+        return f"Fourier measures are computed for p <= {FOURIER_MAX_P}; this experiment has p={task['p']}"
     return None
 
 
