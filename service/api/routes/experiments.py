@@ -55,7 +55,7 @@ router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTH
 
 SPEC_EXAMPLES = {
     "ci-small": {
-        "summary": "ci-small: the smallest preset that groks (x+y mod 47, 3000 steps)",
+        "summary": "ci-small: the smallest preset that groks (x+y mod 47, 60% train, 1200 steps)",
         "value": {"name": "ci-small", "preset": "ci-small"},
     },
     "ci-small-resolved": {
