@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from service import store  # noqa: E402
+from service import auth, store  # noqa: E402
 from service.db import make_engine, make_sessionmaker, migrate  # noqa: E402
 from service.spec import spec_from_preset  # noqa: E402
 
@@ -98,7 +98,11 @@ def api_server(database_url: str, data_dir: Path) -> Iterator[httpx.Client]:
          "--port", str(port), "--log-level", "warning"],
         env=env, cwd=ROOT,
     )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    with make_sessionmaker(make_engine(database_url))() as session:
+        _, token = auth.create_token(session, "local", "admin")
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

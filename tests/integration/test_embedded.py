@@ -10,18 +10,11 @@ import sys
 import httpx
 import pytest
 
-from tests.integration.conftest import free_port, wait_for_status, wait_http
+from tests.integration.conftest import free_port, tiny_spec, wait_for_status, wait_http
 
 pytestmark = pytest.mark.integration
 
-TINY = {
-    "name": "tiny",
-    "preset": "ci-small",
-    "task": {"p": 11},
-    "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32},
-    "training": {"steps": 60, "eval_every": 20, "checkpoint_every": 30},
-    "analysis": {"every": 30},
-}
+TINY = tiny_spec("tiny", steps=60, eval_every=20, checkpoint_every=30, analysis_every=30)
 
 
 def test_groklab_up_end_to_end(tmp_path):

@@ -7,19 +7,12 @@ import time
 import pytest
 import redis
 
-from tests.integration.conftest import wait_for_status
+from tests.integration.conftest import tiny_spec, wait_for_status
 
 pytestmark = pytest.mark.integration
 
 # A job that runs long enough to be cancelled mid-run, on a tiny model.
-LONG_TINY = {
-    "name": "long-tiny",
-    "preset": "ci-small",
-    "task": {"p": 11},
-    "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32},
-    "training": {"steps": 500000, "eval_every": 50, "checkpoint_every": 200},
-    "analysis": {"every": None},
-}
+LONG_TINY = tiny_spec("long-tiny", steps=500000, eval_every=50, checkpoint_every=200)
 
 
 def first_step_at(series: dict, threshold: float) -> int | None:
@@ -209,12 +202,8 @@ def test_checkpoint_analysis_is_computed_on_demand_then_cached(stack, grokked_ru
 
 
 def test_fourier_measures_are_refused_for_s5_but_the_summary_works(stack):
-    s5 = {
-        "name": "s5", "preset": "ci-small",
-        "task": {"kind": "permutation", "op": "x*y"},
-        "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32},
-        "training": {"steps": 10, "eval_every": 5, "checkpoint_every": 10},
-    }
+    s5 = tiny_spec("s5", steps=10, eval_every=5, checkpoint_every=10)
+    s5["task"] = {"kind": "permutation", "op": "x*y"}
     job = stack.client.post("/api/v1/experiments", json=s5).json()
     done = wait_for_status(stack.client, job["id"], timeout=120)
     assert done["status"] == "succeeded", done.get("error")
