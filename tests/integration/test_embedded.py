@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +53,23 @@ def test_groklab_up_end_to_end(tmp_path):
         assert csv.status_code == 200
         assert csv.text.splitlines()[0].startswith("name")
         assert (tmp_path / "data" / "groklab.db").exists()
+
+        # The command-line client against the same service: submit --wait, then status.
+        spec_file = tmp_path / "tiny.json"
+        spec_file.write_text(json.dumps({**TINY, "name": "from-cli"}))
+        cli_env = {**env, "GROKLAB_URL": url, "GROKLAB_TOKEN": client.headers["Authorization"].split()[-1]}
+        submitted = subprocess.run(
+            [sys.executable, "-m", "service.cli", "submit", str(spec_file), "--wait"],
+            env=cli_env, capture_output=True, text=True, timeout=180,
+        )
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        assert '"status": "succeeded"' in submitted.stdout
+        cli_id = submitted.stdout.split()[1]
+        status = subprocess.run(
+            [sys.executable, "-m", "service.cli", "status", cli_id],
+            env=cli_env, capture_output=True, text=True, timeout=60,
+        )
+        assert json.loads(status.stdout)["name"] == "from-cli"
     finally:
         up.send_signal(signal.SIGINT)
         try:
