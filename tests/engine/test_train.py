@@ -246,3 +246,22 @@ def test_engine_imports_no_service_frameworks():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=__import__("pathlib").Path(__file__).parents[2])
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused_with_a_clear_error():
+    import pytest
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from service.checkpoint_format import read_metadata
+    from service.spec import spec_from_preset
+    from worker.engine.train import Trainer
+
+    spec = spec_from_preset("ci-small", task={"p": 7}, model={"d_model": 8, "n_heads": 1, "d_mlp": 16},
+                            training={"steps": 2, "eval_every": 1, "checkpoint_every": 2})
+    blob = Trainer(spec).to_checkpoint()
+    tensors = st_load(blob)
+    metadata = read_metadata(blob)
+    del tensors["param.W_E"]
+    with pytest.raises(ValueError, match="does not match this spec"):
+        Trainer.from_checkpoint(spec, st_save(tensors, metadata))

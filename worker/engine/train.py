@@ -334,7 +334,14 @@ class Trainer:
             )
         tensors, _ = load_checkpoint(blob)
         trainer = cls(spec, device)
-        trainer.load_state_tensors(tensors)
+        try:
+            trainer.load_state_tensors(tensors)
+        except (KeyError, RuntimeError, IndexError) as exc:
+            # A well-formed file that lacks a tensor, or holds one of the wrong shape.
+            raise ValueError(
+                f"checkpoint does not match this spec's model and optimiser "
+                f"({type(exc).__name__}: {exc}); it may be truncated or crafted"
+            ) from exc
         return trainer
 
     @torch.no_grad()
