@@ -129,7 +129,12 @@ def get_checkpoint_analysis(
         )
     from worker.celery_app import enqueue_checkpoint_analysis
 
-    enqueue_checkpoint_analysis(experiment.id, step, experiment.queue)
+    try:
+        enqueue_checkpoint_analysis(experiment.id, step, experiment.queue)
+    except Exception as exc:  # noqa: BLE001 - the broker is down: say so, never a 500
+        raise HTTPException(
+            status_code=503, detail=f"could not queue the analysis (broker unavailable: {exc})"
+        ) from exc
     return JSONResponse(
         {"status": "pending", "detail": f"analysis of step {step} queued for a worker; ask again"},
         status_code=202, headers={"Retry-After": "2"},
