@@ -36,22 +36,6 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def heartbeat(session: Session, experiment_id: str, attempt: int) -> bool:
-    """Mark this attempt alive. False when the job is no longer running this attempt."""
-    result = session.execute(
-        update(Experiment)
-        .where(
-            Experiment.id == experiment_id,
-            Experiment.status == RUNNING,
-            Experiment.attempt == attempt,
-        )
-        .values(heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return result.rowcount == 1
-
-
 def reap_stale_jobs(session: Session, stale_after_s: float) -> tuple[list[str], list[str]]:
     """Requeue running jobs whose heartbeat is older than stale_after_s.
 

@@ -323,10 +323,30 @@ class ExperimentSpec(_Section):
         total = vocab * d + (2 * d) * h + h + (m.n_layers - 1) * (h * h + h) + h * n + n
         return total
 
+    def fourier_unavailable(self) -> str | None:
+        return fourier_unavailable(self.model_dump(mode="json"))
+
     def spec_hash(self) -> str:
         """Stable hash of the full resolved spec (checkpoints carry it)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+def fourier_unavailable(spec: dict[str, Any]) -> str | None:
+    """Why the Fourier progress measures don't apply to a (resolved, stored) spec, or None when
+    they do: they need a modular task, a transformer's MLP to read, and p <= FOURIER_MAX_P.
+    Takes the plain dict so that a stored spec is judged without validating it again."""
+    task, model = spec["task"], spec["model"]
+    if task["kind"] != "modular":
+        return (
+            f"Fourier measures need a modular task; this experiment is S5 "
+            f"(kind {task['kind']!r}, op {task['op']!r})"
+        )
+    if model["arch"] != "transformer":
+        return f"Fourier measures are computed for transformer models; this experiment is {model['arch']!r}"
+    if task["p"] > FOURIER_MAX_P:
+        return f"Fourier measures are computed for p <= {FOURIER_MAX_P}; this experiment has p={task['p']}"
+    return None
 
 
 def is_prime(n: int) -> bool:

@@ -258,6 +258,11 @@ def update_progress(
     )
 
 
+def heartbeat(session: Session, experiment_id: str, attempt: int) -> bool:
+    """Mark this attempt alive. False when the job is no longer running this attempt."""
+    return _update_running(session, experiment_id, attempt, heartbeat_at=utcnow())
+
+
 def cancel_requested(session: Session, experiment_id: str) -> bool:
     """Whether someone asked to cancel this job (the worker polls this and stops cooperatively)."""
     flag = session.scalar(

@@ -8,10 +8,9 @@ import traceback
 from contextlib import contextmanager
 
 from service import store
-from service.lifecycle import heartbeat
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
-from service.spec import FOURIER_MAX_P, ExperimentSpec
+from service.spec import ExperimentSpec
 from service.summary import experiment_summary
 from worker.recorder import Recorder
 
@@ -27,28 +26,17 @@ def sessions_for(settings: Settings):
     return _sessionmakers[url]
 
 
-def fourier_analysis_applies(spec: ExperimentSpec) -> bool:
-    """The Fourier measures need a modular task, a transformer's MLP layer to read, and a p
-    whose p^3 full-grid logits fit in memory (FOURIER_MAX_P)."""
-    return (
-        spec.task.kind == "modular" and spec.model.arch == "transformer"
-        and spec.task.p <= FOURIER_MAX_P
-    )
-
-
 def analysis_callback(spec: ExperimentSpec, store_measures=None):
     """Progress measures every analysis.every steps, for the tasks they make sense for.
 
     Returns on_analysis(trainer, step) -> metric rows; with store_measures(step, measures), the
     full measures (key frequencies, spectrum) of every member are handed over too."""
-    if spec.analysis.every is None or not fourier_analysis_applies(spec):
+    if spec.analysis.every is None or spec.fourier_unavailable() is not None:
         return None
-    from worker.analysis.fourier import measure_rows, progress_measures_all
+    from worker.analysis.fourier import measure_rows
 
     def on_analysis(trainer, step: int) -> list[dict]:
-        measures = progress_measures_all(
-            trainer.model, spec.task.p, spec.task.op, trainer.train_mask_grid(), spec.ensemble.size
-        )
+        measures = member_measures(spec, trainer)
         if store_measures is not None:
             store_measures(step, measures)
         return measure_rows(step, measures)
@@ -56,14 +44,13 @@ def analysis_callback(spec: ExperimentSpec, store_measures=None):
     return on_analysis
 
 
-def checkpoint_analysis(spec: ExperimentSpec, trainer) -> dict:
-    """The analysis document stored per (experiment, step): every member's measures."""
+def member_measures(spec: ExperimentSpec, trainer) -> list[dict]:
+    """Every ensemble member's Fourier progress measures, from one forward pass."""
     from worker.analysis.fourier import progress_measures_all
 
-    measures = progress_measures_all(
+    return progress_measures_all(
         trainer.model, spec.task.p, spec.task.op, trainer.train_mask_grid(), spec.ensemble.size
     )
-    return {"step": trainer.step, "members": measures}
 
 
 def analyze_checkpoint(experiment_id: str, step: int, settings: Settings | None = None) -> str:
@@ -78,7 +65,7 @@ def analyze_checkpoint(experiment_id: str, step: int, settings: Settings | None 
         if exp is None:
             return "missing"
         spec = ExperimentSpec.model_validate(exp.spec)
-        if not fourier_analysis_applies(spec):
+        if spec.fourier_unavailable() is not None:
             return "not-applicable"
         try:
             blob = store.load_checkpoint_verified(s, experiment_id, step)
@@ -88,7 +75,7 @@ def analyze_checkpoint(experiment_id: str, step: int, settings: Settings | None 
         if blob is None:
             return "missing"
     trainer = Trainer.from_checkpoint(spec, blob)
-    document = checkpoint_analysis(spec, trainer)
+    document = {"step": trainer.step, "members": member_measures(spec, trainer)}
     with sessions() as s:
         store.put_cached_analysis(s, experiment_id, step, document)
     return "computed"
@@ -104,7 +91,7 @@ def heartbeating(sessions, experiment_id: str, attempt: int, every_s: float, on_
         while not done.wait(every_s):
             try:
                 with sessions() as s:
-                    if not heartbeat(s, experiment_id, attempt):
+                    if not store.heartbeat(s, experiment_id, attempt):
                         on_lost()
                         return
             except Exception:  # the database may blip; the next beat tries again

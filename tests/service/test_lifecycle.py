@@ -34,7 +34,7 @@ def test_reaper_requeues_a_stale_job_and_leaves_a_live_one(session):
     assert store.get_experiment(session, live.id).status == "running"
     # The old attempt can no longer report or finish: its CAS fails.
     assert not store.update_progress(session, stale.id, 1, step=5, steps_per_s=None, eta_s=None)
-    assert not lifecycle.heartbeat(session, stale.id, 1)
+    assert not store.heartbeat(session, stale.id, 1)
     # The next claim is attempt 2.
     assert store.claim_experiment(session, stale.id, "w2").attempt == 2
 

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from service import store
 from service.api.deps import OwnedExperiment, SessionDep, invalid
-from service.models import AnalysisCache, Experiment
-from service.spec import FOURIER_MAX_P
+from service.models import AnalysisCache
+from service.spec import fourier_unavailable
 from service.summary import experiment_summary
 from worker.analysis.grokking import GrokkingThresholds
 
@@ -23,21 +23,6 @@ THRESHOLD_DOC = (
     "never generalises), comprehension (generalises within delay_threshold x the memorisation "
     "step), grokking (generalises later than that)."
 )
-
-
-def fourier_unavailable(experiment: Experiment) -> str | None:
-    """Why the Fourier measures don't apply to this experiment, or None when they do."""
-    task, model = experiment.spec["task"], experiment.spec["model"]
-    if task["kind"] != "modular":
-        return (
-            f"Fourier measures need a modular task; this experiment is S5 "
-            f"(kind {task['kind']!r}, op {task['op']!r})"
-        )
-    if model["arch"] != "transformer":
-        return f"Fourier measures are computed for transformer models; this experiment is {model['arch']!r}"
-    if task["p"] > FOURIER_MAX_P:
-        return f"Fourier measures are computed for p <= {FOURIER_MAX_P}; this experiment has p={task['p']}"
-    return None
 
 
 def fourier_view(document: dict) -> dict:
@@ -85,7 +70,7 @@ def get_analysis(
         "status": experiment.status,
         "summary": experiment_summary(session, experiment.id, thresholds),
         "fourier": None,
-        "fourier_unavailable": fourier_unavailable(experiment),
+        "fourier_unavailable": fourier_unavailable(experiment.spec),
     }
     if body["fourier_unavailable"] is None:
         latest = session.scalar(
@@ -114,7 +99,7 @@ def get_checkpoint_analysis(
 
     Computed by a worker on the first request (202 with Retry-After until it is ready; the API
     itself never loads a model) and cached in the database after that."""
-    reason = fourier_unavailable(experiment)
+    reason = fourier_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
     cached = store.get_cached_analysis(session, experiment.id, step)
