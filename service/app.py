@@ -18,7 +18,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit
 from service.api.routes import analysis, experiments, health
-from service.db import make_engine, make_sessionmaker, without_non_finite
+from service.db import make_engine, make_sessionmaker
+from service.finite import without_non_finite
 from service.lifecycle import LifecycleLoop
 from service.settings import Settings, get_settings
 

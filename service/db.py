@@ -6,7 +6,6 @@ make_engine (SQLite pragmas) and in store.py's bulk metric insert.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.finite import without_non_finite
 from service.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -50,18 +50,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
-
-
-def without_non_finite(value: Any) -> Any:
-    """value with every NaN or infinite float replaced by None: JSON has no such numbers
-    (PostgreSQL's json type refuses them; an API response cannot carry them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: without_non_finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [without_non_finite(v) for v in value]
-    return value
 
 
 def json_dumps(value: Any) -> str:

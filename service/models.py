@@ -85,7 +85,7 @@ class Experiment(Base):
     __tablename__ = "experiments"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
+            "status IN (" + ", ".join(f"'{s}'" for s in STATUSES) + ")",
             name="ck_experiments_status",
         ),
         # Newest-first keyset pagination, alone or filtered by status or name.

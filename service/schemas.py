@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.models import Checkpoint, Experiment
+from service.models import STATUSES, Checkpoint, Experiment
 
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Status = Literal[STATUSES]  # type: ignore[valid-type]
 
 
 class Progress(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from service import store
-from worker.analysis.grokking import GrokkingThresholds, grokking_summary
+from service.grokking import GrokkingThresholds, grokking_summary
 
 FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm")
 

@@ -12,7 +12,7 @@ from service.api.deps import OwnedExperiment, SessionDep, invalid
 from service.models import AnalysisCache
 from service.spec import fourier_unavailable
 from service.summary import experiment_summary
-from worker.analysis.grokking import GrokkingThresholds
+from service.grokking import GrokkingThresholds
 
 router = APIRouter(tags=["analysis"])
 

@@ -1,6 +1,7 @@
 """When did a run memorise, when did it generalise, and which phase was it in?
 
-Pure Python, no torch: the API server imports this to summarise the metric series it stores.
+Pure Python, no torch: the one home of the grokking rules that the API (summaries of stored
+series) and the engine (memorisation, generalisation, stop_on_grok) both apply.
 
 The phases follow Liu et al. 2022, "Towards Understanding Grokking: An Effective Theory of
 Representation Learning" (arXiv:2205.10343), Sec. 5: after training a run is in one of four
@@ -26,7 +27,13 @@ PHASE_COMPREHENSION = "comprehension"
 PHASE_GROKKING = "grokking"
 PHASE_MEMORIZATION = "memorization"
 PHASE_CONFUSION = "confusion"
-PHASES: tuple[str, ...] = (PHASE_COMPREHENSION, PHASE_GROKKING, PHASE_MEMORIZATION, PHASE_CONFUSION)
+
+# The metric series every evaluation records, per member (the engine writes them, the summary
+# and the dashboards read them).
+TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, WEIGHT_NORM = (
+    "train_loss", "train_acc", "val_loss", "val_acc", "weight_norm",
+)
+EVAL_METRICS: tuple[str, ...] = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, WEIGHT_NORM)
 
 # Accuracy that counts as "fits" (train) or "generalises" (val), as in Power et al. 2022.
 ACC_THRESHOLD = 0.99
@@ -34,6 +41,8 @@ ACC_THRESHOLD = 0.99
 ACC_THRESHOLD_95 = 0.95
 # A run that generalises within this many times its memorization step is "comprehension".
 DELAY_THRESHOLD = 2.0
+# stop_on_grok: consecutive evaluations with val_acc >= ACC_THRESHOLD, every member.
+GROK_PATIENCE = 3
 
 
 @dataclass(frozen=True)
