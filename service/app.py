@@ -17,7 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit
-from service.api.routes import analysis, experiments, health
+from service.api.routes import analysis, checkpoints, experiments, health, metrics
 from service.db import make_engine, make_sessionmaker
 from service.finite import without_non_finite
 from service.lifecycle import LifecycleLoop
@@ -69,8 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(InterfaceError, _database_unavailable)
 
     app.include_router(health.router)
-    app.include_router(experiments.router, prefix="/api/v1")
-    app.include_router(analysis.router, prefix="/api/v1")
+    for router in (experiments.router, metrics.router, checkpoints.router, analysis.router):
+        app.include_router(router, prefix="/api/v1")
     return app
 
 

@@ -1,7 +1,7 @@
 """The engine, the session factory, and migrations.
 
 PostgreSQL in production (psycopg 3), SQLite embedded. One code path: the differences live in
-make_engine (SQLite pragmas) and in store.py's bulk metric insert.
+make_engine (SQLite pragmas) and in service/store/metrics_ingest.py (the bulk metric insert).
 """
 from __future__ import annotations
 

@@ -16,6 +16,10 @@ Both loops run in a background thread of the API process (`LifecycleLoop`, start
 lifespan), so `groklab up`, `groklab api` and every API replica keep jobs moving with no extra
 process. Several replicas are safe: each requeue is a compare-and-swap, and a duplicate message
 is harmless.
+
+The job-state reads and compare-and-swap writes of both loops are in the store
+(`store.reap_stale_jobs`, `store.queued_jobs`); this module holds the loop and what it asks the
+broker.
 """
 from __future__ import annotations
 
@@ -23,70 +27,15 @@ import base64
 import json
 import logging
 import threading
-from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterable
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.models import CANCELLED, FAILED, QUEUED, RUNNING, Experiment, utcnow
+from service import store
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def reap_stale_jobs(session: Session, stale_after_s: float) -> tuple[list[str], list[str]]:
-    """Requeue running jobs whose heartbeat is older than stale_after_s.
-
-    Returns (requeued ids, ended ids). A job that has used up max_attempts fails with a reason;
-    one whose cancel was requested ends 'cancelled'. Each change is a compare-and-swap on
-    (status, attempt), so a worker that comes back to life cannot finish a requeued job.
-    """
-    now = utcnow()
-    cutoff = now - timedelta(seconds=stale_after_s)
-    stale = session.execute(
-        select(Experiment.id, Experiment.attempt, Experiment.max_attempts,
-               Experiment.cancel_requested, Experiment.heartbeat_at, Experiment.worker)
-        .where(Experiment.status == RUNNING, Experiment.heartbeat_at < cutoff)
-    ).all()
-    requeued, ended = [], []
-    for exp_id, attempt, max_attempts, cancel, beat, worker in stale:
-        if cancel:
-            values = {"status": CANCELLED, "finished_at": now}
-        elif attempt >= max_attempts:
-            values = {
-                "status": FAILED, "finished_at": now,
-                "error": (
-                    f"gave up after {attempt} attempts (max_attempts={max_attempts}): the worker "
-                    f"{worker} stopped sending heartbeats (last at {beat.isoformat()})"
-                ),
-            }
-        else:
-            values = {"status": QUEUED, "worker": None, "steps_per_s": None, "eta_s": None}
-        result = session.execute(
-            update(Experiment)
-            .where(Experiment.id == exp_id, Experiment.status == RUNNING,
-                   Experiment.attempt == attempt)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:
-            (requeued if values["status"] == QUEUED else ended).append(exp_id)
-            log.warning("job %s: heartbeat stale since %s on %s -> %s", exp_id, beat, worker, values["status"])
-    session.commit()
-    return requeued, ended
-
-
-def queued_jobs(session: Session, older_than_s: float) -> list[tuple[str, str]]:
-    """(id, queue) of jobs queued for longer than older_than_s (by creation or last start)."""
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    rows = session.execute(
-        select(Experiment.id, Experiment.queue, Experiment.created_at, Experiment.started_at)
-        .where(Experiment.status == QUEUED, Experiment.created_at < cutoff)
-    ).all()
-    session.commit()
-    return [(i, q) for i, q, created, started in rows if started is None or started < cutoff]
 
 
 # ---- what the broker holds ----------------------------------------------------------------
@@ -145,7 +94,7 @@ def reconcile_lost_messages(
     delivery and claim has no file for a moment; the grace period covers that (a duplicate
     message would be harmless anyway: the claim is a compare-and-swap).
     """
-    candidates = queued_jobs(session, settings.reconcile_after_s)
+    candidates = store.queued_jobs(session, settings.reconcile_after_s)
     if not candidates:
         return []
     present = broker_job_ids(
@@ -180,11 +129,8 @@ class LifecycleLoop:
 
     def tick(self) -> None:
         with self.sessions() as session:
-            requeued, _ = reap_stale_jobs(session, self.settings.heartbeat_timeout_s)
-            queues = dict(session.execute(
-                select(Experiment.id, Experiment.queue).where(Experiment.id.in_(requeued))
-            ).all()) if requeued else {}
-            session.commit()
+            requeued, _ = store.reap_stale_jobs(session, self.settings.heartbeat_timeout_s)
+            queues = store.job_queues(session, requeued)
             for exp_id in requeued:
                 self.enqueue(exp_id, queues[exp_id])
             reconcile_lost_messages(session, self.settings, self.enqueue)

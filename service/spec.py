@@ -8,12 +8,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from service.settings import get_settings
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 MODULAR_OPS: tuple[str, ...] = (
     "x+y",
@@ -93,6 +95,36 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The caps a submitted spec must respect (GROKLAB_MAX_*), passed to validation as its
+    context: `ExperimentSpec.model_validate(data, context=Limits.from_settings(settings))`.
+
+    Validating without a context applies no caps: a spec stored at submission was capped then,
+    so the worker validates it again without reading the environment."""
+
+    max_p: int | None = None
+    max_steps: int | None = None
+    max_params: int | None = None
+    max_ensemble: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_p=settings.max_p,
+            max_steps=settings.max_steps,
+            max_params=settings.max_params,
+            max_ensemble=settings.max_ensemble,
+        )
+
+
+NO_LIMITS = Limits()
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return info.context if isinstance(info.context, Limits) else NO_LIMITS
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Return base with override laid on top; nested dicts merge, everything else replaces."""
     out = copy.deepcopy(base)
@@ -132,8 +164,8 @@ class TaskSpec(_Section):
             return p
         if p is None or p < 2:
             raise ValueError(f"p must be an integer >= 2 for modular tasks (got {p})")
-        limit = get_settings().max_p
-        if p > limit:
+        limit = _limits(info).max_p
+        if limit is not None and p > limit:
             raise ValueError(f"p must be at most {limit} (GROKLAB_MAX_P) (got {p})")
         op = info.data.get("op")
         if op in DIVIDING_OPS and not is_prime(p):
@@ -214,9 +246,9 @@ class EnsembleSpec(_Section):
     weight_decay: list[float] | None = Field(None, description="Per-member weight decays.")
 
     @model_validator(mode="after")
-    def _check_lengths(self) -> "EnsembleSpec":
-        limit = get_settings().max_ensemble
-        if self.size > limit:
+    def _check_lengths(self, info: ValidationInfo) -> "EnsembleSpec":
+        limit = _limits(info).max_ensemble
+        if limit is not None and self.size > limit:
             raise ValueError(f"size must be at most {limit} (GROKLAB_MAX_ENSEMBLE) (got {self.size})")
         for name in ("seeds", "lr", "weight_decay"):
             values = getattr(self, name)
@@ -244,9 +276,9 @@ class TrainingSpec(_Section):
 
     @field_validator("steps")
     @classmethod
-    def _check_steps(cls, v: int) -> int:
-        limit = get_settings().max_steps
-        if v > limit:
+    def _check_steps(cls, v: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_steps
+        if limit is not None and v > limit:
             raise ValueError(f"steps must be at most {limit} (GROKLAB_MAX_STEPS) (got {v})")
         return v
 
@@ -279,10 +311,10 @@ class ExperimentSpec(_Section):
         return deep_merge(base, data)
 
     @model_validator(mode="after")
-    def _check_budget(self) -> "ExperimentSpec":
-        limit = get_settings().max_params
+    def _check_budget(self, info: ValidationInfo) -> "ExperimentSpec":
+        limit = _limits(info).max_params
         n = self.param_count()
-        if n > limit:
+        if limit is not None and n > limit:
             raise ValueError(
                 f"model has {n} parameters per member; at most {limit} allowed (GROKLAB_MAX_PARAMS)"
             )
@@ -360,8 +392,8 @@ def is_prime(n: int) -> bool:
     return True
 
 
-def load_spec(path: str | Path) -> ExperimentSpec:
-    """Load a spec from a JSON or YAML file (same schema either way)."""
+def load_spec(path: str | Path, limits: Limits | None = None) -> ExperimentSpec:
+    """Load a spec from a JSON or YAML file (same schema either way), within `limits` if given."""
     path = Path(path)
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
@@ -370,7 +402,7 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         data = yaml.safe_load(text)
     else:
         data = json.loads(text)
-    return ExperimentSpec.model_validate(data)
+    return ExperimentSpec.model_validate(data, context=limits)
 
 
 def spec_from_preset(preset: str, **overrides: Any) -> ExperimentSpec:

@@ -1,4 +1,7 @@
-"""The Celery app. Torch-free: the API imports it to enqueue jobs by task name.
+"""The Celery app, built by `make_celery(settings)`; `get_celery_app()` builds the process's one
+app from the environment's settings on first use. Importing this module builds nothing, connects
+nowhere and creates no folder. Torch-free: the API sends tasks by name through it
+(service.queueing).
 
 The database, not the broker, is the source of truth for a job's state. The broker only wakes
 workers up, so every setting here is chosen so that a message is never lost, and the task
@@ -7,18 +10,21 @@ start a second copy of a job.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from celery import Celery
 from kombu import Exchange, Queue
 
+from service.queueing import QUEUES
 from service.settings import Settings, get_settings
 
 RUN_EXPERIMENT = "worker.tasks.run_experiment"
 ANALYZE_CHECKPOINT = "worker.tasks.analyze_checkpoint"
-QUEUES = ("gpu", "cpu")
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app on the settings' broker. The embedded filesystem broker's folders are
+    created here, when an app is built on them."""
     app = Celery("groklab", broker=settings.resolved_broker_url)
     transport_options: dict = {}
     if settings.resolved_broker_url.startswith("filesystem://"):
@@ -63,14 +69,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-celery_app = make_celery()
+@lru_cache(maxsize=1)
+def get_celery_app() -> Celery:
+    """The process's Celery app, built from the environment's settings on first use."""
+    return make_celery(get_settings())
 
-
-def enqueue_experiment(experiment_id: str, queue: str) -> None:
-    """Wake a worker on `queue` for this experiment. Safe to call twice (the claim is a CAS)."""
-    celery_app.send_task(RUN_EXPERIMENT, args=[experiment_id], queue=queue)
-
-
-def enqueue_checkpoint_analysis(experiment_id: str, step: int, queue: str) -> None:
-    """Ask a worker to analyse one stored checkpoint (the result lands in the analysis cache)."""
-    celery_app.send_task(ANALYZE_CHECKPOINT, args=[experiment_id, step], queue=queue)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from typing import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
+from service.progress import StepRate
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ class Recorder:
         self._last_cancel_poll = now
         self._stop = False
         self.lost = False
-        self._recent: deque[tuple[float, int]] = deque(maxlen=50)
-        self.points_written = 0
+        self._rate = StepRate(clock=clock)
 
     # ---- engine callbacks --------------------------------------------------------------
     def on_metrics(self, rows: list[dict]) -> None:
@@ -68,16 +67,15 @@ class Recorder:
             store.put_cached_analysis(s, self.experiment_id, step, {"step": step, "members": measures})
 
     def on_progress(self, step: int, total_steps: int) -> None:
+        self._rate.observe(step)
         now = self.clock()
-        self._recent.append((now, step))
         if now - self._last_progress < self.progress_every_s and step < total_steps:
             return
         self._last_progress = now
-        rate = self.steps_per_s()
-        eta = (total_steps - step) / rate if rate else None
         with self.sessions() as s:
             still_ours = store.update_progress(
-                s, self.experiment_id, self.attempt, step=step, steps_per_s=rate, eta_s=eta
+                s, self.experiment_id, self.attempt, step=step,
+                steps_per_s=self._rate.rate(), eta_s=self._rate.eta_s(step, total_steps),
             )
         if not still_ours:
             self.lose()
@@ -99,13 +97,6 @@ class Recorder:
         self.lost = True
         self._stop = True
 
-    # ---- helpers -------------------------------------------------------------------------
-    def steps_per_s(self) -> float | None:
-        if len(self._recent) < 2:
-            return None
-        (t0, s0), (t1, s1) = self._recent[0], self._recent[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
-
     def flush(self) -> None:
         self._last_flush = self.clock()
         if not self._rows:
@@ -113,4 +104,3 @@ class Recorder:
         rows, self._rows = self._rows, []
         with self.sessions() as s:
             store.ingest_metrics(s, self.experiment_id, rows)
-        self.points_written += len(rows)

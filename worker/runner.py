@@ -6,6 +6,9 @@ import logging
 import threading
 import traceback
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
 from service.db import make_engine, make_sessionmaker
@@ -16,17 +19,22 @@ from worker.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
-_sessionmakers: dict[str, object] = {}
+if TYPE_CHECKING:
+    from worker.engine.train import AnalysisCallback, Trainer
+
+_sessionmakers: dict[str, sessionmaker[Session]] = {}
 
 
-def sessions_for(settings: Settings):
+def sessions_for(settings: Settings) -> sessionmaker[Session]:
     url = settings.resolved_database_url
     if url not in _sessionmakers:
         _sessionmakers[url] = make_sessionmaker(make_engine(url))
     return _sessionmakers[url]
 
 
-def analysis_callback(spec: ExperimentSpec, store_measures=None):
+def analysis_callback(
+    spec: ExperimentSpec, store_measures: Callable[[int, list[dict]], None] | None = None
+) -> AnalysisCallback | None:
     """Progress measures every analysis.every steps, for the tasks they make sense for.
 
     Returns on_analysis(trainer, step) -> metric rows; with store_measures(step, measures), the
@@ -35,7 +43,7 @@ def analysis_callback(spec: ExperimentSpec, store_measures=None):
         return None
     from worker.analysis.fourier import measure_rows
 
-    def on_analysis(trainer, step: int) -> list[dict]:
+    def on_analysis(trainer: Trainer, step: int) -> list[dict]:
         measures = member_measures(spec, trainer)
         if store_measures is not None:
             store_measures(step, measures)
@@ -44,7 +52,7 @@ def analysis_callback(spec: ExperimentSpec, store_measures=None):
     return on_analysis
 
 
-def member_measures(spec: ExperimentSpec, trainer) -> list[dict]:
+def member_measures(spec: ExperimentSpec, trainer: Trainer) -> list[dict]:
     """Every ensemble member's Fourier progress measures, from one forward pass."""
     from worker.analysis.fourier import progress_measures_all
 
@@ -82,7 +90,10 @@ def analyze_checkpoint(experiment_id: str, step: int, settings: Settings | None 
 
 
 @contextmanager
-def heartbeating(sessions, experiment_id: str, attempt: int, every_s: float, on_lost):
+def heartbeating(
+    sessions: sessionmaker[Session], experiment_id: str, attempt: int, every_s: float,
+    on_lost: Callable[[], None],
+):
     """Beat every `every_s` seconds in a thread, so that a long step or a long analysis never
     looks like a dead worker. on_lost() runs once the job is no longer this attempt's."""
     done = threading.Event()
@@ -139,7 +150,10 @@ def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings 
         return "failed"
 
 
-def _train(spec, experiment_id, attempt, recorder, sessions) -> str:
+def _train(
+    spec: ExperimentSpec, experiment_id: str, attempt: int, recorder: Recorder,
+    sessions: sessionmaker[Session],
+) -> str:
     from worker.engine.train import Trainer
 
     with sessions() as s:

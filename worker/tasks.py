@@ -1,17 +1,23 @@
-"""Celery tasks. Thin on purpose: the work is in worker.runner, which a test can call directly."""
+"""Celery tasks. Thin on purpose: the work is in worker.runner, which a test can call directly.
+
+Registered with shared_task, so importing this module builds no app: they join every app
+built by worker.celery_app.make_celery (the worker's is get_celery_app()).
+"""
 from __future__ import annotations
 
-from worker.celery_app import ANALYZE_CHECKPOINT, RUN_EXPERIMENT, celery_app
+from celery import shared_task
+
+from worker.celery_app import ANALYZE_CHECKPOINT, RUN_EXPERIMENT
 
 
-@celery_app.task(name=RUN_EXPERIMENT, bind=True)
+@shared_task(name=RUN_EXPERIMENT, bind=True)
 def run_experiment(self, experiment_id: str) -> str:
     from worker.runner import run_job  # torch is imported only by the worker process
 
     return run_job(experiment_id, worker_name=self.request.hostname or "worker")
 
 
-@celery_app.task(name=ANALYZE_CHECKPOINT)
+@shared_task(name=ANALYZE_CHECKPOINT)
 def analyze_checkpoint(experiment_id: str, step: int) -> str:
     from worker.runner import analyze_checkpoint as analyze
 

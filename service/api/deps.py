@@ -5,14 +5,17 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import Depends, HTTPException, Path, Request, Security
+from fastapi import Body, Depends, HTTPException, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import WrapValidator
 from sqlalchemy.orm import Session
 
-from service import auth, store
+from service import auth, queueing, store
 from service.auth import Principal
 from service.models import Experiment
+from service.schemas.experiments import SPEC_EXAMPLES, parse_spec
 from service.settings import Settings
+from service.spec import ExperimentSpec, Limits
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -26,15 +29,34 @@ def get_db(request: Request) -> Iterator[Session]:
 
 
 def get_enqueue() -> Callable[[str, str], None]:
-    """worker.celery_app.enqueue_experiment, imported on first use (it builds the Celery app)."""
-    from worker.celery_app import enqueue_experiment
-
-    return enqueue_experiment
+    """How a stored job wakes a worker: enqueue_experiment(experiment_id, queue)."""
+    return queueing.enqueue_experiment
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 EnqueueDep = Annotated[Callable[[str, str], None], Depends(get_enqueue)]
+
+
+def _unvalidated(value: Any, _handler: Any) -> Any:
+    return value
+
+
+def get_submitted_spec(
+    body: Annotated[
+        ExperimentSpec, WrapValidator(_unvalidated), Body(openapi_examples=SPEC_EXAMPLES)
+    ],
+    settings: SettingsDep,
+) -> ExperimentSpec:
+    """The request body as a spec, validated within this app's limits (GROKLAB_MAX_*).
+
+    FastAPI cannot hand a validation context to a body, so here it only reads the JSON (the
+    wrap validator skips the spec's validation; the OpenAPI schema is still the spec's) and
+    parse_spec validates it with the limits as context."""
+    return parse_spec(body, Limits.from_settings(settings))
+
+
+SubmittedSpec = Annotated[ExperimentSpec, Depends(get_submitted_spec)]
 
 
 # ---- authentication and tenancy ------------------------------------------------------------
@@ -126,10 +148,3 @@ def get_owned_experiment_for_write(
 OwnedExperiment = Annotated[Experiment, Depends(get_owned_experiment)]
 OwnedExperimentForWrite = Annotated[Experiment, Depends(get_owned_experiment_for_write)]
 
-
-def invalid(loc: tuple[str, ...], msg: str, value: Any) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors (detail: [{loc, msg, type, input}])."""
-    return HTTPException(
-        status_code=422,
-        detail=[{"type": "value_error", "loc": list(loc), "msg": msg, "input": value}],
-    )

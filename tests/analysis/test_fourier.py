@@ -16,18 +16,15 @@ from worker.analysis.fourier import (
     excluded_loss,
     full_grid_tokens,
     gini,
-    gini_embed,
     gini_unembed,
-    key_frequencies,
     key_frequency_clusters,
     key_frequency_energy,
     make_fourier_basis,
-    progress_measure_rows,
-    progress_measures,
+    measure_rows,
+    progress_measures_all,
     restricted_loss,
     softmax_collapse_fraction,
     sum_op_labels,
-    total_weight_norm,
 )
 
 P = 67  # prime, and 31 <= p // 2, so frequency 31 is not aliased onto p - 31
@@ -224,7 +221,7 @@ def test_hand_built_model_is_exactly_right(fourier_model):
 
 def test_key_frequencies_of_hand_built_model_are_the_chosen_ones(fourier_model):
     _, acts = grid_outputs(fourier_model, P)
-    assert key_frequencies(acts, P) == list(FREQS)
+    assert key_frequency_clusters(acts, P)["key_frequencies"] == list(FREQS)
     clusters = key_frequency_clusters(acts, P)
     assert clusters["frac_neurons_explained"] == 1.0
     # 8 neurons per frequency, each with 80% of its variance at its own frequency
@@ -257,14 +254,16 @@ def test_restricted_loss_needs_the_key_frequencies(fourier_model):
 def test_hand_built_embedding_and_unembedding_are_sparse(fourier_model):
     weights = fourier_model.analysis_weights(0)
     W_L = weights["W_out"] @ weights["W_U"]
+    (measures,) = progress_measures_all(fourier_model, P, "x+y", random_train_mask(P), n_members=1)
+    gini_embed = measures["gini_embed"]
     # 3 equal frequencies out of p // 2 = 33: Gini = (33 - 3) / (33 - 1)
-    assert gini_embed(weights["W_E"], P) == pytest.approx(30 / 32, abs=1e-4)
+    assert gini_embed == pytest.approx(30 / 32, abs=1e-4)
     assert gini_unembed(W_L, P) == pytest.approx(30 / 32, abs=1e-4)
     assert key_frequency_energy(embedding_fourier_norms(weights["W_E"], P), list(FREQS)) == pytest.approx(1.0)
 
 
 def test_progress_measures_of_hand_built_model(fourier_model):
-    measures = progress_measures(fourier_model, 0, P, "x+y", random_train_mask(P))
+    (measures,) = progress_measures_all(fourier_model, P, "x+y", random_train_mask(P), n_members=1)
     assert measures["key_frequencies"] == list(FREQS)
     assert measures["key_freq_count"] == 3
     assert measures["key_freq_energy"] == pytest.approx(1.0)
@@ -280,27 +279,28 @@ def test_progress_measures_of_hand_built_model(fourier_model):
 
 def test_progress_measures_for_x_minus_y():
     model = HandBuiltFourierModel(P, [FREQS], op="x-y")
-    measures = progress_measures(model, 0, P, "x-y", random_train_mask(P))
+    (measures,) = progress_measures_all(model, P, "x-y", random_train_mask(P), n_members=1)
     assert measures["key_frequencies"] == list(FREQS)
     assert measures["full_loss"] < 1e-3
     assert measures["restricted_loss"] == pytest.approx(measures["full_loss"], abs=1e-4)
     assert measures["excluded_loss"] == pytest.approx(math.log(P), abs=0.05)
     # the same logits read as a + b are not in the x+y directions
-    assert progress_measures(model, 0, P, "x+y", random_train_mask(P))["restricted_loss"] > 3
+    (as_sum,) = progress_measures_all(model, P, "x+y", random_train_mask(P), n_members=1)
+    assert as_sum["restricted_loss"] > 3
 
 
 def test_progress_measures_reads_the_right_member_and_the_mlp_arch():
     model = HandBuiltFourierModel(P, [FREQS, OTHER_FREQS], mlp_arch=True)
     mask = random_train_mask(P)
-    assert progress_measures(model, 0, P, "x+y", mask)["key_frequencies"] == list(FREQS)
-    second = progress_measures(model, 1, P, "x+y", mask)
+    first, second = progress_measures_all(model, P, "x+y", mask, n_members=2)
+    assert first["key_frequencies"] == list(FREQS)
     assert second["key_frequencies"] == list(OTHER_FREQS)
     assert second["gini_unembed"] == pytest.approx(30 / 32, abs=1e-4)
 
 
-def test_progress_measure_rows_one_per_member_and_measure():
+def test_measure_rows_one_per_member_and_measure():
     model = HandBuiltFourierModel(P, [FREQS, OTHER_FREQS])
-    rows = progress_measure_rows(model, 1000, P, "x+y", random_train_mask(P), n_members=2)
+    rows = measure_rows(1000, progress_measures_all(model, P, "x+y", random_train_mask(P), n_members=2))
     names = ["restricted_loss", "excluded_loss", "gini_embed", "gini_unembed", "key_freq_count", "key_freq_energy"]
     assert [(r["member"], r["name"]) for r in rows] == [(m, n) for m in (0, 1) for n in names]
     assert all(r["step"] == 1000 and isinstance(r["value"], float) for r in rows)
@@ -308,8 +308,8 @@ def test_progress_measure_rows_one_per_member_and_measure():
     assert counts == {0: 3.0, 1: 3.0}
 
 
-def test_progress_measure_rows_skip_losses_for_other_ops(fourier_model):
-    rows = progress_measure_rows(fourier_model, 5, P, "x*y", random_train_mask(P), n_members=1)
+def test_measure_rows_skip_losses_for_other_ops(fourier_model):
+    rows = measure_rows(5, progress_measures_all(fourier_model, P, "x*y", random_train_mask(P), n_members=1))
     assert {r["name"] for r in rows} == {"gini_embed", "gini_unembed", "key_freq_count", "key_freq_energy"}
 
 
@@ -332,7 +332,7 @@ def test_random_neurons_have_no_key_frequencies():
     assert clusters["frac_neurons_explained"] == 0.0
 
 
-# ---- errors, softmax collapse, weight norm ------------------------------------------------------
+# ---- errors, softmax collapse --------------------------------------------------------------
 
 @pytest.mark.parametrize("op", ["x*y", "x/y", "x^2+y^2"])
 def test_restricted_and_excluded_loss_refuse_other_ops(op):
@@ -354,24 +354,20 @@ def test_softmax_collapse_counts_exact_one_hots_only():
     assert softmax_collapse_fraction(half) == 0.5
 
 
-def test_total_weight_norm_is_the_global_l2_norm():
-    params = {"a": torch.full((2, 2), 1.0), "b": torch.tensor([3.0, 0.0])}
-    assert total_weight_norm(params) == pytest.approx(math.sqrt(4 + 9))
-
-
 # ---- the engine's own model ---------------------------------------------------------------------
 
-def test_progress_measure_rows_on_the_engine_transformer():
+def test_progress_measures_on_the_engine_transformer():
     """The glue against the real interface: shapes, members and finite values at random init."""
     models = pytest.importorskip("worker.engine.models")
     p, E = 23, 2
-    model = models.EnsembleTransformer(E, p + 1, p, n_layers=1, d_model=32, n_heads=4, d_mlp=64)
+    config = models.ModelConfig(n_members=E, vocab_in=p + 1, n_out=p, n_layers=1, d_model=32, n_heads=4, d_mlp=64)
+    model = models.EnsembleTransformer(config)
     model.init_members([0, 1])
     mask = random_train_mask(p).reshape(p, p)  # the engine's train_mask_grid() is [p, p]
-    rows = progress_measure_rows(model, 7, p, "x+y", mask, n_members=E)
+    rows = measure_rows(7, progress_measures_all(model, p, "x+y", mask, n_members=E))
     assert len(rows) == 6 * E
     assert all(math.isfinite(r["value"]) for r in rows)
-    measures = progress_measures(model, 1, p, "x-y", mask)
+    measures = progress_measures_all(model, p, "x-y", mask, n_members=E)[1]
     assert len(measures["embedding_spectrum"]) == p // 2 + 1
     # an untrained model is near chance on every loss
     assert measures["full_loss"] == pytest.approx(math.log(p), abs=1.0)

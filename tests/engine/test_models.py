@@ -6,7 +6,7 @@ import torch
 
 from tests.engine.reference import reference_from_engine
 from worker.engine.data import build_dataset
-from worker.engine.models import build_model
+from worker.engine.models import EnsembleMLP, ModelConfig, build_model
 
 CONFIGS = {
     "nanda-1-layer": {},
@@ -137,3 +137,12 @@ def test_analysis_weights_are_one_members_plain_matrices(tiny_spec):
     assert w["W_E"].shape == (12, 32) and w["W_U"].shape == (64, 11)
     assert w["W_out"] is None and w["W_in"] is None
     assert w["W_in_a"].shape == w["W_in_b"].shape == (32, 64)
+
+
+def test_model_config_is_the_specs_shape(tiny_spec):
+    spec = tiny_spec(model={"arch": "mlp", "act": "quadratic", "init_scale": 2.0}, ensemble={"size": 2})
+    config = ModelConfig.from_spec(spec)
+    assert (config.arch, config.n_members, config.vocab_in, config.n_out) == ("mlp", 2, 12, 11)
+    assert (config.d_model, config.d_mlp, config.act, config.init_scale) == (32, 64, "quadratic", 2.0)
+    model = build_model(spec)
+    assert isinstance(model, EnsembleMLP) and model.config == config

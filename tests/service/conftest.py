@@ -80,27 +80,29 @@ def api_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch, api_settings: Settings) -> list:
-    """Send tasks through a real Celery app on the test's own filesystem broker; return the
-    (experiment_id, queue) of each message it sent.
-
-    worker.celery_app builds its module-level app from the process settings at import, so the
-    test swaps in one built from api_settings (enqueue_experiment reads the module global).
-    """
+def celery_app(monkeypatch: pytest.MonkeyPatch, api_settings: Settings):
+    """A real Celery app on the test's own filesystem broker, standing in for the process's
+    app (worker.celery_app.get_celery_app, which service.queueing sends through)."""
     from worker import celery_app as celery_module
 
     app = celery_module.make_celery(api_settings)
-    monkeypatch.setattr(celery_module, "celery_app", app)
+    monkeypatch.setattr(celery_module, "get_celery_app", lambda: app)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch, celery_app) -> list:
+    """The (experiment_id, queue) of each message sent through the test's Celery app."""
     sent: list = []
-    real_send = app.send_task
+    real_send = celery_app.send_task
 
     def recording_send(name, args=None, queue=None, **kwargs):
         sent.append((args[0], queue))
         return real_send(name, args=args, queue=queue, **kwargs)
 
-    monkeypatch.setattr(app, "send_task", recording_send)
-    yield sent
-    app.close()
+    monkeypatch.setattr(celery_app, "send_task", recording_send)
+    return sent
 
 
 @pytest.fixture

@@ -44,13 +44,11 @@ def test_cuda_jobs_go_to_the_gpu_queue(client, enqueued):
     assert job["queue"] == "gpu" and enqueued == [(job["id"], "gpu")]
 
 
-def test_a_broker_failure_still_stores_the_job(client, enqueued, monkeypatch):
-    from worker import celery_app as celery_module
-
+def test_a_broker_failure_still_stores_the_job(client, celery_app, monkeypatch):
     def down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(celery_module.celery_app, "send_task", down)
+    monkeypatch.setattr(celery_app, "send_task", down)
     job = submit(client)
     assert client.get(f"{API}/{job['id']}").json()["status"] == "queued"
 

@@ -28,7 +28,7 @@ def running_job(session, *, beat_age_s: float, attempt_cap: int = 3, cancel: boo
 def test_reaper_requeues_a_stale_job_and_leaves_a_live_one(session):
     stale = running_job(session, beat_age_s=120)
     live = running_job(session, beat_age_s=1)
-    requeued, ended = lifecycle.reap_stale_jobs(session, stale_after_s=60)
+    requeued, ended = store.reap_stale_jobs(session, stale_after_s=60)
     assert requeued == [stale.id] and ended == []
     assert store.get_experiment(session, stale.id).status == "queued"
     assert store.get_experiment(session, live.id).status == "running"
@@ -41,7 +41,7 @@ def test_reaper_requeues_a_stale_job_and_leaves_a_live_one(session):
 
 def test_reaper_fails_a_job_out_of_attempts_and_says_why(session):
     doomed = running_job(session, beat_age_s=120, attempt_cap=1)
-    requeued, ended = lifecycle.reap_stale_jobs(session, stale_after_s=60)
+    requeued, ended = store.reap_stale_jobs(session, stale_after_s=60)
     assert requeued == [] and ended == [doomed.id]
     exp = store.get_experiment(session, doomed.id)
     assert exp.status == "failed"
@@ -50,7 +50,7 @@ def test_reaper_fails_a_job_out_of_attempts_and_says_why(session):
 
 def test_reaper_ends_a_stale_job_whose_cancel_was_requested(session):
     cancelled = running_job(session, beat_age_s=120, cancel=True)
-    lifecycle.reap_stale_jobs(session, stale_after_s=60)
+    store.reap_stale_jobs(session, stale_after_s=60)
     assert store.get_experiment(session, cancelled.id).status == "cancelled"
 
 
@@ -69,3 +69,14 @@ def test_reconciler_enqueues_only_jobs_missing_from_the_broker(session, tmp_path
     # (The database is shared with other tests, whose queued jobs may show up too.)
     assert lost.id in again and waiting.id not in again
     assert (lost.id, "cpu") in enqueued and all(i != waiting.id for i, _ in enqueued)
+
+
+def test_a_tick_enqueues_a_requeued_job_on_its_queue(sessions, tmp_path, db_url):
+    settings = Settings(data_dir=tmp_path, database_url=db_url, heartbeat_timeout_s=60)
+    with sessions() as session:
+        stale = running_job(session, beat_age_s=120)
+    enqueued: list = []
+    lifecycle.LifecycleLoop(sessions, settings, lambda i, q: enqueued.append((i, q))).tick()
+    assert (stale.id, "cpu") in enqueued
+    with sessions() as session:
+        assert store.get_experiment(session, stale.id).status == "queued"

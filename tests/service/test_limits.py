@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from service import store
 from service.app import create_app
-from service.settings import get_settings
+from service.settings import Settings
 from service.spec import is_prime
 from tests.service.specs import API, TINY
 
@@ -20,9 +20,8 @@ def next_prime(n: int) -> int:
     return n
 
 
-def spec_caps() -> list[tuple[dict, list[str], int, str]]:
+def spec_caps(limits: Settings) -> list[tuple[dict, list[str], int, str]]:
     """(body over the cap, the loc of the error, the cap, the setting)."""
-    limits = get_settings()
     return [
         ({"task": {"p": next_prime(limits.max_p + 1)}},
          ["body", "task", "p"], limits.max_p, "GROKLAB_MAX_P"),
@@ -36,8 +35,10 @@ def spec_caps() -> list[tuple[dict, list[str], int, str]]:
 
 
 @pytest.mark.parametrize("case", range(4), ids=["p", "steps", "params", "ensemble"])
-def test_each_spec_cap_is_a_422_naming_the_limit_and_its_setting(client, enqueued, case):
-    body, loc, cap, setting = spec_caps()[case]
+def test_each_spec_cap_is_a_422_naming_the_limit_and_its_setting(
+    client, enqueued, api_settings, case
+):
+    body, loc, cap, setting = spec_caps(api_settings)[case]
     r = client.post(API, json={**TINY, **body})
     assert r.status_code == 422, r.text
     (error,) = [d for d in r.json()["detail"] if d["loc"] == loc]
@@ -45,17 +46,14 @@ def test_each_spec_cap_is_a_422_naming_the_limit_and_its_setting(client, enqueue
     assert client.get(API).json()["items"] == [] and enqueued == []
 
 
-def test_a_spec_cap_follows_its_setting(client, monkeypatch):
-    monkeypatch.setenv("GROKLAB_MAX_P", "53")
-    get_settings.cache_clear()
-    try:
+def test_a_spec_cap_follows_its_setting(api_settings, client):
+    # The app validates specs with its own settings (here GROKLAB_MAX_P=53), not the process's.
+    settings = api_settings.model_copy(update={"max_p": 53, "reaper_interval_s": 0})
+    with TestClient(create_app(settings), headers=client.headers) as client:
         r = client.post(API, json={**TINY, "task": {"p": 59}})
         assert r.status_code == 422
         assert "at most 53 (GROKLAB_MAX_P) (got 59)" in r.json()["detail"][0]["msg"]
         assert client.post(API, json={**TINY, "task": {"p": 53}}).status_code == 201
-    finally:
-        monkeypatch.delenv("GROKLAB_MAX_P")
-        get_settings.cache_clear()
 
 
 # ---- the size of a metrics response ---------------------------------------------------------

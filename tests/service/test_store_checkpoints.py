@@ -34,12 +34,12 @@ def test_checkpoint_is_idempotent_on_step_first_write_wins(session, experiment_i
 
 
 def test_list_latest_and_missing(session, experiment_id):
-    assert store.latest_checkpoint(session, experiment_id) is None
+    assert store.load_checkpoint_verified(session, experiment_id) is None
     for step in (1000, 200, 3000):
         store.add_checkpoint(session, experiment_id, step, f"at {step}".encode(), {"step": step})
     listing = store.list_checkpoints(session, experiment_id)
     assert [c.step for c in listing] == [200, 1000, 3000]
-    latest = store.latest_checkpoint(session, experiment_id)
+    latest = store.get_checkpoint(session, experiment_id, listing[-1].step)
     assert latest.step == 3000 and bytes(latest.data) == b"at 3000"
     assert store.get_checkpoint(session, experiment_id, 999) is None
     with pytest.raises(store.ExperimentNotFound):
@@ -68,3 +68,10 @@ def test_analysis_cache_round_trip_and_replace(session, experiment_id):
     store.put_cached_analysis(session, experiment_id, 1000, {"key_frequencies": [7]})
     assert store.get_cached_analysis(session, experiment_id, 1000) == {"key_frequencies": [7]}
     assert store.get_cached_analysis(session, experiment_id, 2000) is None
+
+
+def test_latest_cached_analysis_is_the_highest_step(session, experiment_id):
+    assert store.latest_cached_analysis(session, experiment_id) is None
+    for step in (2000, 3000, 1000):
+        store.put_cached_analysis(session, experiment_id, step, {"step": step})
+    assert store.latest_cached_analysis(session, experiment_id) == {"step": 3000}

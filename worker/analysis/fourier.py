@@ -119,14 +119,6 @@ def gini(x: torch.Tensor) -> float:
     return g * n / (n - 1)
 
 
-def gini_embed(W_E: torch.Tensor, p: int) -> float:
-    """Gini of the embedding's Fourier norms over frequencies k = 1..p//2 (constant left out).
-
-    The constant row is the same shift for every input, so it says nothing about sparsity.
-    """
-    return gini(embedding_fourier_norms(W_E, p)[1:])
-
-
 def gini_unembed(W_L: torch.Tensor, p: int) -> float:
     """Gini of the neuron-logit map's Fourier norms over k = 1..p//2 (constant left out).
 
@@ -188,29 +180,17 @@ def neuron_frequencies(neuron_acts: torch.Tensor, p: int) -> tuple[torch.Tensor,
     return freq, frac.clamp(0.0, 1.0)
 
 
-def key_frequencies(
-    neuron_acts: torch.Tensor,
-    p: int,
-    explained_threshold: float = NEURON_EXPLAINED_THRESHOLD,
-    min_neurons: int | None = None,
-) -> list[int]:
-    """The frequencies that clusters of MLP neurons compute (Nanda et al. 2023, Sec. 4.2).
-
-    A neuron is explained by k (neuron_frequencies) when frequency k carries more than
-    explained_threshold of its variance. k is key when at least min_neurons neurons are
-    explained by it; by default max(KEY_FREQ_MIN_NEURONS, ceil(1% of d_mlp)).
-    Returns the key frequencies in ascending order.
-    """
-    return key_frequency_clusters(neuron_acts, p, explained_threshold, min_neurons)["key_frequencies"]
-
-
 def key_frequency_clusters(
     neuron_acts: torch.Tensor,
     p: int,
     explained_threshold: float = NEURON_EXPLAINED_THRESHOLD,
     min_neurons: int | None = None,
 ) -> dict[str, Any]:
-    """key_frequencies with the working shown.
+    """The frequencies that clusters of MLP neurons compute (Nanda et al. 2023, Sec. 4.2).
+
+    A neuron is explained by k (neuron_frequencies) when frequency k carries more than
+    explained_threshold of its variance. k is key when at least min_neurons neurons are
+    explained by it; by default max(KEY_FREQ_MIN_NEURONS, ceil(1% of d_mlp)).
 
     Returns {"key_frequencies": list[int] ascending,
              "neuron_freq": [d_mlp] long (0 = explained by no single frequency),
@@ -343,18 +323,6 @@ def excluded_loss(
     return _cross_entropy(excluded.reshape(p * p, p)[mask], labels.reshape(p * p)[mask])
 
 
-def total_weight_norm(params: dict[str, torch.Tensor]) -> float:
-    """Global L2 norm of all parameters: sqrt(sum over tensors of sum of squares).
-
-    Weight decay shrinks it while the model trades memorisation for the circuit (Nanda et al.
-    2023, Fig. 7; Liu et al. 2022 "Omnigrok" read grokking off it).
-    """
-    total = 0.0
-    for tensor in params.values():
-        total += float(tensor.detach().double().pow(2).sum())
-    return math.sqrt(total)
-
-
 def softmax_collapse_fraction(logits: torch.Tensor) -> float:
     """Share of samples whose softmax, in the logits' own dtype, is exactly one-hot.
 
@@ -412,7 +380,8 @@ def _measures_from(
     op: str,
     train_mask: torch.Tensor,
 ) -> dict[str, Any]:
-    """progress_measures for one member, from its full-grid logits [p*p, p] and acts [p*p, d_mlp]."""
+    """One member's progress measures (progress_measures_all), from its full-grid logits
+    [p*p, p] and MLP acts [p*p, d_mlp]."""
     W_E, W_U, W_out = weights["W_E"], weights["W_U"], weights.get("W_out")
     W_L = W_U if W_out is None else W_out @ W_U  # MLP arch: W_U already reads the neurons
     clusters = key_frequency_clusters(mlp_acts, p)
@@ -450,10 +419,11 @@ def _full_grid_forward(model: torch.nn.Module, p: int) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def progress_measures(
-    model: torch.nn.Module, member: int, p: int, op: str, train_mask: torch.Tensor
-) -> dict[str, Any]:
-    """Every progress measure of ensemble member `member`, from one full-grid forward pass.
+def progress_measures_all(
+    model: torch.nn.Module, p: int, op: str, train_mask: torch.Tensor, n_members: int
+) -> list[dict[str, Any]]:
+    """Every progress measure of every ensemble member, from one full-grid forward pass
+    (list index = member).
 
     model(tokens [p*p, 3], return_mlp_acts=True) -> (logits [E, p*p, p], mlp_acts [E, p*p, d_mlp])
     and model.analysis_weights(member) -> {"W_E", "W_U", "W_out" (None for the MLP arch), "W_in"}.
@@ -461,26 +431,17 @@ def progress_measures(
     Key frequencies are found afresh at each call from the current neurons (the paper fixes them
     from the final model), so early in training there may be none.
 
-    Returns a JSON-serialisable dict:
+    Each member's measures are a JSON-serialisable dict:
         restricted_loss, excluded_loss, full_loss: float | None (None unless op is x+y or x-y;
             full_loss is the unmodified loss over all pairs, for comparison with restricted_loss)
-        gini_embed, gini_unembed: float in [0, 1]
+        gini_embed, gini_unembed: float in [0, 1], the Gini of the Fourier norms of the
+            embedding and of the neuron-logit map (gini_unembed) over k = 1..p//2; the
+            constant row, the same shift for every input, says nothing about sparsity
         key_freq_count: int; key_frequencies: list[int]; key_freq_energy: float in [0, 1]
         frac_neurons_explained: float, share of MLP neurons explained by a key frequency
         embedding_spectrum: list[float] of length p//2 + 1 (embedding_fourier_norms)
         softmax_collapse: float in [0, 1]
     """
-    logits, mlp_acts = _full_grid_forward(model, p)
-    return _measures_from(
-        logits[member], mlp_acts[member], model.analysis_weights(member), p, op, train_mask
-    )
-
-
-@torch.no_grad()
-def progress_measures_all(
-    model: torch.nn.Module, p: int, op: str, train_mask: torch.Tensor, n_members: int
-) -> list[dict[str, Any]]:
-    """progress_measures for every ensemble member, from one forward pass (list index = member)."""
     logits, mlp_acts = _full_grid_forward(model, p)
     return [
         _measures_from(logits[m], mlp_acts[m], model.analysis_weights(m), p, op, train_mask)
@@ -500,10 +461,3 @@ def measure_rows(step: int, measures: list[dict[str, Any]]) -> list[dict[str, An
         for name in PROGRESS_MEASURE_NAMES
         if m[name] is not None
     ]
-
-
-def progress_measure_rows(
-    model: torch.nn.Module, step: int, p: int, op: str, train_mask: torch.Tensor, n_members: int
-) -> list[dict[str, Any]]:
-    """Metric rows for PROGRESS_MEASURE_NAMES, all members, from one forward pass."""
-    return measure_rows(step, progress_measures_all(model, p, op, train_mask, n_members))

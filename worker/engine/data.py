@@ -39,10 +39,6 @@ class AlgorithmicDataset:
     def vocab_size(self) -> int:
         return self.n_elements + 1
 
-    @property
-    def equals_token(self) -> int:
-        return self.n_elements
-
     def train_mask_grid(self) -> torch.Tensor:
         """[n, n] bool: grid[a, b] is True when the pair (a, b) is in the training set."""
         n = self.n_elements

@@ -4,14 +4,9 @@ Every parameter has a leading ensemble dimension E: member e's weights are W[e].
 runs all E members (batched matmuls), so a sweep of E runs costs one run's Python overhead.
 
 Inputs are [a, b, =] token rows; the models predict the answer from the last position only, so
-they compute only what that prediction needs:
-- The first transformer block sees embeddings, which depend only on (token, position). Its
-  LayerNorm and Q/K/V projections are applied to the vocab * 3 possible inputs and then looked
-  up, instead of being recomputed for every one of the N rows.
-- The last block needs keys and values at every position but the query, attention output and
-  MLP only at the last one. With one layer (Nanda et al. 2023) the first block is the last one,
-  and even the attention scores become a lookup: a score depends only on the query token, the
-  key token and the key position (EnsembleTransformer.single_block).
+they compute only what that prediction needs (each shortcut says why where it lives:
+EnsembleTransformer.first_block_inputs and .single_block, TransformerBlock.forward's last_only,
+EnsembleMLP.first_layer_inputs, gather_rows).
 
 Weights use the "x @ W" convention: W_E [vocab, d_model], W_Q [d_model, n_heads * d_head]
 (head h is columns h*d_head:(h+1)*d_head), W_O [n_heads * d_head, d_model], W_in [d_model, d_mlp],
@@ -20,6 +15,7 @@ W_out [d_mlp, d_model], W_U [d_model, n_out]. Attention has no biases (Nanda et 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -35,6 +31,33 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "quadratic": lambda x: x * x,
 }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The shape of an ensemble: what both architectures are built from (n_heads is the
+    transformer's only). vocab_in counts the '=' token; n_out is the number of answers."""
+
+    arch: str = "transformer"  # "transformer" | "mlp"
+    n_members: int = 1
+    vocab_in: int
+    n_out: int
+    n_layers: int
+    d_model: int
+    n_heads: int = 1
+    d_mlp: int
+    act: str = "relu"
+    layer_norm: bool = False
+    init_scale: float = 1.0
+
+    @classmethod
+    def from_spec(cls, spec: ExperimentSpec) -> "ModelConfig":
+        m, n = spec.model, spec.task.n_elements
+        return cls(
+            arch=m.arch, n_members=spec.ensemble.size, vocab_in=n + 1, n_out=n,
+            n_layers=m.n_layers, d_model=m.d_model, n_heads=m.n_heads, d_mlp=m.d_mlp,
+            act=m.act, layer_norm=m.layer_norm, init_scale=m.init_scale,
+        )
 
 
 def member_seeds(spec: ExperimentSpec) -> list[int]:
@@ -94,24 +117,37 @@ def _stacked(E: int, *shape: int) -> nn.Parameter:
 
 
 class EnsembleModule(nn.Module):
-    """Common to both architectures: per-member initialisation and the tokens' shape."""
+    """Common to both architectures: the config, per-member initialisation and the tokens' shape."""
 
-    n_members: int
-    vocab_in: int
-    n_out: int
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    @property
+    def n_members(self) -> int:
+        return self.config.n_members
+
+    @property
+    def vocab_in(self) -> int:
+        return self.config.vocab_in
+
+    @property
+    def n_out(self) -> int:
+        return self.config.n_out
 
     def init_spec(self, name: str) -> tuple[str, float]:  # pragma: no cover - abstract
         """('normal', std) | ('ones', 0) | ('zeros', 0) for the parameter called name."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def init_members(self, seeds: list[int], init_scale: float = 1.0) -> None:
+    def init_members(self, seeds: list[int]) -> None:
         """Member e's weights come from torch.Generator seeded with seeds[e], drawn on the CPU in
         parameter order, so a member equals a one-member model with the same seed on any device.
 
-        Omnigrok (Liu et al. 2022): every weight matrix and embedding is multiplied by init_scale;
-        LayerNorm gains stay 1 and biases 0.
+        Omnigrok (Liu et al. 2022): every weight matrix and embedding is multiplied by
+        config.init_scale; LayerNorm gains stay 1 and biases 0.
         """
+        init_scale = self.config.init_scale
         if len(seeds) != self.n_members:
             raise ValueError(f"need one seed per member: {self.n_members} (got {len(seeds)})")
         for e, seed in enumerate(seeds):
@@ -140,11 +176,12 @@ class EnsembleModule(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + attn(ln1(x)), then + mlp(ln2(x)). Parameters stacked over E."""
 
-    def __init__(self, E: int, d_model: int, n_heads: int, d_mlp: int, act: str, layer_norm: bool):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.n_heads, self.d_head = n_heads, d_model // n_heads
-        self.act = ACTIVATIONS[act]
-        self.use_ln = layer_norm
+        E, d_model, d_mlp = config.n_members, config.d_model, config.d_mlp
+        self.n_heads, self.d_head = config.n_heads, d_model // config.n_heads
+        self.act = ACTIVATIONS[config.act]
+        self.use_ln = layer_norm = config.layer_norm
         if layer_norm:
             self.ln1_w, self.ln1_b = _stacked(E, d_model), _stacked(E, d_model)
         self.W_Q = _stacked(E, d_model, d_model)
@@ -190,7 +227,11 @@ class TransformerBlock(nn.Module):
         return member_matmul(acts, self.W_out, self.b_out), acts
 
     def forward(self, x: Tensor, last_only: bool) -> tuple[Tensor, Tensor]:
-        """x [E, N, T, d]. last_only: return only the last position ([E, N, d]) and its MLP acts."""
+        """x [E, N, T, d]. last_only: return only the last position ([E, N, d]) and its MLP acts.
+
+        The last block needs keys and values at every position, but the prediction reads only
+        the last one: its query, attention output and MLP are computed there alone.
+        """
         h = self.ln1(x)
         if last_only:
             kv = member_matmul(h, torch.cat([self.W_K, self.W_V], dim=2))
@@ -210,24 +251,18 @@ class TransformerBlock(nn.Module):
 class EnsembleTransformer(EnsembleModule):
     """Decoder-only transformer (Nanda et al. 2023 layout), predicting at the last position."""
 
-    def __init__(
-        self, n_members: int, vocab_in: int, n_out: int, n_layers: int, d_model: int,
-        n_heads: int, d_mlp: int, act: str = "relu", layer_norm: bool = False,
-    ):
-        super().__init__()
-        if act not in ("relu", "gelu"):
-            raise ValueError(f"transformer act must be relu or gelu (got {act!r})")
-        self.n_members, self.vocab_in, self.n_out = n_members, vocab_in, n_out
-        self.d_model, self.d_mlp, self.use_ln = d_model, d_mlp, layer_norm
-        E = n_members
-        self.W_E = _stacked(E, vocab_in, d_model)
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        if config.act not in ("relu", "gelu"):
+            raise ValueError(f"transformer act must be relu or gelu (got {config.act!r})")
+        E, d_model = config.n_members, config.d_model
+        self.d_model, self.d_mlp, self.use_ln = d_model, config.d_mlp, config.layer_norm
+        self.W_E = _stacked(E, config.vocab_in, d_model)
         self.W_pos = _stacked(E, N_CTX, d_model)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(E, d_model, n_heads, d_mlp, act, layer_norm) for _ in range(n_layers)
-        )
-        if layer_norm:
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        if config.layer_norm:
             self.ln_f_w, self.ln_f_b = _stacked(E, d_model), _stacked(E, d_model)
-        self.W_U = _stacked(E, d_model, n_out)
+        self.W_U = _stacked(E, d_model, config.n_out)
 
     def init_spec(self, name: str) -> tuple[str, float]:
         leaf = name.rsplit(".", 1)[-1]
@@ -242,6 +277,10 @@ class EnsembleTransformer(EnsembleModule):
     def first_block_inputs(self, tok: Tensor) -> tuple[Tensor, Tensor]:
         """All vocab * 3 possible first-block inputs, and each row's index into them.
 
+        The first block sees embeddings, which depend only on (token, position): its LayerNorm
+        and Q/K/V projections are applied once to these vocab * 3 inputs and looked up, instead
+        of being recomputed for every one of the N rows.
+
         Returns (table [E, 3 * vocab, d] with row t * vocab + token = W_E[token] + W_pos[t],
         index [E, N, 3]).
         """
@@ -253,9 +292,10 @@ class EnsembleTransformer(EnsembleModule):
     def single_block(self, tok: Tensor, table: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         """One block that is both first and last: the residual and MLP acts at the last position.
 
-        An attention score depends only on (query token, key token, key position), so scores are
-        computed for each distinct query token (in practice only '=') against the 3 * vocab
-        possible keys, then looked up per row: no per-row query or key vectors at all.
+        With one layer (Nanda et al. 2023) an attention score depends only on (query token, key
+        token, key position), so scores are computed for each distinct query token (in practice
+        only '=') against the 3 * vocab possible keys, then looked up per row: no per-row query
+        or key vectors at all.
         """
         block = self.blocks[0]
         E, N, T = tok.shape
@@ -318,22 +358,18 @@ class EnsembleTransformer(EnsembleModule):
 class EnsembleMLP(EnsembleModule):
     """Gromov 2023: embeddings of a and b concatenated -> n_layers hidden layers -> logits."""
 
-    def __init__(
-        self, n_members: int, vocab_in: int, n_out: int, n_layers: int, d_model: int,
-        d_mlp: int, act: str = "relu",
-    ):
-        super().__init__()
-        self.n_members, self.vocab_in, self.n_out = n_members, vocab_in, n_out
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        E, d_model, d_mlp, n_layers = config.n_members, config.d_model, config.d_mlp, config.n_layers
         self.d_model, self.d_mlp = d_model, d_mlp
-        self.act = ACTIVATIONS[act]
-        E = n_members
-        self.W_E = _stacked(E, vocab_in, d_model)
+        self.act = ACTIVATIONS[config.act]
+        self.W_E = _stacked(E, config.vocab_in, d_model)
         self.hidden_W = nn.ParameterList(
             [_stacked(E, 2 * d_model, d_mlp)] + [_stacked(E, d_mlp, d_mlp) for _ in range(n_layers - 1)]
         )
         self.hidden_b = nn.ParameterList([_stacked(E, d_mlp) for _ in range(n_layers)])
-        self.W_U = _stacked(E, d_mlp, n_out)
-        self.b_U = _stacked(E, n_out)
+        self.W_U = _stacked(E, d_mlp, config.n_out)
+        self.b_U = _stacked(E, config.n_out)
 
     def init_spec(self, name: str) -> tuple[str, float]:
         if name.startswith("hidden_b") or name == "b_U":
@@ -343,18 +379,25 @@ class EnsembleMLP(EnsembleModule):
         fan_in = 2 * self.d_model if name == "hidden_W.0" else self.d_mlp
         return "normal", 1.0 / math.sqrt(fan_in)
 
+    def first_layer_inputs(self, tok: Tensor) -> Tensor:
+        """The first hidden layer's pre-activation (without bias) [E, N, d_mlp] of tokens [E, N, 3].
+
+        That layer is linear in each embedding, so the whole vocab is projected once (through
+        a's half of the weights and through b's) and each row looks its two terms up, instead of
+        multiplying N concatenated embeddings.
+        """
+        E, N, _ = tok.shape
+        V, d = self.vocab_in, self.d_model
+        W0 = self.hidden_W[0]
+        table = torch.cat([torch.bmm(self.W_E, W0[:, :d]), torch.bmm(self.W_E, W0[:, d:])], dim=1)
+        index = tok[:, :, :2] + torch.tensor([0, V], device=tok.device)
+        return gather_rows(table, index.reshape(E, 2 * N)).view(E, N, 2, -1).sum(2)
+
     def forward(self, tokens: Tensor, return_mlp_acts: bool = False):
         """tokens [N, 3] or [E, N, 3] ('=' is ignored) -> logits [E, N, n_out]
         (and the last hidden layer's activations [E, N, d_mlp] if return_mlp_acts)."""
         tok = self.member_tokens(tokens)
-        E, N, _ = tok.shape
-        V, d = self.vocab_in, self.d_model
-        # The first layer is linear in each embedding: project the vocab once, then look up.
-        W0 = self.hidden_W[0]
-        table = torch.cat([torch.bmm(self.W_E, W0[:, :d]), torch.bmm(self.W_E, W0[:, d:])], dim=1)
-        index = tok[:, :, :2] + torch.tensor([0, V], device=tok.device)
-        pre = gather_rows(table, index.reshape(E, 2 * N)).view(E, N, 2, -1).sum(2)
-        h = self.act(pre + self.hidden_b[0].unsqueeze(1))
+        h = self.act(self.first_layer_inputs(tok) + self.hidden_b[0].unsqueeze(1))
         for W, b in zip(self.hidden_W[1:], self.hidden_b[1:]):
             h = self.act(member_matmul(h, W, b))
         logits = member_matmul(h, self.W_U, self.b_U)
@@ -376,15 +419,12 @@ class EnsembleMLP(EnsembleModule):
         return out
 
 
+ARCHITECTURES: dict[str, type[EnsembleModule]] = {"transformer": EnsembleTransformer, "mlp": EnsembleMLP}
+
+
 def build_model(spec: ExperimentSpec, device: torch.device | str = "cpu") -> EnsembleModule:
     """The spec's model with spec.ensemble.size members, each initialised from its own seed."""
-    m, n = spec.model, spec.task.n_elements
-    E = spec.ensemble.size
-    if m.arch == "transformer":
-        model: EnsembleModule = EnsembleTransformer(
-            E, n + 1, n, m.n_layers, m.d_model, m.n_heads, m.d_mlp, m.act, m.layer_norm
-        )
-    else:
-        model = EnsembleMLP(E, n + 1, n, m.n_layers, m.d_model, m.d_mlp, m.act)
-    model.init_members(member_seeds(spec), m.init_scale)
+    config = ModelConfig.from_spec(spec)
+    model = ARCHITECTURES[config.arch](config)
+    model.init_members(member_seeds(spec))
     return model.to(device)

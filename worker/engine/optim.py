@@ -1,9 +1,5 @@
-"""Optimisers, gradient filters and losses for ensembles.
-
-All parameters of a model live in ONE flat buffer (each parameter becomes a view into it, and so
-does its .grad). The optimiser then updates every tensor of every member with a handful of
-vector ops, and per-member hyper-parameters are per-element vectors: member e of parameter W gets
-lr[e] and weight_decay[e]. Each member is trained exactly as if it were alone.
+"""Optimisers, gradient filters and losses for ensembles. Each member is trained exactly as if
+it were alone.
 
 Order inside one step (Trainer.train_step): backward -> Grokfast filter -> ⊥Grad -> optimiser
 (whose coupled L2 for adam/sgd is added last, as torch.optim does).
@@ -30,6 +26,11 @@ class EnsembleOptimizer:
     params: the model's parameters, each [E, ...]. They are moved into one flat buffer
     (self.flat) and their .grad into another (self.grad); do not replace them afterwards
     (model.zero_grad() is fine: the views are restored before each step).
+
+    The flat buffers are why a step costs a handful of vector ops whatever the number of
+    tensors and members (a per-tensor loop would be dozens of small kernel launches), and why
+    the gradient filters and checkpoints see one tensor. Per-member hyper-parameters become
+    per-element vectors: member e of parameter W gets lr[e] and weight_decay[e].
     """
 
     def __init__(

@@ -12,23 +12,22 @@ eval_every steps, and at the last step; each is one on_metrics call with rows
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from service.grokking import ACC_THRESHOLD, EVAL_METRICS, GROK_PATIENCE
+from service.progress import steps_per_second
 from service.spec import ExperimentSpec
-from worker.engine import ENGINE_VERSION
 from worker.engine.checkpoint import (
-    CHECKPOINT_FORMAT,
-    load_checkpoint,
-    load_rng_state_tensors,
-    read_metadata,
-    rng_state_tensors,
-    save_checkpoint,
+    checkpoint_metadata,
+    load_checkpoint_for,
+    load_trainer_state,
+    trainer_checkpoint,
 )
 from worker.engine.data import build_dataset
 from worker.engine.models import build_model, member_seeds
@@ -40,12 +39,12 @@ from worker.engine.optim import (
     per_example_loss,
 )
 
-ACC_THRESHOLD = 0.99  # "fits" / "generalises" (Power et al. 2022)
-GROK_PATIENCE = 3  # stop_on_grok: consecutive evals with val_acc >= ACC_THRESHOLD, every member
 EVAL_ROWS = 1 << 18  # rows (members * examples) per evaluation forward pass
-METRIC_NAMES = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm")
 
 MetricRow = dict[str, Any]
+MetricsCallback = Callable[[list[MetricRow]], None]
+CheckpointCallback = Callable[[int, bytes, dict], None]
+AnalysisCallback = Callable[["Trainer", int], list[MetricRow]]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -142,6 +141,12 @@ class Trainer:
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
     def _loss_and_accuracy(self, tokens: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Each member's mean loss and accuracy [E] over all rows, float64 on the CPU.
+
+        The rows go through the model EVAL_ROWS // E at a time: a full-set forward of a large
+        ensemble (E members * p^2 rows * d_mlp activations) would not fit in memory, and chunks
+        of this size are already big enough to keep the device busy.
+        """
         E, N = self.n_members, tokens.shape[0]
         if N == 0:
             nan = torch.full((E,), math.nan, dtype=torch.float64)
@@ -192,7 +197,7 @@ class Trainer:
             self.grok_streak[e] = self.grok_streak[e] + 1 if values["val_acc"] >= ACC_THRESHOLD else 0
             rows.extend(
                 {"step": self.step, "member": e, "name": name, "value": values[name]}
-                for name in METRIC_NAMES
+                for name in EVAL_METRICS
                 if not math.isnan(values[name])
             )
         return rows
@@ -204,11 +209,11 @@ class Trainer:
     # ---- the run -----------------------------------------------------------------------------
     def run(
         self,
-        on_metrics: Callable[[list[MetricRow]], None] | None = None,
-        on_checkpoint: Callable[[int, bytes, dict], None] | None = None,
+        on_metrics: MetricsCallback | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
-        on_analysis: Callable[["Trainer", int], list[MetricRow]] | None = None,
+        on_analysis: AnalysisCallback | None = None,
         until_step: int | None = None,
     ) -> dict[str, Any]:
         """Train from self.step to until_step (default training.steps).
@@ -221,35 +226,12 @@ class Trainer:
         """
         t = self.spec.training
         target = t.steps if until_step is None else until_step
-        analysis_every = self.spec.analysis.every
+        run = _RunState(on_metrics, on_checkpoint, on_analysis)
         start_step, started = self.step, time.perf_counter()
-        last_eval = last_analysis = last_checkpoint = None
         stopped = "completed"
 
-        def report(final: bool = False) -> None:
-            """Evaluate (and analyse) this step if it is due; at the end, if not done yet."""
-            nonlocal last_eval, last_analysis
-            rows: list[MetricRow] = []
-            if last_eval != self.step and (final or is_eval_step(self.step, t.eval_every)):
-                rows += self._eval_rows()
-                last_eval = self.step
-            if (
-                on_analysis is not None and analysis_every is not None and last_analysis != self.step
-                and (final or self.step % analysis_every == 0)
-            ):
-                rows += list(on_analysis(self, self.step) or [])
-                last_analysis = self.step
-            if rows and on_metrics is not None:
-                on_metrics(rows)
-
-        def checkpoint() -> None:
-            nonlocal last_checkpoint
-            if on_checkpoint is not None:
-                on_checkpoint(self.step, self.to_checkpoint(), self.checkpoint_meta())
-            last_checkpoint = self.step
-
         if self.step == 0:
-            report()
+            self._report(run, final=False)
         while self.step < target:
             if t.stop_on_grok and min(self.grok_streak) >= GROK_PATIENCE:
                 stopped = "grokked"
@@ -260,16 +242,37 @@ class Trainer:
             self.train_step()
             if on_progress is not None:
                 on_progress(self.step, target)
-            report(final=self.step == target)
+            self._report(run, final=self.step == target)
             if self.step % t.checkpoint_every == 0:
-                checkpoint()
+                self._checkpoint(run)
         # A run resumed from its last checkpoint that trains no further step reports nothing
         # again: that step's metrics and checkpoint were sent before the checkpoint was taken.
         if self.step != start_step or start_step == 0:
-            report(final=True)
-            if last_checkpoint != self.step:
-                checkpoint()
+            self._report(run, final=True)
+            if run.last_checkpoint != self.step:
+                self._checkpoint(run)
         return self.summary(stopped, self.step - start_step, time.perf_counter() - started)
+
+    def _report(self, run: "_RunState", final: bool) -> None:
+        """Evaluate (and analyse) this step if it is due; at the end, if not done yet."""
+        rows: list[MetricRow] = []
+        if run.last_eval != self.step and (final or is_eval_step(self.step, self.spec.training.eval_every)):
+            rows += self._eval_rows()
+            run.last_eval = self.step
+        every = self.spec.analysis.every
+        if (
+            run.on_analysis is not None and every is not None and run.last_analysis != self.step
+            and (final or self.step % every == 0)
+        ):
+            rows += list(run.on_analysis(self, self.step) or [])
+            run.last_analysis = self.step
+        if rows and run.on_metrics is not None:
+            run.on_metrics(rows)
+
+    def _checkpoint(self, run: "_RunState") -> None:
+        if run.on_checkpoint is not None:
+            run.on_checkpoint(self.step, self.to_checkpoint(), self.checkpoint_meta())
+        run.last_checkpoint = self.step
 
     def summary(self, stopped: str, steps_run: int, wall_s: float) -> dict[str, Any]:
         """steps (completed), steps_run (this call), stopped ("completed" | "grokked" |
@@ -281,7 +284,7 @@ class Trainer:
             "steps_run": steps_run,
             "stopped": stopped,
             "wall_s": wall_s,
-            "steps_per_s": steps_run / wall_s if wall_s > 0 else None,
+            "steps_per_s": steps_per_second(steps_run, wall_s),
             "members": [
                 {
                     "member": e, "seed": self.seeds[e], "lr": self.lrs[e],
@@ -293,31 +296,13 @@ class Trainer:
             ],
         }
 
-    # ---- checkpoints -------------------------------------------------------------------------
+    # ---- checkpoints (worker/engine/checkpoint.py) -------------------------------------------
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT, "engine_version": ENGINE_VERSION,
-            "spec_hash": self.spec.spec_hash(), "step": self.step,
-        }
+        return checkpoint_metadata(self.spec, self.step)
 
     def to_checkpoint(self) -> bytes:
-        """Everything needed to continue bit-for-bit: parameters (param.<name>, [E, ...]),
-        optimiser and grad-filter state (flat, in parameter order), every RNG state, progress."""
-        tensors: dict[str, Tensor] = {f"param.{n}": p for n, p in self.model.named_parameters()}
-        tensors.update(self.optimizer.state_tensors())
-        if self.grad_filter is not None:
-            tensors.update(self.grad_filter.state_tensors())
-        tensors.update(rng_state_tensors(self.batch_generators))
-        missing = -1
-        tensors["trainer.step"] = torch.tensor([self.step], dtype=torch.int64)
-        tensors["trainer.memorization_step"] = torch.tensor(
-            [missing if s is None else s for s in self.memorization_step], dtype=torch.int64)
-        tensors["trainer.generalization_step"] = torch.tensor(
-            [missing if s is None else s for s in self.generalization_step], dtype=torch.int64)
-        tensors["trainer.grok_streak"] = torch.tensor(self.grok_streak, dtype=torch.int64)
-        meta = self.checkpoint_meta()
-        meta["spec"] = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True)
-        return save_checkpoint(tensors, meta)
+        """Everything needed to continue bit-for-bit (see worker/engine/checkpoint.py)."""
+        return trainer_checkpoint(self)
 
     @classmethod
     def from_checkpoint(
@@ -325,34 +310,20 @@ class Trainer:
     ) -> "Trainer":
         """A trainer that continues exactly where the checkpoint's run stopped. The checkpoint
         must have been written for this very spec (same spec_hash)."""
-        metadata = read_metadata(blob)
-        expected = spec.spec_hash()
-        if metadata.get("spec_hash") != expected:
-            raise ValueError(
-                f"checkpoint was written for spec hash {metadata.get('spec_hash')!r}, but this spec "
-                f"hashes to {expected!r}; resume with the exact spec the checkpoint was trained with"
-            )
-        tensors, _ = load_checkpoint(blob)
+        tensors = load_checkpoint_for(spec, blob)
         trainer = cls(spec, device)
-        try:
-            trainer.load_state_tensors(tensors)
-        except (KeyError, RuntimeError, IndexError) as exc:
-            # A well-formed file that lacks a tensor, or holds one of the wrong shape.
-            raise ValueError(
-                f"checkpoint does not match this spec's model and optimiser "
-                f"({type(exc).__name__}: {exc}); it may be truncated or crafted"
-            ) from exc
+        load_trainer_state(trainer, tensors)
         return trainer
 
-    @torch.no_grad()
-    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        for name, p in self.model.named_parameters():
-            p.copy_(tensors[f"param.{name}"])
-        self.optimizer.load_state_tensors(tensors)
-        if self.grad_filter is not None:
-            self.grad_filter.load_state_tensors(tensors)
-        load_rng_state_tensors(tensors, self.batch_generators)
-        self.step = int(tensors["trainer.step"][0])
-        self.memorization_step = [None if s < 0 else int(s) for s in tensors["trainer.memorization_step"]]
-        self.generalization_step = [None if s < 0 else int(s) for s in tensors["trainer.generalization_step"]]
-        self.grok_streak = [int(s) for s in tensors["trainer.grok_streak"]]
+
+@dataclass
+class _RunState:
+    """One Trainer.run call: its callbacks, and the last step each was done for (so that the
+    final report and checkpoint never repeat the loop's)."""
+
+    on_metrics: MetricsCallback | None
+    on_checkpoint: CheckpointCallback | None
+    on_analysis: AnalysisCallback | None
+    last_eval: int | None = None
+    last_analysis: int | None = None
+    last_checkpoint: int | None = None

@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from service.api.deps import SettingsDep
-from service.schemas import Health, Readiness
+from service.schemas.health import Health, Readiness
 from service.settings import Settings
 
 router = APIRouter(tags=["health"])

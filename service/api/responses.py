@@ -1,0 +1,20 @@
+"""Response documentation shared by the routers (what OpenAPI lists besides the 200)."""
+from __future__ import annotations
+
+from typing import Any
+
+from service.schemas.errors import ErrorOut
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {
+        "model": ErrorOut,
+        "description": "No experiment with this id that this token may see (its owner's own; "
+        "every experiment for an admin token).",
+    }
+}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "Missing, unknown or revoked bearer token."}
+}
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorOut, "description": "The token's scope is read; this needs write."}
+}

@@ -1,0 +1,45 @@
+"""Metrics: an experiment's series, downsampled on the server, as JSON or CSV."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from service import store
+from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
+from service.api.responses import NOT_FOUND, UNAUTHORIZED
+from service.downsample import __doc__ as DOWNSAMPLING
+from service.schemas.metrics import MetricsOut, MetricsQuery, metrics_csv
+
+router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTHORIZED)
+
+
+@router.get(
+    "/{experiment_id}/metrics",
+    response_model=MetricsOut,
+    responses={
+        **NOT_FOUND,
+        200: {
+            "content": {"text/csv": {"example": "name,member,step,value\ntrain_loss,0,0,4.6\n"}},
+            "description": "JSON, or CSV (name,member,step,value) with format=csv.",
+        },
+    },
+    description="Metric series of an experiment, downsampled on the server.\n\n"
+    + (DOWNSAMPLING or ""),
+)
+def get_metrics(
+    experiment: OwnedExperiment,
+    session: SessionDep,
+    settings: SettingsDep,
+    query: Annotated[MetricsQuery, Query()],
+) -> dict | Response:
+    query.check(settings)
+    names = query.name_list
+    series = store.count_metric_series(session, experiment.id, names=names, member=query.member)
+    data = store.query_metrics(
+        session, experiment.id, names=names, from_step=query.from_step, to_step=query.to_step,
+        max_points=query.points_per_series(series, settings), member=query.member,
+    )
+    if query.format == "csv":
+        return Response(metrics_csv(data), media_type="text/csv")
+    return data

@@ -1,0 +1,24 @@
+"""The `groklab` command line, one program grouped by audience:
+
+    local.py   groklab train                  a researcher, on this machine, no server
+    serve.py   groklab migrate|api|worker|up  an operator, running the service
+    client.py  groklab submit|status          a user of a running service, over HTTP
+    tokens.py  groklab token create|list|revoke  an admin, straight on the database
+
+Every module imports worker/ (and so torch) only inside the commands that start a worker or
+train locally: the API's image runs `groklab api` without torch.
+"""
+from __future__ import annotations
+
+import typer
+
+from service.cli import client, local, serve, tokens
+from service.cli.serve import _ensure_local_admin_token
+
+__all__ = ["app", "_ensure_local_admin_token"]
+
+app = typer.Typer(help="groklab: train and analyse grokking experiments.", no_args_is_help=True)
+# The grouping is in the code only: each audience's commands sit at the top level of `groklab`.
+for audience in (local.app, serve.app, client.app):
+    app.registered_commands += audience.registered_commands
+app.add_typer(tokens.app, name="token")

@@ -1,0 +1,4 @@
+"""`python -m service.cli ...`, as `groklab up` starts its API and worker."""
+from service.cli import app
+
+app()

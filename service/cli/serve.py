@@ -1,0 +1,128 @@
+"""`groklab migrate|api|worker|up`: run the service, in production or all on one machine."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from service.cli.tokens import token_session
+
+app = typer.Typer()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (alembic upgrade head)."""
+    from service.db import migrate as run_migrations
+    from service.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    run_migrations(url)
+    typer.echo(f"database at head: {url}")
+
+
+@app.command()
+def api(
+    host: Annotated[Optional[str], typer.Option(help="Bind address.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port.")] = None,
+) -> None:
+    """Run the REST API."""
+    import uvicorn
+
+    from service.settings import get_settings
+
+    settings = get_settings()
+    uvicorn.run(
+        "service.app:create_app", factory=True,
+        host=host or settings.host, port=port or settings.port, log_level="info",
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[Optional[str], typer.Option(help="Comma-separated queues, e.g. gpu or cpu.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+    name: Annotated[Optional[str], typer.Option(help="Worker node name.")] = None,
+) -> None:
+    """Run a Celery worker that trains queued experiments (one job at a time)."""
+    import worker.tasks  # noqa: F401  registers the task
+    from service.settings import get_settings
+    from worker.celery_app import get_celery_app
+
+    settings = get_settings()
+    argv = [
+        "worker", "--queues", queues or settings.worker_queues, "--concurrency", "1",
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]
+    if name:
+        argv += ["--hostname", name]
+    get_celery_app().worker_main(argv)
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    data_dir: Annotated[Path, typer.Option(help="Folder for groklab.db and the broker.")] = Path("."),
+) -> None:
+    """Everything on one machine: SQLite, a filesystem broker, the API and one worker."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GROKLAB_DATA_DIR=str(data_dir))
+    env.pop("GROKLAB_DATABASE_URL", None)
+    env.pop("GROKLAB_BROKER_URL", None)
+    subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True)
+
+    token = _ensure_local_admin_token(env)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "service.cli", "api", "--host", host, "--port", str(port)], env=env),
+        subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--name", "embedded@%h"], env=env),
+    ]
+    url = f"http://{host}:{port}"
+    typer.secho(f"groklab is up: {url}  (docs: {url}/docs, data: {data_dir})", fg="green")
+    if token:
+        typer.secho(f"local admin token (shown once): {token}", fg="yellow")
+
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        typer.echo("groklab stopped")
+
+
+def _ensure_local_admin_token(env: dict) -> str | None:
+    """On the first start of a data dir (its database never had a token), create an admin token
+    for the owner 'local' and return it, to be shown once; None on every later start."""
+    from service import auth
+    from service.models import LOCAL_OWNER
+    from service.settings import Settings
+
+    settings = Settings(data_dir=Path(env["GROKLAB_DATA_DIR"]), database_url=None)
+    with token_session(settings) as session:
+        if auth.count_tokens(session):
+            return None
+        _, token = auth.create_token(session, LOCAL_OWNER, "admin")
+    return token

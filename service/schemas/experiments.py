@@ -1,0 +1,174 @@
+"""Experiments: the submitted spec (parsed with the app's limits), the job as returned, pages."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from service.auth import Principal
+from service.models import STATUSES, Experiment
+from service.schemas.errors import invalid
+from service.settings import Settings
+from service.spec import CI_SMALL, ExperimentSpec, Limits
+
+NO_NUL = r"^[^\x00]*$"
+DEFAULT_PAGE_SIZE = 50
+
+SPEC_EXAMPLES = {
+    "ci-small": {
+        "summary": "ci-small: the smallest preset that groks (x+y mod 47, 60% train, 1200 steps)",
+        "value": {"name": "ci-small", "preset": "ci-small"},
+    },
+    "ci-small-resolved": {
+        "summary": "ci-small, every section written out",
+        "value": {"name": "ci-small-full", "preset": "ci-small", **CI_SMALL},
+    },
+    "nanda2023-wd": {
+        "summary": "Nanda et al. 2023 with a smaller weight decay, on the GPU",
+        "value": {
+            "name": "add-113-wd0.3",
+            "preset": "nanda2023",
+            "optimizer": {"weight_decay": 0.3},
+            "training": {"steps": 20000, "device": "cuda"},
+        },
+    },
+    "ensemble": {
+        "summary": "An ensemble of 8 seeds trained as one batched computation",
+        "value": {"name": "seeds", "preset": "ci-small", "ensemble": {"size": 8}},
+    },
+}
+
+
+def parse_spec(body: Any, limits: Limits) -> ExperimentSpec:
+    """The submitted body as a spec within the app's limits, or FastAPI's own 422 (locs under
+    "body"). Validated like FastAPI validates a body (from_attributes), so that its errors
+    read the same as when FastAPI validated the spec itself."""
+    try:
+        spec = ExperimentSpec.model_validate(body, from_attributes=True, context=limits)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors, body=body) from None
+    if "\x00" in spec.name:
+        raise invalid(("body", "name"), "name must not contain NUL characters", spec.name)
+    return spec
+
+
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+
+
+class Progress(BaseModel):
+    step: int = Field(description="Last step the worker reported.")
+    total_steps: int = Field(description="training.steps of the spec.")
+    steps_per_s: float | None = Field(description="Recent training speed.")
+    eta_s: float | None = Field(description="Estimated seconds to the end.")
+
+
+class ExperimentOut(BaseModel):
+    """A job: its state, its spec (as resolved and stored at submission) and its progress."""
+
+    id: str
+    name: str
+    owner: str = Field(description="Owner of the token that submitted it.")
+    status: Status
+    queue: str = Field(description="Celery queue the job was sent to (gpu or cpu).")
+    spec: dict[str, Any] = Field(description="The full spec, presets resolved.")
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None = Field(description="Last sign of life from the worker.")
+    error: str | None
+    attempt: int = Field(description="How many times a worker has started this job.")
+    max_attempts: int
+    worker: str | None = Field(description="The worker that runs (or ran) the job.")
+    cancel_requested: bool
+    summary: dict[str, Any] | None = Field(
+        description="Written by the worker at the end: final metrics, memorization_step, "
+        "generalization_step, ..."
+    )
+
+    @classmethod
+    def of(cls, experiment: Experiment) -> ExperimentOut:
+        return cls(
+            id=experiment.id,
+            name=experiment.name,
+            owner=experiment.owner,
+            status=experiment.status,  # type: ignore[arg-type]
+            queue=experiment.queue,
+            spec=experiment.spec,
+            progress=Progress(
+                step=experiment.step,
+                total_steps=experiment.total_steps,
+                steps_per_s=experiment.steps_per_s,
+                eta_s=experiment.eta_s,
+            ),
+            created_at=experiment.created_at,
+            started_at=experiment.started_at,
+            finished_at=experiment.finished_at,
+            heartbeat_at=experiment.heartbeat_at,
+            error=experiment.error,
+            attempt=experiment.attempt,
+            max_attempts=experiment.max_attempts,
+            worker=experiment.worker,
+            cancel_requested=experiment.cancel_requested,
+            summary=experiment.summary,
+        )
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class ExperimentListQuery(BaseModel):
+    """The query string of GET /experiments (FastAPI validates each parameter; the checks that
+    need the settings or the token are methods, run in this order: limit, owner)."""
+
+    status: Status | None = Field(None, description="Only jobs in this state.")
+    name: str | None = Field(None, max_length=200, pattern=NO_NUL, description="Exact name.")
+    owner: str | None = Field(
+        None,
+        max_length=200,
+        pattern=NO_NUL,
+        description="Only this owner's jobs (admin tokens; others see only their own).",
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Page size: default 50, at most GROKLAB_MAX_PAGE_SIZE."
+    )
+    cursor: str | None = Field(
+        None, max_length=200, description="next_cursor of the previous page."
+    )
+
+    def page_size(self, settings: Settings) -> int:
+        if self.limit is None:
+            return min(DEFAULT_PAGE_SIZE, settings.max_page_size)
+        if self.limit > settings.max_page_size:
+            raise invalid(
+                ("query", "limit"),
+                f"limit must be at most {settings.max_page_size} (GROKLAB_MAX_PAGE_SIZE) "
+                f"(got {self.limit})",
+                self.limit,
+            )
+        return self.limit
+
+    def owner_for(self, principal: Principal) -> str | None:
+        """Whose jobs to list: any owner's (or everyone's) for an admin token, else its own."""
+        if principal.is_admin:
+            return self.owner
+        if self.owner is not None and self.owner != principal.owner:
+            raise invalid(
+                ("query", "owner"),
+                f"only admin tokens may list another owner's experiments; this token's owner is "
+                f"{principal.owner!r} (got {self.owner!r})",
+                self.owner,
+            )
+        return principal.owner
+
+
+class CancelConflict(BaseModel):
+    detail: str
+    status: Status

@@ -1,0 +1,79 @@
+"""The store: every read and write of job state, metrics, checkpoints and cached analysis.
+
+Each function takes a SQLAlchemy Session first and commits its own work (reads commit too, so a
+long-lived worker session never sits idle inside a transaction). State changes that race (claim,
+progress, cancel, finish, requeue) are compare-and-swap UPDATEs: the database, not the broker,
+decides which worker runs a job.
+
+One module per concern; callers use this package (`from service import store`):
+
+- experiments: job state and its compare-and-swap transitions, the reaper's and the
+  reconciler's queries
+- metrics_ingest: metric points in, with the summaries that serve downsampled queries
+- metrics_query: metric series out, downsampled on the server
+- checkpoints: checkpoint bytes, verified before they are loaded or served
+- analysis_cache: the cached Fourier analysis per checkpoint step
+- dialect: what differs between PostgreSQL and SQLite
+"""
+from service.store.analysis_cache import (
+    get_cached_analysis,
+    latest_cached_analysis,
+    put_cached_analysis,
+)
+from service.store.checkpoints import (
+    CheckpointCorrupt,
+    add_checkpoint,
+    checkpoint_intact,
+    get_checkpoint,
+    list_checkpoints,
+    load_checkpoint_verified,
+    verified_checkpoint,
+)
+from service.store.experiments import (
+    MAX_STEP,
+    ExperimentNotFound,
+    cancel_requested,
+    claim_experiment,
+    create_experiment,
+    finish_experiment,
+    get_experiment,
+    heartbeat,
+    job_queues,
+    list_experiments,
+    queued_jobs,
+    reap_stale_jobs,
+    request_cancel,
+    update_progress,
+)
+from service.store.metrics_ingest import MAX_NAME_LENGTH, ingest_metrics
+from service.store.metrics_query import count_metric_series, query_metrics
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "MAX_STEP",
+    "CheckpointCorrupt",
+    "ExperimentNotFound",
+    "add_checkpoint",
+    "cancel_requested",
+    "checkpoint_intact",
+    "claim_experiment",
+    "count_metric_series",
+    "create_experiment",
+    "finish_experiment",
+    "get_cached_analysis",
+    "get_checkpoint",
+    "get_experiment",
+    "heartbeat",
+    "ingest_metrics",
+    "job_queues",
+    "latest_cached_analysis",
+    "list_checkpoints",
+    "list_experiments",
+    "load_checkpoint_verified",
+    "put_cached_analysis",
+    "queued_jobs",
+    "reap_stale_jobs",
+    "request_cancel",
+    "update_progress",
+    "verified_checkpoint",
+]

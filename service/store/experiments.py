@@ -1,0 +1,363 @@
+"""Experiment (job) state: creation, reads, the cursor-paginated listing, and every state change.
+
+State changes that race (claim, progress, heartbeat, cancel, finish, and the reaper's requeue)
+are compare-and-swap UPDATEs on (status, attempt): the database, not the broker, decides which
+worker runs a job. service.lifecycle runs the reaper and the reconciler; the rows they read and
+write are read and written here.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.finite import finite_or_none
+from service.models import (
+    CANCELLED,
+    FAILED,
+    FINISHED_STATUSES,
+    LOCAL_OWNER,
+    QUEUED,
+    RUNNING,
+    STATUSES,
+    Experiment,
+    utcnow,
+)
+from service.spec import ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+MAX_STEP = 2**31 - 1  # steps, members and bucket numbers are 32-bit integers in the tables
+
+
+class ExperimentNotFound(LookupError):
+    def __init__(self, experiment_id: str) -> None:
+        super().__init__(f"experiment {experiment_id} not found")
+        self.experiment_id = experiment_id
+
+
+def require_experiment(session: Session, experiment_id: str) -> None:
+    """Raise ExperimentNotFound unless the experiment exists."""
+    if session.scalar(select(Experiment.id).where(Experiment.id == experiment_id)) is None:
+        raise ExperimentNotFound(experiment_id)
+
+
+def create_experiment(
+    session: Session, spec: ExperimentSpec, queue: str, owner: str = LOCAL_OWNER
+) -> Experiment:
+    """Store a new job of `owner`: status 'queued', attempt 0, the resolved spec as JSON."""
+    experiment = Experiment(
+        id=str(uuid.uuid4()),
+        name=spec.name,
+        owner=owner,
+        status=QUEUED,
+        spec=spec.model_dump(mode="json"),
+        queue=queue,
+        step=0,
+        total_steps=spec.training.steps,
+        created_at=utcnow(),
+        attempt=0,
+        max_attempts=3,
+        cancel_requested=False,
+    )
+    session.add(experiment)
+    session.commit()
+    return experiment
+
+
+def get_experiment(session: Session, experiment_id: str) -> Experiment | None:
+    """The job as it is in the database now (never a stale copy from the session)."""
+    experiment = session.get(Experiment, str(experiment_id), populate_existing=True)
+    session.commit()
+    return experiment
+
+
+def _encode_cursor(experiment: Experiment) -> str:
+    raw = f"{experiment.created_at.isoformat()}|{experiment.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, experiment_id = raw.split("|")
+        created_at = datetime.fromisoformat(created)
+        uuid.UUID(experiment_id)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"invalid cursor {cursor!r}: pass next_cursor from a previous page"
+        ) from exc
+    return created_at, experiment_id
+
+
+def list_experiments(
+    session: Session,
+    *,
+    status: str | None = None,
+    name: str | None = None,
+    owner: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Experiment], str | None]:
+    """A page of jobs, newest first, and the cursor of the next page (None on the last page).
+
+    Keyset pagination on (created_at, id): stable while new jobs arrive, O(limit) per page.
+    `name` and `owner` match exactly. Raises ValueError on an unknown status or a malformed
+    cursor.
+    """
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1 (got {limit})")
+    query = select(Experiment)
+    if status is not None:
+        query = query.where(Experiment.status == status)
+    if name is not None:
+        query = query.where(Experiment.name == name)
+    if owner is not None:
+        query = query.where(Experiment.owner == owner)
+    if cursor:
+        created_at, last_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Experiment.created_at < created_at,
+                and_(Experiment.created_at == created_at, Experiment.id < last_id),
+            )
+        )
+    query = query.order_by(Experiment.created_at.desc(), Experiment.id.desc()).limit(limit + 1)
+    experiments = list(session.scalars(query.execution_options(populate_existing=True)))
+    session.commit()
+    next_cursor = _encode_cursor(experiments[limit - 1]) if len(experiments) > limit else None
+    return experiments[:limit], next_cursor
+
+
+def claim_experiment(session: Session, experiment_id: str, worker: str) -> Experiment | None:
+    """Move a queued job to 'running' for this worker, or return None if it can't be claimed.
+
+    A compare-and-swap: UPDATE ... WHERE status='queued' AND attempt=<the attempt just read>.
+    Of two workers holding the same (redelivered) message exactly one wins; a job that is
+    already running, finished or cancelled is never started again. A queued job that has used up
+    max_attempts is marked failed instead of being started.
+    """
+    experiment = get_experiment(session, experiment_id)
+    if experiment is None or experiment.status != QUEUED:
+        return None
+    now = utcnow()
+    is_current = and_(
+        Experiment.id == experiment.id,
+        Experiment.status == QUEUED,
+        Experiment.attempt == experiment.attempt,
+    )
+    if experiment.attempt >= experiment.max_attempts:
+        session.execute(
+            update(Experiment)
+            .where(is_current)
+            .values(
+                status=FAILED,
+                finished_at=now,
+                error=f"gave up after {experiment.attempt} attempts (max_attempts)",
+            )
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        return None
+    result = session.execute(
+        update(Experiment)
+        .where(is_current)
+        .values(
+            status=RUNNING,
+            attempt=Experiment.attempt + 1,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return get_experiment(session, experiment.id)
+
+
+def _update_running(session: Session, experiment_id: str, attempt: int, **values: Any) -> bool:
+    """CAS on (status='running', attempt): a stale worker of an earlier attempt changes nothing."""
+    result = session.execute(
+        update(Experiment)
+        .where(
+            Experiment.id == str(experiment_id),
+            Experiment.status == RUNNING,
+            Experiment.attempt == attempt,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def update_progress(
+    session: Session,
+    experiment_id: str,
+    attempt: int,
+    *,
+    step: int,
+    steps_per_s: float | None,
+    eta_s: float | None,
+) -> bool:
+    """Record progress and the heartbeat. False (nothing changed) unless running this attempt."""
+    return _update_running(
+        session,
+        experiment_id,
+        attempt,
+        step=step,
+        steps_per_s=finite_or_none(steps_per_s),
+        eta_s=finite_or_none(eta_s),
+        heartbeat_at=utcnow(),
+    )
+
+
+def heartbeat(session: Session, experiment_id: str, attempt: int) -> bool:
+    """Mark this attempt alive. False when the job is no longer running this attempt."""
+    return _update_running(session, experiment_id, attempt, heartbeat_at=utcnow())
+
+
+def cancel_requested(session: Session, experiment_id: str) -> bool:
+    """Whether someone asked to cancel this job (the worker polls this and stops cooperatively)."""
+    flag = session.scalar(
+        select(Experiment.cancel_requested).where(Experiment.id == str(experiment_id))
+    )
+    session.commit()
+    return bool(flag)
+
+
+def request_cancel(session: Session, experiment_id: str) -> Experiment | None:
+    """Cancel a job: queued -> 'cancelled' at once; running -> cancel_requested=True (the worker
+    finishes it 'cancelled'); finished -> unchanged. None for an unknown id."""
+    for _ in range(5):  # a claim may slip in between the read and the CAS: read again
+        experiment = get_experiment(session, experiment_id)
+        if experiment is None or experiment.status in FINISHED_STATUSES:
+            return experiment
+        now = utcnow()
+        if experiment.status == QUEUED:
+            values: dict[str, Any] = {
+                "status": CANCELLED, "cancel_requested": True, "finished_at": now,
+            }
+        else:
+            values = {"cancel_requested": True}
+        result = session.execute(
+            update(Experiment)
+            .where(
+                Experiment.id == experiment.id,
+                Experiment.status == experiment.status,
+                Experiment.attempt == experiment.attempt,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if result.rowcount == 1:
+            return get_experiment(session, experiment.id)
+    raise RuntimeError(f"experiment {experiment_id} kept changing state while cancelling")
+
+
+def finish_experiment(
+    session: Session,
+    experiment_id: str,
+    attempt: int,
+    status: str,
+    *,
+    error: str | None = None,
+    summary: dict | None = None,
+) -> bool:
+    """End a running job with a final status (succeeded, failed, cancelled). CAS on (running,
+    attempt): False, and nothing changed, when this attempt no longer owns the job."""
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)} (got {status!r})")
+    now = utcnow()
+    return _update_running(
+        session,
+        experiment_id,
+        attempt,
+        status=status,
+        error=error,
+        summary=summary,
+        finished_at=now,
+        heartbeat_at=now,
+    )
+
+
+# ---- the reaper and the reconciler (run by service.lifecycle) ----------------------------
+
+
+def reap_stale_jobs(session: Session, stale_after_s: float) -> tuple[list[str], list[str]]:
+    """Requeue running jobs whose heartbeat is older than stale_after_s.
+
+    Returns (requeued ids, ended ids). A job that has used up max_attempts fails with a reason;
+    one whose cancel was requested ends 'cancelled'. Each change is a compare-and-swap on
+    (status, attempt), so a worker that comes back to life cannot finish a requeued job.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=stale_after_s)
+    stale = session.execute(
+        select(Experiment.id, Experiment.attempt, Experiment.max_attempts,
+               Experiment.cancel_requested, Experiment.heartbeat_at, Experiment.worker)
+        .where(Experiment.status == RUNNING, Experiment.heartbeat_at < cutoff)
+    ).all()
+    requeued, ended = [], []
+    for exp_id, attempt, max_attempts, cancel, beat, worker in stale:
+        if cancel:
+            values = {"status": CANCELLED, "finished_at": now}
+        elif attempt >= max_attempts:
+            values = {
+                "status": FAILED, "finished_at": now,
+                "error": (
+                    f"gave up after {attempt} attempts (max_attempts={max_attempts}): the worker "
+                    f"{worker} stopped sending heartbeats (last at {beat.isoformat()})"
+                ),
+            }
+        else:
+            values = {"status": QUEUED, "worker": None, "steps_per_s": None, "eta_s": None}
+        result = session.execute(
+            update(Experiment)
+            .where(Experiment.id == exp_id, Experiment.status == RUNNING,
+                   Experiment.attempt == attempt)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            (requeued if values["status"] == QUEUED else ended).append(exp_id)
+            log.warning("job %s: heartbeat stale since %s on %s -> %s",
+                        exp_id, beat, worker, values["status"])
+    session.commit()
+    return requeued, ended
+
+
+def queued_jobs(session: Session, older_than_s: float) -> list[tuple[str, str]]:
+    """(id, queue) of jobs queued for longer than older_than_s (by creation or last start)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    rows = session.execute(
+        select(Experiment.id, Experiment.queue, Experiment.created_at, Experiment.started_at)
+        .where(Experiment.status == QUEUED, Experiment.created_at < cutoff)
+    ).all()
+    session.commit()
+    return [(i, q) for i, q, created, started in rows if started is None or started < cutoff]
+
+
+def job_queues(session: Session, experiment_ids: list[str]) -> dict[str, str]:
+    """{id: queue} of these jobs (the queue a requeued job is enqueued on again)."""
+    if not experiment_ids:
+        return {}
+    queues = dict(session.execute(
+        select(Experiment.id, Experiment.queue).where(Experiment.id.in_(experiment_ids))
+    ).all())
+    session.commit()
+    return queues

@@ -1,0 +1,297 @@
+"""Sweeps: a grid over spec paths, expanded into member specs and planned into packs.
+
+Pure Python, no database: the API validates a sweep with this, the store saves what it returns.
+
+A sweep is `{"name", "base": <spec>, "grid": {"optimizer.weight_decay": [0, 1], ...}}`. Every
+point of the Cartesian product of the grid (axes in the order given, the last one varying
+fastest) is one member: the base spec with each axis path set to the point's value, validated as
+an ordinary spec. Members whose shapes agree are trained together as one batched ensemble, a
+**pack** (see plan_packs); the values that may differ inside a pack are PER_MEMBER_PATHS.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.spec import ExperimentSpec, Limits
+
+# What may differ between the members of one pack: each member gets its own value of these
+# (per-member seeds, learning rates, weight decays, init scales, training sets, Grokfast lambda).
+# Everything else in the spec fixes the shapes and the schedule, so it must agree.
+PER_MEMBER_PATHS: tuple[str, ...] = (
+    "name",
+    "training.seed",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "model.init_scale",
+    "task.train_fraction",
+    "task.split_seed",
+    "optimizer.grad_filter.lamb",
+)
+CPU_PACK_SIZE = 8
+
+
+class SweepSpec(BaseModel):
+    """A POST /api/v1/sweeps body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("sweep", min_length=1, max_length=200, pattern=r"^[^\x00]*$")
+    base: dict[str, Any] = Field(
+        default_factory=dict, description="The spec every member starts from (presets apply)."
+    )
+    grid: dict[str, list[Any]] = Field(
+        description="Dotted spec paths and the values each takes; one member per point of the "
+        "Cartesian product.",
+        examples=[{"optimizer.weight_decay": [0, 1], "training.seed": [0, 1]}],
+    )
+    pack_size: int | None = Field(
+        None, ge=1,
+        description="Most members trained together in one pack. Default: 8 on the CPU; on a GPU "
+        "(training.device cuda or auto) as many as fit in GROKLAB_PACK_MEMORY_BYTES.",
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not grid:
+            raise ValueError("grid must name at least one axis")
+        for path, values in grid.items():
+            if not values:
+                raise ValueError(f"grid.{path} must list at least one value")
+            if unknown := unknown_path(path):
+                raise ValueError(f"grid axis {path!r}: {unknown}")
+            seen = [json.dumps(v, sort_keys=True) for v in values]
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"grid.{path} lists a value twice")
+        return grid
+
+    @property
+    def n_members(self) -> int:
+        n = 1
+        for values in self.grid.values():
+            n *= len(values)
+        return n
+
+
+@dataclass
+class Member:
+    """One point of the grid: its axis values and its validated spec."""
+
+    index: int
+    point: dict[str, Any]
+    spec: ExperimentSpec
+
+
+class SweepInvalid(ValueError):
+    """Member specs that are not valid: errors shaped like FastAPI's (loc, msg, input)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(e["msg"] for e in errors))
+        self.errors = errors
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `GradFilterSpec | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if (model := _model_of(arg)) is not None:
+                return model
+    return None
+
+
+def unknown_path(path: str) -> str | None:
+    """Why `path` names no field of the spec (with the fields allowed there), or None."""
+    model: type[BaseModel] | None = ExperimentSpec
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        if model is None:
+            return f"{'.'.join(parts[:depth])} has no fields below it"
+        if part not in model.model_fields:
+            where = ".".join(parts[:depth]) or "the spec"
+            return f"unknown field {part!r} in {where}; valid: {', '.join(model.model_fields)}"
+        model = _model_of(model.model_fields[part].annotation)
+    if model is not None:
+        return f"{path} is a section; vary one of its fields: {', '.join(model.model_fields)}"
+    return None
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """data[a][b][c] = value for path 'a.b.c', creating the sections on the way."""
+    *sections, leaf = path.split(".")
+    for section in sections:
+        if not isinstance(data.get(section), dict):
+            data[section] = {}
+        data = data[section]
+    data[leaf] = copy.deepcopy(value)
+
+
+def member_name(sweep_name: str, point: dict[str, Any]) -> str:
+    label = ",".join(f"{path.rsplit('.', 1)[-1]}={json.dumps(v)}" for path, v in point.items())
+    return f"{sweep_name}[{label}]"[:200]
+
+
+def _blame(loc: tuple, grid: dict[str, list[Any]], point_index: dict[str, int]) -> str | None:
+    """The grid axis an error at `loc` comes from: the axis whose path is the error's field or a
+    section around it, or whose field the error's field sits in."""
+    field = ".".join(str(part) for part in loc)
+    for path in grid:
+        if field == path or field.startswith(path + ".") or path.startswith(field + ".") and field:
+            return path
+    return None
+
+
+def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Member]:
+    """The members of a sweep, validated. Raises SweepInvalid naming each bad axis value
+    (`grid.task.p[2]: p must be prime for op 'x/y' (got 100)`) or a member count over
+    max_members (GROKLAB_MAX_SWEEP_MEMBERS)."""
+    if sweep.n_members > max_members:
+        raise SweepInvalid([{
+            "loc": ["body", "grid"],
+            "msg": f"the grid has {sweep.n_members} points; a sweep may have at most "
+            f"{max_members} members (GROKLAB_MAX_SWEEP_MEMBERS)",
+            "input": {path: len(values) for path, values in sweep.grid.items()},
+        }])
+    if "ensemble" in sweep.base or any(path.startswith("ensemble") for path in sweep.grid):
+        raise SweepInvalid([{
+            "loc": ["body", "base", "ensemble"],
+            "msg": "sweep members are single runs (packing batches them on the worker); leave "
+            "out the ensemble section",
+            "input": sweep.base.get("ensemble"),
+        }])
+    axes = list(sweep.grid)
+    members: list[Member] = []
+    errors: dict[tuple, dict[str, Any]] = {}
+    context = {"limits": limits} if limits is not None else None
+    for index, values in enumerate(itertools.product(*sweep.grid.values())):
+        point = dict(zip(axes, values))
+        data = copy.deepcopy(sweep.base)
+        for path, value in point.items():
+            set_path(data, path, value)
+        data["name"] = member_name(sweep.name, point)
+        try:
+            spec = ExperimentSpec.model_validate(data, context=context)
+        except ValidationError as exc:
+            positions = {path: sweep.grid[path].index(v) for path, v in point.items()}
+            for error in exc.errors(include_url=False):
+                axis = _blame(error["loc"], sweep.grid, positions)
+                if axis is None:
+                    loc = ["body", "base", *error["loc"]]
+                    msg = f"base.{'.'.join(map(str, error['loc']))}: {error['msg']}" if error[
+                        "loc"] else f"member {json.dumps(point)}: {error['msg']}"
+                    key = (tuple(loc), error["msg"])
+                    value = error.get("input")
+                else:
+                    at = positions[axis]
+                    loc = ["body", "grid", axis, at]
+                    msg = f"grid.{axis}[{at}]: {error['msg']}"
+                    key = (tuple(loc), error["msg"])
+                    value = sweep.grid[axis][at]
+                errors.setdefault(key, {"type": "value_error", "loc": loc, "msg": msg,
+                                        "input": _jsonable(value)})
+            continue
+        members.append(Member(index, point, spec))
+    if errors:
+        raise SweepInvalid(list(errors.values()))
+    return members
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _without_per_member(spec_json: dict[str, Any]) -> dict[str, Any]:
+    shape = copy.deepcopy(spec_json)
+    for path in PER_MEMBER_PATHS:
+        *sections, leaf = path.split(".")
+        node: Any = shape
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return shape
+
+
+def pack_key(spec: ExperimentSpec) -> str:
+    """What members of one pack must share: the spec less its per-member values."""
+    return json.dumps(_without_per_member(spec.model_dump(mode="json")), sort_keys=True)
+
+
+def bytes_per_member(spec: ExperimentSpec) -> int:
+    """A generous estimate of one member's GPU memory in a pack: fp32 parameters, gradients,
+    two AdamW moments and a Grokfast buffer, plus the activations of a full-grid forward and
+    backward (logits and MLP activations of every pair)."""
+    params = spec.param_count()
+    state = 4 * params * (4 + (spec.optimizer.grad_filter.window
+                               if spec.optimizer.grad_filter and spec.optimizer.grad_filter.kind == "ma"
+                               else 1 if spec.optimizer.grad_filter else 0))
+    rows = spec.n_pairs if spec.training.batch_size is None else spec.training.batch_size
+    m = spec.model
+    width = 3 * (4 * m.d_model + m.d_mlp) * m.n_layers + 2 * spec.task.n_elements
+    return state + 4 * rows * width * 2
+
+
+def default_pack_size(spec: ExperimentSpec, memory_bytes: int, max_ensemble: int) -> int:
+    """8 on the CPU; on a GPU as many members as fit in memory_bytes (at most max_ensemble)."""
+    if spec.training.device == "cpu":
+        return min(CPU_PACK_SIZE, max_ensemble)
+    return max(1, min(max_ensemble, memory_bytes // max(1, bytes_per_member(spec))))
+
+
+def plan_packs(
+    members: list[Member], pack_size: int | None, memory_bytes: int, max_ensemble: int
+) -> list[list[Member]]:
+    """Members grouped by pack_key (in grid order), each group cut into packs of at most
+    pack_size (default_pack_size when None)."""
+    groups: dict[str, list[Member]] = {}
+    for member in members:
+        groups.setdefault(pack_key(member.spec), []).append(member)
+    packs = []
+    for group in groups.values():
+        size = pack_size or default_pack_size(group[0].spec, memory_bytes, max_ensemble)
+        size = min(size, max_ensemble)
+        packs += [group[i : i + size] for i in range(0, len(group), size)]
+    return packs
+
+
+def pack_spec(member_specs: list[ExperimentSpec]) -> ExperimentSpec:
+    """The one ensemble spec that trains these members together: the first member's spec with
+    ensemble.size = len(member_specs) and every per-member value as an ensemble list. Member e
+    of it trains exactly as member_specs[e] would alone. Raises ValueError when the members'
+    shapes disagree (their pack_key differs)."""
+    if not member_specs:
+        raise ValueError("a pack needs at least one member")
+    key = pack_key(member_specs[0])
+    for spec in member_specs[1:]:
+        if pack_key(spec) != key:
+            raise ValueError(
+                f"members {member_specs[0].name!r} and {spec.name!r} differ in more than "
+                f"{', '.join(PER_MEMBER_PATHS[1:])}: they cannot share a pack"
+            )
+    data = member_specs[0].model_dump(mode="json")
+    data["name"] = "pack"
+    filters = [s.optimizer.grad_filter for s in member_specs]
+    data["ensemble"] = {
+        "size": len(member_specs),
+        "seeds": [s.training.seed for s in member_specs],
+        "lr": [s.optimizer.lr for s in member_specs],
+        "weight_decay": [s.optimizer.weight_decay for s in member_specs],
+        "init_scale": [s.model.init_scale for s in member_specs],
+        "train_fraction": [s.task.train_fraction for s in member_specs],
+        "split_seed": [s.task.split_seed for s in member_specs],
+        "grad_filter_lamb": None if filters[0] is None else [f.lamb for f in filters],
+    }
+    return ExperimentSpec.model_validate(data)
