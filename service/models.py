@@ -94,6 +94,9 @@ class Experiment(Base):
         Index("ix_experiments_name_created", "name", "created_at", "id"),
         # A non-admin token lists only its owner's jobs.
         Index("ix_experiments_owner_created", "owner", "created_at", "id"),
+        # A sweep's members, and a pack's.
+        Index("ix_experiments_sweep", "sweep_id", "sweep_index"),
+        Index("ix_experiments_pack", "pack_id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -120,9 +123,42 @@ class Experiment(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     summary: Mapped[dict[str, Any] | None]
 
+    # Sweep members: the sweep, the member's place in the grid and its axis values, and the pack
+    # it trains in. A pack is the unit of work: its id is the job id on the queue, and its
+    # members are claimed, beat and resumed together (see service.store.packs).
+    sweep_id: Mapped[str | None] = mapped_column(String(36))
+    sweep_index: Mapped[int | None] = mapped_column(Integer)
+    sweep_point: Mapped[dict[str, Any] | None]
+    pack_id: Mapped[str | None] = mapped_column(String(36))
+
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+    @property
+    def job_id(self) -> str:
+        """The id its queue message carries: its pack's, or its own."""
+        return self.pack_id or self.id
+
+
+class Sweep(Base):
+    """A grid over spec paths; each point is an ordinary experiment (Experiment.sweep_id). Its
+    status, counts and progress are derived from its members, never stored twice."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        Index("ix_sweeps_created", "created_at", "id"),
+        Index("ix_sweeps_owner_created", "owner", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(200))
+    # The request as given: {"name", "base", "grid", "pack_size"}; grid keeps the axis order.
+    spec: Mapped[dict[str, Any]]
+    n_members: Mapped[int] = mapped_column(Integer)
+    n_packs: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ApiToken(Base):

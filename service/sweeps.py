@@ -145,7 +145,7 @@ def _blame(loc: tuple, grid: dict[str, list[Any]], point_index: dict[str, int]) 
     section around it, or whose field the error's field sits in."""
     field = ".".join(str(part) for part in loc)
     for path in grid:
-        if field == path or field.startswith(path + ".") or path.startswith(field + ".") and field:
+        if field and (field == path or field.startswith(path + ".") or path.startswith(field + ".")):
             return path
     return None
 
@@ -171,7 +171,6 @@ def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Me
     axes = list(sweep.grid)
     members: list[Member] = []
     errors: dict[tuple, dict[str, Any]] = {}
-    context = {"limits": limits} if limits is not None else None
     for index, values in enumerate(itertools.product(*sweep.grid.values())):
         point = dict(zip(axes, values))
         data = copy.deepcopy(sweep.base)
@@ -179,7 +178,7 @@ def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Me
             set_path(data, path, value)
         data["name"] = member_name(sweep.name, point)
         try:
-            spec = ExperimentSpec.model_validate(data, context=context)
+            spec = ExperimentSpec.model_validate(data, context=limits)
         except ValidationError as exc:
             positions = {path: sweep.grid[path].index(v) for path, v in point.items()}
             for error in exc.errors(include_url=False):
