@@ -130,9 +130,8 @@ class LifecycleLoop:
     def tick(self) -> None:
         with self.sessions() as session:
             requeued, _ = store.reap_stale_jobs(session, self.settings.heartbeat_timeout_s)
-            queues = store.job_queues(session, requeued)
-            for exp_id in requeued:
-                self.enqueue(exp_id, queues[exp_id])
+            for job_id, queue in store.job_queues(session, requeued).items():
+                self.enqueue(job_id, queue)
             reconcile_lost_messages(session, self.settings, self.enqueue)
 
     def _loop(self) -> None:

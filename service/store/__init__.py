@@ -13,6 +13,7 @@ One module per concern; callers use this package (`from service import store`):
 - metrics_query: metric series out, downsampled on the server
 - checkpoints: checkpoint bytes, verified before they are loaded or served
 - analysis_cache: the cached Fourier analysis per checkpoint step
+- packs: the members of a sweep that train together, claimed and beat as one job
 - dialect: what differs between PostgreSQL and SQLite
 """
 from service.store.analysis_cache import (
@@ -47,6 +48,13 @@ from service.store.experiments import (
 )
 from service.store.metrics_ingest import MAX_NAME_LENGTH, ingest_metrics
 from service.store.metrics_query import count_metric_series, query_metrics
+from service.store.packs import (
+    cancel_requested_members,
+    claim_pack,
+    is_pack,
+    pack_heartbeat,
+    update_pack_progress,
+)
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -54,6 +62,11 @@ __all__ = [
     "CheckpointCorrupt",
     "ExperimentNotFound",
     "add_checkpoint",
+    "cancel_requested_members",
+    "claim_pack",
+    "is_pack",
+    "pack_heartbeat",
+    "update_pack_progress",
     "cancel_requested",
     "checkpoint_intact",
     "claim_experiment",

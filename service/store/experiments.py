@@ -342,22 +342,30 @@ def reap_stale_jobs(session: Session, stale_after_s: float) -> tuple[list[str], 
 
 
 def queued_jobs(session: Session, older_than_s: float) -> list[tuple[str, str]]:
-    """(id, queue) of jobs queued for longer than older_than_s (by creation or last start)."""
+    """(job id, queue) of jobs queued for longer than older_than_s (by creation or last start).
+    A pack member's job id is its pack's: a pack is one job on the queue."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     rows = session.execute(
-        select(Experiment.id, Experiment.queue, Experiment.created_at, Experiment.started_at)
+        select(Experiment.id, Experiment.pack_id, Experiment.queue, Experiment.started_at)
         .where(Experiment.status == QUEUED, Experiment.created_at < cutoff)
     ).all()
     session.commit()
-    return [(i, q) for i, q, created, started in rows if started is None or started < cutoff]
+    jobs = {
+        pack_id or exp_id: queue
+        for exp_id, pack_id, queue, started in rows
+        if started is None or started < cutoff
+    }
+    return list(jobs.items())
 
 
 def job_queues(session: Session, experiment_ids: list[str]) -> dict[str, str]:
-    """{id: queue} of these jobs (the queue a requeued job is enqueued on again)."""
+    """{job id: queue} of these experiments: the message that runs each of them again (a pack
+    member's job is its pack, enqueued once however many of its members were requeued)."""
     if not experiment_ids:
         return {}
-    queues = dict(session.execute(
-        select(Experiment.id, Experiment.queue).where(Experiment.id.in_(experiment_ids))
-    ).all())
+    rows = session.execute(
+        select(Experiment.id, Experiment.pack_id, Experiment.queue)
+        .where(Experiment.id.in_(experiment_ids))
+    ).all()
     session.commit()
-    return queues
+    return {pack_id or exp_id: queue for exp_id, pack_id, queue in rows}

@@ -1,0 +1,250 @@
+"""Run one pack: the members of a sweep whose shapes agree, trained together as one ensemble.
+
+The pack is the unit of work: one queue message (its job id is the pack id), one claim of all its
+queued members, one heartbeat, one resume. Everything stored stays per member: each member's
+metrics (as member 0), checkpoints and cached analysis go under its own experiment, so nothing
+stored grows with the pack size, and every member reads like a run of its own.
+
+A member leaves the batch when it has grokked under stop_on_grok (succeeded), when its loss
+became NaN or infinite (failed, with the reason), or when it is cancelled; the pack trains on
+with the others. A requeued pack resumes from its members' checkpoints at the latest step that
+all of them have.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import store
+from service.progress import StepRate
+from service.spec import ExperimentSpec
+from service.summary import experiment_summary
+
+if TYPE_CHECKING:
+    from worker.engine.train import Trainer
+
+log = logging.getLogger(__name__)
+
+LEFT_STATUS = {"grokked": "succeeded", "nonfinite": "failed", "cancelled": "cancelled"}
+
+
+class PackRecorder:
+    """The engine's callbacks for a pack, routed to each member's experiment.
+
+    Engine member e (its place in the pack as claimed) is experiment ids[e]; its rows are stored
+    as member 0 of that experiment. Flushes metrics at least every flush_every_s; progress and
+    heartbeat of the members still training go in one UPDATE; cancel flags are polled every
+    cancel_poll_s. A member whose attempt is no longer ours (requeued, finished elsewhere) is
+    stopped without being finished here.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        claims: list[tuple[str, int]],
+        *,
+        total_steps: int,
+        flush_every_s: float = 1.0,
+        progress_every_s: float = 1.0,
+        cancel_poll_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sessions = sessions
+        self.claims = list(claims)
+        self.ids = [exp_id for exp_id, _ in claims]
+        self.attempt_of = dict(claims)
+        self.total_steps = total_steps
+        self.flush_every_s = flush_every_s
+        self.progress_every_s = progress_every_s
+        self.cancel_poll_s = cancel_poll_s
+        self.clock = clock
+        self.active: set[int] = set(range(len(claims)))
+        self.lost: set[int] = set()
+        self.cancelled: set[int] = set()
+        self._rows: dict[int, list[dict]] = {}
+        self._rate = StepRate(clock=clock)
+        now = clock()
+        self._last_flush = now
+        self._last_progress = -1e18
+        self._last_cancel_poll = now
+
+    def active_claims(self) -> list[tuple[str, int]]:
+        return [self.claims[e] for e in sorted(self.active)]
+
+    # ---- engine callbacks --------------------------------------------------------------
+    def on_metrics(self, rows: list[dict]) -> None:
+        for row in rows:
+            self._rows.setdefault(row["member"], []).append({**row, "member": 0})
+        if self.clock() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def on_checkpoint(self, step: int, blob: bytes, meta: dict) -> None:
+        member = int(meta.get("member", 0))
+        self.flush()
+        stored = {k: v for k, v in meta.items() if k != "member"}
+        with self.sessions() as s:
+            store.add_checkpoint(s, self.ids[member], step, blob, stored)
+
+    def store_measures(self, trainer: Trainer, step: int, measures: list[dict]) -> None:
+        """The full progress measures of each member still training, under its experiment."""
+        with self.sessions() as s:
+            for row, member in enumerate(trainer.members):
+                store.put_cached_analysis(
+                    s, self.ids[member], step, {"step": step, "members": [measures[row]]}
+                )
+
+    def on_progress(self, step: int, total_steps: int) -> None:
+        now = self.clock()
+        self._rate.observe(step)
+        if now - self._last_progress < self.progress_every_s and step < total_steps:
+            return
+        self._last_progress = now
+        claims = self.active_claims()
+        with self.sessions() as s:
+            ours = store.update_pack_progress(
+                s, claims, step=step, steps_per_s=self._rate.rate(),
+                eta_s=self._rate.eta_s(step, total_steps),
+            )
+        self._lose({self.ids.index(exp_id) for exp_id, _ in claims} - {
+            self.ids.index(exp_id) for exp_id in ours})
+
+    def beat(self) -> None:
+        """The heartbeat thread's call: every member still training, in one UPDATE."""
+        claims = self.active_claims()
+        with self.sessions() as s:
+            ours = store.pack_heartbeat(s, claims)
+        self._lose({self.ids.index(exp_id) for exp_id, _ in claims} - {
+            self.ids.index(exp_id) for exp_id in ours})
+
+    def members_to_stop(self) -> set[int]:
+        """Members to take out of the batch now: cancelled, or no longer this worker's."""
+        now = self.clock()
+        if now - self._last_cancel_poll >= self.cancel_poll_s:
+            self._last_cancel_poll = now
+            with self.sessions() as s:
+                flagged = store.cancel_requested_members(
+                    s, [self.ids[e] for e in sorted(self.active)]
+                )
+            self.cancelled |= {self.ids.index(exp_id) for exp_id in flagged}
+        return (self.cancelled | self.lost) & self.active
+
+    def should_stop(self) -> bool:
+        return not self.active
+
+    def on_member_left(self, member: int, reason: str, step: int) -> None:
+        """A member left the batch: store its last points and finish it with its reason."""
+        self.active.discard(member)
+        self.flush()
+        if member in self.lost:
+            return
+        if reason == "cancelled" or member in self.cancelled:
+            self.finish(member, "cancelled", stopped="cancelled")
+        elif reason == "nonfinite":
+            self.finish(member, "failed", stopped="nonfinite", error=(
+                f"the training loss became NaN or infinite by step {step}; this member left its "
+                "pack and the others trained on (lower optimizer.lr or model.init_scale)"
+            ))
+        else:
+            self.finish(member, LEFT_STATUS.get(reason, "succeeded"), stopped=reason)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _lose(self, members: set[int]) -> None:
+        for member in members - self.lost:
+            log.warning("pack member %s attempt %s is no longer ours; it leaves the pack",
+                        self.ids[member], self.attempt_of[self.ids[member]])
+        self.lost |= members
+
+    def flush(self) -> None:
+        self._last_flush = self.clock()
+        if not self._rows:
+            return
+        batches, self._rows = self._rows, {}
+        with self.sessions() as s:
+            for member, rows in batches.items():
+                store.ingest_metrics(s, self.ids[member], rows)
+
+    def finish(self, member: int, status: str, *, stopped: str, error: str | None = None,
+               resumed_from_step: int | None = None) -> bool:
+        exp_id = self.ids[member]
+        with self.sessions() as s:
+            summary = experiment_summary(s, exp_id)
+            summary["stopped"] = stopped
+            summary["resumed_from_step"] = resumed_from_step
+            return store.finish_experiment(
+                s, exp_id, self.attempt_of[exp_id], status, error=error, summary=summary
+            )
+
+
+def common_resume_step(steps_by_member: list[set[int]]) -> int | None:
+    """The latest checkpoint step that every member has (None: start from step 0)."""
+    if not steps_by_member or any(not steps for steps in steps_by_member):
+        return None
+    shared = set.intersection(*steps_by_member)
+    return max(shared) if shared else None
+
+
+def run_pack(
+    pack_id: str, worker_name: str, sessions: sessionmaker[Session], settings: Any,
+    heartbeating: Callable[..., Any],
+) -> str:
+    """Claim the pack's queued members, train them together, finish each. Returns a word for the
+    task's log: "skipped", "succeeded" (the pack ran to its end) or "failed"."""
+    with sessions() as s:
+        members = store.claim_pack(s, pack_id, worker_name)
+        if not members:
+            log.info("pack %s has no queued member; nothing to do", pack_id)
+            return "skipped"
+        claims = [(m.id, m.attempt) for m in members]
+        specs = [ExperimentSpec.model_validate(m.spec) for m in members]
+        steps = [{c.step for c in store.list_checkpoints(s, m.id)} for m in members]
+        resume_step = common_resume_step(steps)
+        blobs = None
+        if resume_step is not None:
+            blobs = [store.load_checkpoint_verified(s, m.id, resume_step) for m in members]
+    log.info("claimed pack %s: %d members on %s (resume at %s)", pack_id, len(members),
+             worker_name, resume_step)
+
+    recorder = PackRecorder(
+        sessions, claims, total_steps=specs[0].training.steps,
+        flush_every_s=settings.metrics_flush_s,
+    )
+    try:
+        with heartbeating(recorder.beat, settings.heartbeat_s):
+            return _train_pack(specs, blobs, recorder, resume_step)
+    except Exception as exc:  # every member still training fails with the reason
+        log.exception("pack %s failed", pack_id)
+        try:
+            recorder.flush()
+        except Exception:
+            log.exception("could not flush the last metrics of pack %s", pack_id)
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"[-4000:]
+        for member in sorted(recorder.active - recorder.lost):
+            recorder.finish(member, "failed", stopped="error", error=error)
+        return "failed"
+
+
+def _train_pack(specs, blobs, recorder: PackRecorder, resume_step: int | None) -> str:
+    from worker.engine.train import Trainer
+    from worker.runner import analysis_callback
+
+    if blobs is not None:
+        trainer = Trainer.from_member_checkpoints(specs, blobs)
+    else:
+        trainer = Trainer.for_members(specs)
+    trainer.run(
+        on_metrics=recorder.on_metrics,
+        on_checkpoint=recorder.on_checkpoint,
+        should_stop=recorder.should_stop,
+        on_progress=recorder.on_progress,
+        on_analysis=analysis_callback(trainer.spec, recorder.store_measures),
+        members_to_stop=recorder.members_to_stop,
+        on_member_left=recorder.on_member_left,
+    )
+    recorder.flush()
+    for member in sorted(recorder.active - recorder.lost):
+        recorder.finish(member, "succeeded", stopped="completed", resumed_from_step=resume_step)
+    return "succeeded"
