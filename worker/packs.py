@@ -62,6 +62,7 @@ class PackRecorder:
         self.progress_every_s = progress_every_s
         self.cancel_poll_s = cancel_poll_s
         self.clock = clock
+        self.trainer: Trainer | None = None  # set by the pack's run, for store_measures
         self.active: set[int] = set(range(len(claims)))
         self.lost: set[int] = set()
         self.cancelled: set[int] = set()
@@ -89,10 +90,11 @@ class PackRecorder:
         with self.sessions() as s:
             store.add_checkpoint(s, self.ids[member], step, blob, stored)
 
-    def store_measures(self, trainer: Trainer, step: int, measures: list[dict]) -> None:
-        """The full progress measures of each member still training, under its experiment."""
+    def store_measures(self, step: int, measures: list[dict]) -> None:
+        """The full progress measures of each member still training (in the order of
+        self.trainer.members), under its experiment."""
         with self.sessions() as s:
-            for row, member in enumerate(trainer.members):
+            for row, member in enumerate(self.trainer.members):
                 store.put_cached_analysis(
                     s, self.ids[member], step, {"step": step, "members": [measures[row]]}
                 )
@@ -213,7 +215,7 @@ def run_pack(
         flush_every_s=settings.metrics_flush_s,
     )
     try:
-        with heartbeating(recorder.beat, settings.heartbeat_s):
+        with heartbeating(recorder.beat, settings.heartbeat_s, pack_id):
             return _train_pack(specs, blobs, recorder, resume_step)
     except Exception as exc:  # every member still training fails with the reason
         log.exception("pack %s failed", pack_id)
@@ -235,6 +237,7 @@ def _train_pack(specs, blobs, recorder: PackRecorder, resume_step: int | None) -
         trainer = Trainer.from_member_checkpoints(specs, blobs)
     else:
         trainer = Trainer.for_members(specs)
+    recorder.trainer = trainer
     trainer.run(
         on_metrics=recorder.on_metrics,
         on_checkpoint=recorder.on_checkpoint,

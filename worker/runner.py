@@ -90,25 +90,19 @@ def analyze_checkpoint(experiment_id: str, step: int, settings: Settings | None 
 
 
 @contextmanager
-def heartbeating(
-    sessions: sessionmaker[Session], experiment_id: str, attempt: int, every_s: float,
-    on_lost: Callable[[], None],
-):
-    """Beat every `every_s` seconds in a thread, so that a long step or a long analysis never
-    looks like a dead worker. on_lost() runs once the job is no longer this attempt's."""
+def heartbeating(beat: Callable[[], None], every_s: float, name: str):
+    """Call beat() every `every_s` seconds in a thread, so that a long step or a long analysis
+    never looks like a dead worker. A failing beat is logged; the next one tries again."""
     done = threading.Event()
 
-    def beat() -> None:
+    def loop() -> None:
         while not done.wait(every_s):
             try:
-                with sessions() as s:
-                    if not store.heartbeat(s, experiment_id, attempt):
-                        on_lost()
-                        return
+                beat()
             except Exception:  # the database may blip; the next beat tries again
-                log.exception("heartbeat of %s failed", experiment_id)
+                log.exception("heartbeat of %s failed", name)
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{experiment_id}", daemon=True)
+    thread = threading.Thread(target=loop, name=f"heartbeat-{name}", daemon=True)
     thread.start()
     try:
         yield
@@ -117,9 +111,24 @@ def heartbeating(
         thread.join(timeout=every_s + 5)
 
 
-def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings | None = None) -> str:
+def run_job(job_id: str, worker_name: str = "worker", settings: Settings | None = None) -> str:
+    """Run the job a queue message names: a pack of sweep members (worker.packs), or one
+    experiment."""
     settings = settings or get_settings()
     sessions = sessions_for(settings)
+    with sessions() as s:
+        pack = store.is_pack(s, job_id)
+    if pack:
+        from worker.packs import run_pack
+
+        return run_pack(job_id, worker_name, sessions, settings, heartbeating)
+    return run_experiment(job_id, worker_name, settings, sessions)
+
+
+def run_experiment(
+    experiment_id: str, worker_name: str, settings: Settings, sessions: sessionmaker[Session]
+) -> str:
+    """Claim one experiment, train it with a recorder, finish it."""
     with sessions() as s:
         exp = store.claim_experiment(s, experiment_id, worker_name)
         if exp is None:
@@ -135,8 +144,15 @@ def run_job(experiment_id: str, worker_name: str = "worker", settings: Settings 
         sessions, experiment_id, attempt,
         total_steps=spec.training.steps, flush_every_s=settings.metrics_flush_s,
     )
+    def beat() -> None:
+        if recorder.lost:
+            return
+        with sessions() as s:
+            if not store.heartbeat(s, experiment_id, attempt):
+                recorder.lose()
+
     try:
-        with heartbeating(sessions, experiment_id, attempt, settings.heartbeat_s, recorder.lose):
+        with heartbeating(beat, settings.heartbeat_s, experiment_id):
             return _train(spec, experiment_id, attempt, recorder, sessions)
     except Exception as exc:  # the job fails cleanly; the worker lives on
         log.exception("experiment %s failed", experiment_id)

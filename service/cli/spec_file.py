@@ -8,13 +8,15 @@ import typer
 
 def load_spec_file(path: Path):
     """The ExperimentSpec in path (JSON or YAML); on a bad spec, every wrong field on stderr
-    as `path: field.path: message`, and exit code 2."""
+    as `path: field.path: message`, and exit code 2. The GROKLAB_MAX_* caps apply, as on the
+    server."""
     from pydantic import ValidationError
 
-    from service.spec import load_spec
+    from service.settings import get_settings
+    from service.spec import Limits, load_spec
 
     try:
-        return load_spec(path)
+        return load_spec(path, Limits.from_settings(get_settings()))
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
