@@ -17,7 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit
-from service.api.routes import analysis, checkpoints, experiments, health, metrics
+from service.api.routes import analysis, checkpoints, experiments, health, metrics, sweeps
 from service.db import make_engine, make_sessionmaker
 from service.finite import without_non_finite
 from service.lifecycle import LifecycleLoop
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 Train and analyse **grokking** experiments. POST an experiment spec to `/api/v1/experiments`;
 a worker trains it and writes metrics and checkpoints back; poll the job, read its metrics
-(downsampled on the server), download its checkpoints.
+(downsampled on the server), download its checkpoints. POST a grid to `/api/v1/sweeps` for one
+experiment per point (trained together in packs), then read its phase diagram.
 
 Every `/api/v1` call needs a bearer token (`Authorization: Bearer <token>`), made with
 `groklab token create --owner NAME --scope read|write|admin`. Scopes nest (admin ⊇ write ⊇
@@ -69,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(InterfaceError, _database_unavailable)
 
     app.include_router(health.router)
-    for router in (experiments.router, metrics.router, checkpoints.router, analysis.router):
+    for router in (
+        experiments.router, metrics.router, checkpoints.router, analysis.router, sweeps.router
+    ):
         app.include_router(router, prefix="/api/v1")
     return app
 

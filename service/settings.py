@@ -45,11 +45,21 @@ class Settings(BaseSettings):
     max_params: int = Field(50_000_000, description="Most model parameters per ensemble member.")
     max_ensemble: int = Field(256, description="Largest ensemble a spec may ask for.")
     max_page_size: int = Field(500, description="Largest page of experiments in a list.")
+    max_sweep_members: int = Field(
+        1024, description="Most members (grid points) one sweep may have."
+    )
     max_points: int = Field(20_000, description="Largest max_points a metrics query may ask for.")
     max_response_points: int = Field(
         1_000_000,
         description="Most points one metrics response may hold: series (names x members) x "
         "max_points. Without max_points, the default shrinks to fit.",
+    )
+
+    # Sweeps
+    pack_memory_bytes: int = Field(
+        40 * 2**30,
+        description="GPU memory budget that sizes a sweep's default packs: as many members train "
+        "together as fit in it (CPU packs hold 8).",
     )
 
     # API

@@ -237,30 +237,56 @@ class OptimizerSpec(_Section):
         return v
 
 
+# Per-member ensemble lists with a range: (allowed range as text, check), as for the scalars.
+ENSEMBLE_RANGES: dict[str, tuple[str, Any]] = {
+    "lr": ("(0, 10]", lambda x: 0 < x <= 10),
+    "weight_decay": ("[0, 100]", lambda x: 0 <= x <= 100),
+    "init_scale": ("(0, 1000]", lambda x: 0 < x <= 1000),
+    "train_fraction": ("(0, 1)", lambda x: 0 < x < 1),
+    "grad_filter_lamb": ("[0, 1000]", lambda x: 0 <= x <= 1000),
+}
+# Per-member lists added after specs were first stored: left out of spec_hash while None.
+OPTIONAL_PER_MEMBER: tuple[str, ...] = ("init_scale", "train_fraction", "split_seed", "grad_filter_lamb")
+
+
 class EnsembleSpec(_Section):
-    """E runs trained as one batched computation, each with its own parameters."""
+    """E runs trained as one batched computation, each with its own parameters.
+
+    Every list has one entry per member; None means the scalar of the model/task/optimizer
+    section for every member. A sweep's pack (service/sweeps.py: pack_spec) fills all of them."""
 
     size: int = Field(1, ge=1)
     seeds: list[int] | None = Field(None, description="Per-member seeds; default training.seed + i.")
     lr: list[float] | None = Field(None, description="Per-member learning rates.")
     weight_decay: list[float] | None = Field(None, description="Per-member weight decays.")
+    init_scale: list[float] | None = Field(None, description="Per-member model.init_scale.")
+    train_fraction: list[float] | None = Field(None, description="Per-member task.train_fraction.")
+    split_seed: list[int] | None = Field(None, description="Per-member task.split_seed.")
+    grad_filter_lamb: list[float] | None = Field(
+        None, description="Per-member optimizer.grad_filter.lamb (needs a grad_filter)."
+    )
 
     @model_validator(mode="after")
     def _check_lengths(self, info: ValidationInfo) -> "EnsembleSpec":
         limit = _limits(info).max_ensemble
         if limit is not None and self.size > limit:
             raise ValueError(f"size must be at most {limit} (GROKLAB_MAX_ENSEMBLE) (got {self.size})")
-        for name in ("seeds", "lr", "weight_decay"):
+        for name in ("seeds", "lr", "weight_decay", *OPTIONAL_PER_MEMBER):
             values = getattr(self, name)
             if values is not None and len(values) != self.size:
                 raise ValueError(
                     f"{name} must have one entry per member: {self.size} (got {len(values)})"
                 )
-        if self.lr is not None and any(not (0 < x <= 10) for x in self.lr):
-            raise ValueError("lr entries must be in (0, 10]")
-        if self.weight_decay is not None and any(not (0 <= x <= 100) for x in self.weight_decay):
-            raise ValueError("weight_decay entries must be in [0, 100]")
+        for name, (allowed, ok) in ENSEMBLE_RANGES.items():
+            values = getattr(self, name)
+            if values is not None and not all(ok(x) for x in values):
+                raise ValueError(f"{name} entries must be in {allowed} (got {values})")
         return self
+
+    def per_member(self, name: str, default: Any) -> list[Any]:
+        """The list `name`, or [default] * size when it is not given."""
+        values = getattr(self, name)
+        return list(values) if values is not None else [default] * self.size
 
 
 class TrainingSpec(_Section):
@@ -318,6 +344,8 @@ class ExperimentSpec(_Section):
             raise ValueError(
                 f"model has {n} parameters per member; at most {limit} allowed (GROKLAB_MAX_PARAMS)"
             )
+        if self.ensemble.grad_filter_lamb is not None and self.optimizer.grad_filter is None:
+            raise ValueError("ensemble.grad_filter_lamb needs optimizer.grad_filter (got none)")
         if self.training.batch_size is not None and self.training.batch_size > self.n_train:
             # Larger than the training set is the same as full batch; say so instead of guessing.
             raise ValueError(
@@ -359,8 +387,14 @@ class ExperimentSpec(_Section):
         return fourier_unavailable(self.model_dump(mode="json"))
 
     def spec_hash(self) -> str:
-        """Stable hash of the full resolved spec (checkpoints carry it)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Stable hash of the full resolved spec (checkpoints carry it). Per-member ensemble
+        lists added later (OPTIONAL_PER_MEMBER) count only when given, so a spec
+        stored before they existed keeps its hash."""
+        data = self.model_dump(mode="json")
+        for name in OPTIONAL_PER_MEMBER:
+            if data["ensemble"].get(name) is None:
+                data["ensemble"].pop(name, None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

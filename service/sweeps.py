@@ -156,23 +156,28 @@ def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Me
     max_members (GROKLAB_MAX_SWEEP_MEMBERS)."""
     if sweep.n_members > max_members:
         raise SweepInvalid([{
+            "type": "value_error",
             "loc": ["body", "grid"],
             "msg": f"the grid has {sweep.n_members} points; a sweep may have at most "
             f"{max_members} members (GROKLAB_MAX_SWEEP_MEMBERS)",
             "input": {path: len(values) for path, values in sweep.grid.items()},
         }])
-    if "ensemble" in sweep.base or any(path.startswith("ensemble") for path in sweep.grid):
+    in_grid = [path for path in sweep.grid if path.split(".")[0] == "ensemble"]
+    if "ensemble" in sweep.base or in_grid:
         raise SweepInvalid([{
-            "loc": ["body", "base", "ensemble"],
+            "type": "value_error",
+            "loc": ["body", "grid", in_grid[0]] if in_grid else ["body", "base", "ensemble"],
             "msg": "sweep members are single runs (packing batches them on the worker); leave "
             "out the ensemble section",
-            "input": sweep.base.get("ensemble"),
+            "input": sweep.grid[in_grid[0]] if in_grid else sweep.base.get("ensemble"),
         }])
     axes = list(sweep.grid)
     members: list[Member] = []
     errors: dict[tuple, dict[str, Any]] = {}
-    for index, values in enumerate(itertools.product(*sweep.grid.values())):
-        point = dict(zip(axes, values))
+    grid_indices = itertools.product(*(range(len(values)) for values in sweep.grid.values()))
+    for index, indices in enumerate(grid_indices):
+        positions = dict(zip(axes, indices))
+        point = {path: sweep.grid[path][i] for path, i in positions.items()}
         data = copy.deepcopy(sweep.base)
         for path, value in point.items():
             set_path(data, path, value)
@@ -180,20 +185,22 @@ def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Me
         try:
             spec = ExperimentSpec.model_validate(data, context=limits)
         except ValidationError as exc:
-            positions = {path: sweep.grid[path].index(v) for path, v in point.items()}
             for error in exc.errors(include_url=False):
                 axis = _blame(error["loc"], sweep.grid, positions)
+                # pydantic prefixes a validator's ValueError with "Value error, ": the message
+                # already says what is wrong
+                problem = error["msg"].removeprefix("Value error, ")
                 if axis is None:
                     loc = ["body", "base", *error["loc"]]
-                    msg = f"base.{'.'.join(map(str, error['loc']))}: {error['msg']}" if error[
-                        "loc"] else f"member {json.dumps(point)}: {error['msg']}"
-                    key = (tuple(loc), error["msg"])
+                    msg = f"base.{'.'.join(map(str, error['loc']))}: {problem}" if error[
+                        "loc"] else f"member {json.dumps(point)}: {problem}"
+                    key = (tuple(loc), problem)
                     value = error.get("input")
                 else:
                     at = positions[axis]
                     loc = ["body", "grid", axis, at]
-                    msg = f"grid.{axis}[{at}]: {error['msg']}"
-                    key = (tuple(loc), error["msg"])
+                    msg = f"grid.{axis}[{at}]: {problem}"
+                    key = (tuple(loc), problem)
                     value = sweep.grid[axis][at]
                 errors.setdefault(key, {"type": "value_error", "loc": loc, "msg": msg,
                                         "input": _jsonable(value)})

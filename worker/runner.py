@@ -44,7 +44,8 @@ def analysis_callback(
     from worker.analysis.fourier import measure_rows
 
     def on_analysis(trainer: Trainer, step: int) -> list[dict]:
-        measures = member_measures(spec, trainer)
+        # trainer.spec, not spec: a pack shrinks as its members leave.
+        measures = member_measures(trainer.spec, trainer)
         if store_measures is not None:
             store_measures(step, measures)
         return measure_rows(step, measures)
@@ -53,11 +54,13 @@ def analysis_callback(
 
 
 def member_measures(spec: ExperimentSpec, trainer: Trainer) -> list[dict]:
-    """Every ensemble member's Fourier progress measures, from one forward pass."""
+    """The Fourier progress measures of every current ensemble row (in trainer.members order),
+    from one forward pass. spec gives the task (the same for every member of a pack); the size
+    and the training masks (per member in a pack) are the trainer's current ones."""
     from worker.analysis.fourier import progress_measures_all
 
     return progress_measures_all(
-        trainer.model, spec.task.p, spec.task.op, trainer.train_mask_grid(), spec.ensemble.size
+        trainer.model, spec.task.p, spec.task.op, trainer.train_mask_grid(), trainer.n_members
     )
 
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+from uuid import UUID
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
@@ -124,17 +125,18 @@ class ExperimentPage(BaseModel):
     )
 
 
-class ExperimentListQuery(BaseModel):
-    """The query string of GET /experiments (FastAPI validates each parameter; the checks that
-    need the settings or the token are methods, run in this order: limit, owner)."""
+class PageQuery(BaseModel):
+    """The query string of a newest-first list (experiments, sweeps): whose, page size, cursor.
+    FastAPI validates each parameter; the checks that need the settings or the token are
+    methods, run in this order: limit, owner."""
 
-    status: Status | None = Field(None, description="Only jobs in this state.")
-    name: str | None = Field(None, max_length=200, pattern=NO_NUL, description="Exact name.")
+    listing: ClassVar[str] = "experiments"
+
     owner: str | None = Field(
         None,
         max_length=200,
         pattern=NO_NUL,
-        description="Only this owner's jobs (admin tokens; others see only their own).",
+        description="Only this owner's (admin tokens; others see only their own).",
     )
     limit: int | None = Field(
         None, ge=1, description="Page size: default 50, at most GROKLAB_MAX_PAGE_SIZE."
@@ -156,17 +158,25 @@ class ExperimentListQuery(BaseModel):
         return self.limit
 
     def owner_for(self, principal: Principal) -> str | None:
-        """Whose jobs to list: any owner's (or everyone's) for an admin token, else its own."""
+        """Whose rows to list: any owner's (or everyone's) for an admin token, else its own."""
         if principal.is_admin:
             return self.owner
         if self.owner is not None and self.owner != principal.owner:
             raise invalid(
                 ("query", "owner"),
-                f"only admin tokens may list another owner's experiments; this token's owner is "
-                f"{principal.owner!r} (got {self.owner!r})",
+                f"only admin tokens may list another owner's {self.listing}; this token's owner "
+                f"is {principal.owner!r} (got {self.owner!r})",
                 self.owner,
             )
         return principal.owner
+
+
+class ExperimentListQuery(PageQuery):
+    """The query string of GET /experiments."""
+
+    status: Status | None = Field(None, description="Only jobs in this state.")
+    name: str | None = Field(None, max_length=200, pattern=NO_NUL, description="Exact name.")
+    sweep_id: UUID | None = Field(None, description="Only the members of this sweep.")
 
 
 class CancelConflict(BaseModel):

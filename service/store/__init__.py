@@ -14,6 +14,7 @@ One module per concern; callers use this package (`from service import store`):
 - checkpoints: checkpoint bytes, verified before they are loaded or served
 - analysis_cache: the cached Fourier analysis per checkpoint step
 - packs: the members of a sweep that train together, claimed and beat as one job
+- sweeps: a grid of experiments stored at once, its status derived from its members
 - dialect: what differs between PostgreSQL and SQLite
 """
 from service.store.analysis_cache import (
@@ -41,6 +42,7 @@ from service.store.experiments import (
     heartbeat,
     job_queues,
     list_experiments,
+    newest_first_page,
     queued_jobs,
     reap_stale_jobs,
     request_cancel,
@@ -55,12 +57,24 @@ from service.store.packs import (
     pack_heartbeat,
     update_pack_progress,
 )
+from service.store.sweeps import (
+    SweepStatus,
+    cancel_sweep,
+    create_sweep,
+    get_sweep,
+    list_sweeps,
+    sweep_member_ids,
+    sweep_members,
+    sweep_status,
+    sweep_statuses,
+)
 
 __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_STEP",
     "CheckpointCorrupt",
     "ExperimentNotFound",
+    "SweepStatus",
     "add_checkpoint",
     "cancel_requested_members",
     "claim_pack",
@@ -68,6 +82,15 @@ __all__ = [
     "pack_heartbeat",
     "update_pack_progress",
     "cancel_requested",
+    "cancel_sweep",
+    "create_sweep",
+    "get_sweep",
+    "list_sweeps",
+    "newest_first_page",
+    "sweep_member_ids",
+    "sweep_members",
+    "sweep_status",
+    "sweep_statuses",
     "checkpoint_intact",
     "claim_experiment",
     "count_metric_series",

@@ -11,9 +11,9 @@ import base64
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.finite import finite_or_none
@@ -26,6 +26,7 @@ from service.models import (
     RUNNING,
     STATUSES,
     Experiment,
+    Sweep,
     utcnow,
 )
 from service.spec import ExperimentSpec
@@ -77,24 +78,52 @@ def get_experiment(session: Session, experiment_id: str) -> Experiment | None:
     return experiment
 
 
-def _encode_cursor(experiment: Experiment) -> str:
-    raw = f"{experiment.created_at.isoformat()}|{experiment.id}".encode()
+def _encode_cursor(row: Experiment | Sweep) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, experiment_id = raw.split("|")
+        created, row_id = raw.split("|")
         created_at = datetime.fromisoformat(created)
-        uuid.UUID(experiment_id)
+        uuid.UUID(row_id)
         if created_at.tzinfo is None:
             raise ValueError("naive timestamp")
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(
             f"invalid cursor {cursor!r}: pass next_cursor from a previous page"
         ) from exc
-    return created_at, experiment_id
+    return created_at, row_id
+
+
+Row = TypeVar("Row", Experiment, Sweep)
+
+
+def newest_first_page(
+    session: Session, query: Select[tuple[Row]], table: type[Row], limit: int, cursor: str | None
+) -> tuple[list[Row], str | None]:
+    """A page of `query` (over experiments or sweeps), newest first, and the cursor of the next
+    page (None on the last page).
+
+    Keyset pagination on (created_at, id): stable while new rows arrive, O(limit) per page.
+    Raises ValueError on a limit under 1 or a malformed cursor."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1 (got {limit})")
+    if cursor:
+        created_at, last_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                table.created_at < created_at,
+                and_(table.created_at == created_at, table.id < last_id),
+            )
+        )
+    query = query.order_by(table.created_at.desc(), table.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query.execution_options(populate_existing=True)))
+    session.commit()
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
 
 
 def list_experiments(
@@ -103,19 +132,18 @@ def list_experiments(
     status: str | None = None,
     name: str | None = None,
     owner: str | None = None,
+    sweep_id: str | uuid.UUID | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[Experiment], str | None]:
     """A page of jobs, newest first, and the cursor of the next page (None on the last page).
 
-    Keyset pagination on (created_at, id): stable while new jobs arrive, O(limit) per page.
-    `name` and `owner` match exactly. Raises ValueError on an unknown status or a malformed
+    Keyset pagination on (created_at, id) (newest_first_page). `name`, `owner` and `sweep_id`
+    (a sweep's members) match exactly. Raises ValueError on an unknown status or a malformed
     cursor.
     """
     if status is not None and status not in STATUSES:
         raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1 (got {limit})")
     query = select(Experiment)
     if status is not None:
         query = query.where(Experiment.status == status)
@@ -123,19 +151,9 @@ def list_experiments(
         query = query.where(Experiment.name == name)
     if owner is not None:
         query = query.where(Experiment.owner == owner)
-    if cursor:
-        created_at, last_id = _decode_cursor(cursor)
-        query = query.where(
-            or_(
-                Experiment.created_at < created_at,
-                and_(Experiment.created_at == created_at, Experiment.id < last_id),
-            )
-        )
-    query = query.order_by(Experiment.created_at.desc(), Experiment.id.desc()).limit(limit + 1)
-    experiments = list(session.scalars(query.execution_options(populate_existing=True)))
-    session.commit()
-    next_cursor = _encode_cursor(experiments[limit - 1]) if len(experiments) > limit else None
-    return experiments[:limit], next_cursor
+    if sweep_id is not None:
+        query = query.where(Experiment.sweep_id == str(sweep_id))
+    return newest_first_page(session, query, Experiment, limit, cursor)
 
 
 def claim_experiment(session: Session, experiment_id: str, worker: str) -> Experiment | None:

@@ -155,3 +155,20 @@ def running_stack(admin_url: str, broker_url: str, data_dir: Path, workers: int 
 def stack(postgres_server_url, redis_test_url, tmp_path_factory):
     with running_stack(postgres_server_url, redis_test_url, tmp_path_factory.mktemp("stack")) as s:
         yield s
+
+
+@pytest.fixture
+def bare_stack(postgres_server_url, redis_databases, tmp_path):
+    """An API with the lifecycle loop but no worker: each test starts and kills its own."""
+    with running_stack(postgres_server_url, redis_databases.allocate(), tmp_path, workers=0) as s:
+        yield s
+
+
+def raw_metrics(client, experiment_id: str) -> dict[tuple[str, int, int], float]:
+    payload = client.get(f"/api/v1/experiments/{experiment_id}/metrics").json()
+    points = {}
+    for s in payload["series"]:
+        assert len(s["steps"]) == len(set(s["steps"])), f"duplicated points in {s['name']}"
+        for step, value in zip(s["steps"], s["values"]):
+            points[(s["name"], s["member"], step)] = value
+    return points

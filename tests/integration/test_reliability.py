@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tests.integration.conftest import running_stack, tiny_spec, wait_for_status
+from tests.integration.conftest import raw_metrics, running_stack, tiny_spec, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -22,23 +22,6 @@ REDIS_START = (
     'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
     "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
 )
-
-
-@pytest.fixture
-def bare_stack(postgres_server_url, redis_databases, tmp_path):
-    """An API with the lifecycle loop but no worker: each test starts and kills its own."""
-    with running_stack(postgres_server_url, redis_databases.allocate(), tmp_path, workers=0) as s:
-        yield s
-
-
-def raw_metrics(client, experiment_id: str) -> dict[tuple[str, int, int], float]:
-    payload = client.get(f"/api/v1/experiments/{experiment_id}/metrics").json()
-    points = {}
-    for s in payload["series"]:
-        assert len(s["steps"]) == len(set(s["steps"])), f"duplicated points in {s['name']}"
-        for step, value in zip(s["steps"], s["values"]):
-            points[(s["name"], s["member"], step)] = value
-    return points
 
 
 def wait_for_step(client, experiment_id: str, at_least: int, timeout: float = 120) -> dict:

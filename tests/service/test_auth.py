@@ -22,6 +22,9 @@ from tests.service.blobs import checkpoint_bytes
 from tests.service.specs import API, TINY
 
 CHECKPOINT_STEP = 30
+SWEEPS = "/api/v1/sweeps"
+SWEEP = {"name": "seeds", "base": {k: v for k, v in TINY.items() if k != "name"},
+         "grid": {"training.seed": [0, 1]}}
 OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 
 
@@ -34,6 +37,8 @@ class Route:
     scope: str  # the least scope that may call it
     per_experiment: bool  # {experiment_id} in the path: another owner's is 404
     body: dict | None = None
+    per_sweep: bool = False  # {sweep_id} in the path: another owner's is 404
+    params: dict | None = None
 
 
 # Every /api/v1 route, with what it needs. A new route fails test_every_api_route_is_in_the_matrix
@@ -48,6 +53,14 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", API + "/{experiment_id}/checkpoints/{step}"): Route("read", per_experiment=True),
     ("GET", API + "/{experiment_id}/analysis"): Route("read", per_experiment=True),
     ("GET", API + "/{experiment_id}/checkpoints/{step}/analysis"): Route("read", per_experiment=True),
+    ("POST", SWEEPS): Route("write", per_experiment=False, body=SWEEP),
+    ("GET", SWEEPS): Route("read", per_experiment=False),
+    ("GET", SWEEPS + "/{sweep_id}"): Route("read", per_experiment=False, per_sweep=True),
+    ("POST", SWEEPS + "/{sweep_id}/cancel"): Route("write", per_experiment=False, per_sweep=True),
+    ("GET", SWEEPS + "/{sweep_id}/phase-diagram"): Route(
+        "read", per_experiment=False, per_sweep=True, params={"x": "training.seed"}
+    ),
+    ("GET", SWEEPS + "/{sweep_id}/members"): Route("read", per_experiment=False, per_sweep=True),
 }
 
 
@@ -115,10 +128,12 @@ def new_experiment(client, token: str) -> str:
     return r.json()["id"]
 
 
-def call(client, method: str, path: str, route: Route, experiment_id: str, headers=None):
-    url = path.format(experiment_id=experiment_id, step=CHECKPOINT_STEP)
+def call(client, method: str, path: str, route: Route, target: str, headers=None):
+    """The route called on `target`: an experiment id, or a sweep id for a per-sweep route."""
+    url = path.format(experiment_id=target, sweep_id=target, step=CHECKPOINT_STEP)
     anonymous = TestClient(client.app, raise_server_exceptions=False)  # no default header
-    return anonymous.request(method, url, json=route.body, headers=headers or {})
+    return anonymous.request(method, url, json=route.body, params=route.params,
+                             headers=headers or {})
 
 
 @pytest.mark.parametrize(("method", "path"), list(ROUTES), ids=[f"{m} {p}" for m, p in ROUTES])
@@ -131,6 +146,11 @@ def test_auth_matrix(client, world, api_sessions, method, path):
             store.add_checkpoint(s, experiment_id, CHECKPOINT_STEP, checkpoint_bytes(), {})
         experiments.append(experiment_id)
     mine, for_admin = experiments
+    if route.per_sweep:  # the sweep routes act on one of alice's sweeps instead
+        mine, for_admin = (
+            client.post(SWEEPS, json=SWEEP, headers=bearer(world["alice_write"])).json()["id"]
+            for _ in range(2)
+        )
 
     # No token, a made-up one, a revoked one: 401 with a Bearer challenge.
     for headers in (
@@ -157,6 +177,12 @@ def test_auth_matrix(client, world, api_sessions, method, path):
         assert r.status_code == missing.status_code == 404, r.text
         assert r.json()["detail"] == f"experiment {mine} not found"
         assert missing.json()["detail"].startswith("experiment ")
+
+    if route.per_sweep:
+        r = call(client, method, path, route, mine, bearer(world[f"bob_{route.scope}"]))
+        missing = call(client, method, path, route, str(uuid.uuid4()), bearer(world["bob_write"]))
+        assert r.status_code == missing.status_code == 404, r.text
+        assert r.json()["detail"] == f"sweep {mine} not found"
 
     ok = call(client, method, path, route, mine, bearer(world[f"alice_{route.scope}"]))
     assert 200 <= ok.status_code < 300, ok.text

@@ -427,7 +427,8 @@ def progress_measures_all(
 
     model(tokens [p*p, 3], return_mlp_acts=True) -> (logits [E, p*p, p], mlp_acts [E, p*p, d_mlp])
     and model.analysis_weights(member) -> {"W_E", "W_U", "W_out" (None for the MLP arch), "W_in"}.
-    train_mask: [p*p] (or [p, p]) bool over the grid, a outer, True for training pairs.
+    train_mask: [p*p] (or [p, p]) bool over the grid, a outer, True for training pairs; or one
+    per member, [E, p*p] (or [E, p, p]), when the members' training sets differ (a pack).
     Key frequencies are found afresh at each call from the current neurons (the paper fixes them
     from the final model), so early in training there may be none.
 
@@ -443,10 +444,24 @@ def progress_measures_all(
         softmax_collapse: float in [0, 1]
     """
     logits, mlp_acts = _full_grid_forward(model, p)
+    masks = member_train_masks(train_mask, p, n_members)
     return [
-        _measures_from(logits[m], mlp_acts[m], model.analysis_weights(m), p, op, train_mask)
+        _measures_from(logits[m], mlp_acts[m], model.analysis_weights(m), p, op, masks[m])
         for m in range(n_members)
     ]
+
+
+def member_train_masks(train_mask: torch.Tensor, p: int, n_members: int) -> list[torch.Tensor]:
+    """Each member's [p*p] training mask from one shared mask ([p*p] or [p, p]) or per-member
+    masks ([E, p*p] or [E, p, p], row m = member m's)."""
+    if train_mask.numel() == p * p:
+        return [train_mask.reshape(p * p)] * n_members
+    if train_mask.numel() == n_members * p * p and train_mask.shape[0] == n_members:
+        return list(train_mask.reshape(n_members, p * p))
+    raise ValueError(
+        f"train_mask must be [p*p], [p, p], [E, p*p] or [E, p, p] with p={p}, E={n_members} "
+        f"(got {list(train_mask.shape)})"
+    )
 
 
 def measure_rows(step: int, measures: list[dict[str, Any]]) -> list[dict[str, Any]]:

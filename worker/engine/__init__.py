@@ -5,6 +5,7 @@
     optim.py       AdamW/Adam/SGD with per-member lr and weight decay, Grokfast, ⊥Grad, losses
     train.py       Trainer: the loop, evaluation, callbacks
     checkpoint.py  safetensors checkpoints (no pickle), and a trainer's state in them
+    pack.py        a pack's state split into single-run states per member, and merged back
     local.py       train_local, behind `groklab train`
 """
 

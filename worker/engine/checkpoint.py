@@ -93,6 +93,18 @@ def _steps_list(tensor: Tensor) -> list[int | None]:
 
 def trainer_checkpoint(trainer: Trainer) -> bytes:
     """The trainer's whole state as a checkpoint blob (tensor names in the module docstring)."""
+    return state_checkpoint(trainer_state_tensors(trainer), trainer.spec, trainer.step)
+
+
+def state_checkpoint(tensors: dict[str, Tensor], spec: ExperimentSpec, step: int) -> bytes:
+    """A checkpoint blob of trainer state tensors written for spec at step."""
+    meta = checkpoint_metadata(spec, step)
+    meta["spec"] = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return save_checkpoint(tensors, meta)
+
+
+def trainer_state_tensors(trainer: Trainer) -> dict[str, Tensor]:
+    """The trainer's whole state as named tensors (not copied; names in the module docstring)."""
     tensors: dict[str, Tensor] = {f"param.{n}": p for n, p in trainer.model.named_parameters()}
     tensors.update(trainer.optimizer.state_tensors())
     if trainer.grad_filter is not None:
@@ -102,9 +114,7 @@ def trainer_checkpoint(trainer: Trainer) -> bytes:
     tensors["trainer.memorization_step"] = _steps_tensor(trainer.memorization_step)
     tensors["trainer.generalization_step"] = _steps_tensor(trainer.generalization_step)
     tensors["trainer.grok_streak"] = torch.tensor(trainer.grok_streak, dtype=torch.int64)
-    meta = checkpoint_metadata(trainer.spec, trainer.step)
-    meta["spec"] = json.dumps(trainer.spec.model_dump(mode="json"), sort_keys=True)
-    return save_checkpoint(tensors, meta)
+    return tensors
 
 
 def load_checkpoint_for(spec: ExperimentSpec, blob: bytes) -> dict[str, Tensor]:

@@ -136,8 +136,26 @@ def build_dataset(spec: ExperimentSpec, device: torch.device | str = "cpu") -> A
     tokens = torch.stack([a, b, torch.full_like(a, n)], dim=1)
     if tokens.shape[0] != spec.n_pairs:  # pragma: no cover - the spec and the data must agree
         raise AssertionError(f"{tokens.shape[0]} pairs, spec says {spec.n_pairs}")
-    generator = torch.Generator().manual_seed(task.split_seed)
-    order = torch.randperm(tokens.shape[0], generator=generator)
-    train_idx = order[: spec.n_train].sort().values
-    val_idx = order[spec.n_train:].sort().values
+    train_idx, val_idx = split_indices(tokens.shape[0], spec.n_train, task.split_seed)
     return AlgorithmicDataset(tokens, label, train_idx, val_idx, n).to(device)
+
+
+def split_indices(n_pairs: int, n_train: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_idx, val_idx), sorted: the first n_train of a permutation drawn from split_seed."""
+    generator = torch.Generator().manual_seed(split_seed)
+    order = torch.randperm(n_pairs, generator=generator)
+    return order[:n_train].sort().values, order[n_train:].sort().values
+
+
+def member_splits(spec: ExperimentSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each ensemble member's (train_idx, val_idx) on the CPU: exactly what build_dataset gives a
+    spec with that member's task.train_fraction and task.split_seed (ensemble lists, if any)."""
+    fractions = spec.ensemble.per_member("train_fraction", spec.task.train_fraction)
+    seeds = spec.ensemble.per_member("split_seed", spec.task.split_seed)
+    splits: dict[tuple[float, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    for fraction, seed in zip(fractions, seeds):
+        if (fraction, seed) not in splits:
+            task = spec.task.model_copy(update={"train_fraction": fraction, "split_seed": seed})
+            n_train = spec.model_copy(update={"task": task}).n_train
+            splits[fraction, seed] = split_indices(spec.n_pairs, n_train, seed)
+    return [splits[key] for key in zip(fractions, seeds)]

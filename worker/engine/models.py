@@ -140,17 +140,19 @@ class EnsembleModule(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def init_members(self, seeds: list[int]) -> None:
+    def init_members(self, seeds: list[int], init_scales: list[float] | None = None) -> None:
         """Member e's weights come from torch.Generator seeded with seeds[e], drawn on the CPU in
         parameter order, so a member equals a one-member model with the same seed on any device.
 
-        Omnigrok (Liu et al. 2022): every weight matrix and embedding is multiplied by
-        config.init_scale; LayerNorm gains stay 1 and biases 0.
+        Omnigrok (Liu et al. 2022): every weight matrix and embedding of member e is multiplied
+        by init_scales[e] (default config.init_scale); LayerNorm gains stay 1 and biases 0.
         """
-        init_scale = self.config.init_scale
-        if len(seeds) != self.n_members:
-            raise ValueError(f"need one seed per member: {self.n_members} (got {len(seeds)})")
-        for e, seed in enumerate(seeds):
+        scales = init_scales if init_scales is not None else [self.config.init_scale] * self.n_members
+        if len(seeds) != self.n_members or len(scales) != self.n_members:
+            raise ValueError(
+                f"need one seed and init scale per member: {self.n_members} (got {len(seeds)}, {len(scales)})"
+            )
+        for e, (seed, init_scale) in enumerate(zip(seeds, scales)):
             generator = torch.Generator().manual_seed(seed)
             for name, p in self.named_parameters():
                 kind, std = self.init_spec(name)
@@ -289,19 +291,30 @@ class EnsembleTransformer(EnsembleModule):
         index = tok + torch.arange(N_CTX, device=tok.device) * V
         return table, index
 
-    def single_block(self, tok: Tensor, table: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    def single_block(
+        self, tok: Tensor, table: Tensor, index: Tensor, all_query_tokens: bool | None = None
+    ) -> tuple[Tensor, Tensor]:
         """One block that is both first and last: the residual and MLP acts at the last position.
 
         With one layer (Nanda et al. 2023) an attention score depends only on (query token, key
         token, key position), so scores are computed for each distinct query token (in practice
         only '=') against the 3 * vocab possible keys, then looked up per row: no per-row query
         or key vectors at all.
+
+        all_query_tokens (default: on CUDA) scores every vocab token as a query instead of the
+        distinct ones: torch.unique's output size depends on the data, so the GPU would have to
+        stop and tell the host at every step; V queries cost a few more small matmuls.
         """
         block = self.blocks[0]
         E, N, T = tok.shape
         V, H, dh = self.vocab_in, block.n_heads, block.d_head
         h_table = block.ln1(table)  # [E, T*V, d]
-        query_tokens, query_of_row = torch.unique(tok[:, :, -1], return_inverse=True)
+        if all_query_tokens is None:
+            all_query_tokens = tok.device.type == "cuda"
+        if all_query_tokens:
+            query_tokens, query_of_row = torch.arange(V, device=tok.device), tok[:, :, -1]
+        else:
+            query_tokens, query_of_row = torch.unique(tok[:, :, -1], return_inverse=True)
         U = query_tokens.numel()
         q = member_matmul(h_table[:, (T - 1) * V + query_tokens], block.W_Q).view(E, U, H, dh)
         k = member_matmul(h_table, block.W_K).view(E, T * V, H, dh)
@@ -422,9 +435,11 @@ class EnsembleMLP(EnsembleModule):
 ARCHITECTURES: dict[str, type[EnsembleModule]] = {"transformer": EnsembleTransformer, "mlp": EnsembleMLP}
 
 
-def build_model(spec: ExperimentSpec, device: torch.device | str = "cpu") -> EnsembleModule:
-    """The spec's model with spec.ensemble.size members, each initialised from its own seed."""
+def build_model(spec: ExperimentSpec, device: torch.device | str = "cpu", init: bool = True) -> EnsembleModule:
+    """The spec's model with spec.ensemble.size members, each initialised from its own seed and
+    init scale (init=False leaves the weights unset, for a caller that loads them)."""
     config = ModelConfig.from_spec(spec)
     model = ARCHITECTURES[config.arch](config)
-    model.init_members(member_seeds(spec))
+    if init:
+        model.init_members(member_seeds(spec), spec.ensemble.per_member("init_scale", spec.model.init_scale))
     return model.to(device)

@@ -57,7 +57,7 @@ class EnsembleOptimizer:
         self.flat = torch.empty(total, device=device)
         self.grad = torch.zeros(total, device=device)
         self._grad_views: list[Tensor] = []
-        lr_parts, wd_parts = [], []
+        self.member_sizes: list[int] = []  # elements of one member in each parameter
         offset = 0
         for p in self.params:
             if p.shape[0] != E:
@@ -67,14 +67,12 @@ class EnsembleOptimizer:
             p.data = self.flat[offset : offset + n].view_as(p)
             self._grad_views.append(self.grad[offset : offset + n].view_as(p))
             p.grad = self._grad_views[-1]
-            per_member = n // E
-            lr_parts.append(torch.tensor(lr, dtype=torch.float32).repeat_interleave(per_member))
-            wd_parts.append(torch.tensor(weight_decay, dtype=torch.float32).repeat_interleave(per_member))
+            self.member_sizes.append(n // E)
             offset += n
         self.lr = torch.tensor(lr, dtype=torch.float64)
         self.weight_decay = torch.tensor(weight_decay, dtype=torch.float64)
-        self.lr_vec = torch.cat(lr_parts).to(device)
-        self.wd_vec = torch.cat(wd_parts).to(device)
+        self.lr_vec = self.member_vector(lr)
+        self.wd_vec = self.member_vector(weight_decay)
         self.uses_decay = bool(any(w != 0 for w in weight_decay))
         self.step_count = 0
         self.state: dict[str, Tensor] = {}
@@ -83,6 +81,12 @@ class EnsembleOptimizer:
             self.state["exp_avg_sq"] = torch.zeros_like(self.flat)
         elif momentum > 0:
             self.state["momentum_buffer"] = torch.zeros_like(self.flat)
+
+    def member_vector(self, values: Sequence[float]) -> Tensor:
+        """A per-element vector laid out like self.flat: values[e] on every element of member e."""
+        per_member = torch.tensor(list(values), dtype=torch.float32)
+        parts = [per_member.repeat_interleave(n) for n in self.member_sizes]
+        return torch.cat(parts).to(self.flat.device)
 
     def zero_grad(self) -> None:
         self._rebind_grads()
@@ -152,10 +156,20 @@ def build_optimizer(
 
 
 # ---- Grokfast (Lee et al. 2024): amplify the slow component of the gradient --------------------
-class GrokfastEMA:
-    """ema <- alpha * ema + (1 - alpha) * g (ema starts at the first g); then g <- g + lamb * ema."""
+def _add_scaled_(grad: Tensor, x: Tensor, lamb: float | Tensor) -> None:
+    """grad += lamb * x, lamb a number or a per-element vector (per-member lambdas)."""
+    if isinstance(lamb, Tensor):
+        grad.addcmul_(x, lamb)
+    else:
+        grad.add_(x, alpha=lamb)
 
-    def __init__(self, size: int, alpha: float, lamb: float, device: torch.device | str = "cpu"):
+
+class GrokfastEMA:
+    """ema <- alpha * ema + (1 - alpha) * g (ema starts at the first g); then g <- g + lamb * ema.
+
+    lamb is a number, or a per-element vector like EnsembleOptimizer.lr_vec (one per member)."""
+
+    def __init__(self, size: int, alpha: float, lamb: float | Tensor, device: torch.device | str = "cpu"):
         self.alpha, self.lamb = alpha, lamb
         self.ema = torch.zeros(size, device=device)
         self.count = 0
@@ -167,7 +181,7 @@ class GrokfastEMA:
         else:
             self.ema.mul_(self.alpha).add_(grad, alpha=1 - self.alpha)
         self.count += 1
-        grad.add_(self.ema, alpha=self.lamb)
+        _add_scaled_(grad, self.ema, self.lamb)
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {"grad_filter.ema": self.ema, "grad_filter.count": torch.tensor([self.count])}
@@ -183,7 +197,7 @@ class GrokfastMA:
     the window is full (Grokfast's warmup=True). The window is a fixed-size deque kept as a ring
     buffer [window, size], so the checkpoint holds it as one tensor."""
 
-    def __init__(self, size: int, window: int, lamb: float, device: torch.device | str = "cpu"):
+    def __init__(self, size: int, window: int, lamb: float | Tensor, device: torch.device | str = "cpu"):
         self.window, self.lamb = window, lamb
         self.buffer = torch.zeros(window, size, device=device)
         self.count = 0
@@ -193,7 +207,7 @@ class GrokfastMA:
         self.buffer[self.count % self.window].copy_(grad)
         self.count += 1
         if self.count >= self.window:
-            grad.add_(self.buffer.sum(0), alpha=self.lamb / self.window)
+            _add_scaled_(grad, self.buffer.sum(0), self.lamb / self.window)
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {"grad_filter.window": self.buffer, "grad_filter.count": torch.tensor([self.count])}
@@ -205,13 +219,16 @@ class GrokfastMA:
 
 
 def build_grad_filter(
-    spec: GradFilterSpec | None, size: int, device: torch.device | str = "cpu"
+    spec: GradFilterSpec | None, size: int, device: torch.device | str = "cpu",
+    lamb: float | Tensor | None = None,
 ) -> GrokfastEMA | GrokfastMA | None:
+    """The spec's filter; lamb (a per-element vector for per-member lambdas) overrides spec.lamb."""
     if spec is None:
         return None
+    lamb = spec.lamb if lamb is None else lamb
     if spec.kind == "ema":
-        return GrokfastEMA(size, spec.alpha, spec.lamb, device)
-    return GrokfastMA(size, spec.window, spec.lamb, device)
+        return GrokfastEMA(size, spec.alpha, lamb, device)
+    return GrokfastMA(size, spec.window, lamb, device)
 
 
 # ---- ⊥Grad (Prieto et al. 2025) ----------------------------------------------------------------

@@ -79,8 +79,8 @@ def list_experiments(
     owner = query.owner_for(principal)
     try:
         items, next_cursor = store.list_experiments(
-            session, status=query.status, name=query.name, owner=owner, limit=limit,
-            cursor=query.cursor,
+            session, status=query.status, name=query.name, owner=owner,
+            sweep_id=query.sweep_id, limit=limit, cursor=query.cursor,
         )
     except ValueError as exc:
         raise invalid(("query", "cursor"), str(exc), query.cursor) from exc

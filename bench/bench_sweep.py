@@ -1,0 +1,104 @@
+"""Sweep packing: members trained together as one pack (Trainer.for_members) against the same
+runs one after another, side by side in one process.
+
+    .venv/bin/python bench/bench_sweep.py [--steps 200] [--members 8] [--rounds 2]
+
+(a) CPU: an 8-member ci-small pack (different seeds and weight decays, 200 steps with the
+    preset's evaluations) against the 8 single runs one after another: ms per member-step and
+    the ratio sequential / packed (>= 1: packing wins). Rounds alternate the two.
+(b) CUDA (skipped with a line when there is none): the nanda2023 config (p=113, 1 layer,
+    d_model 128, full batch) packed at E in {1, 64, 256}: time per run-step (pack step / E)
+    against the eager single-run reference (tests/engine/reference.py + torch.optim.AdamW) on
+    the same device, as ratios, and peak memory per member.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from service.spec import ExperimentSpec, spec_from_preset  # noqa: E402
+from worker.engine.train import Trainer  # noqa: E402
+
+WEIGHT_DECAYS = (0.0, 0.1, 0.3, 1.0)
+
+
+def member_specs(preset: str, n: int, device: str, **overrides) -> list[ExperimentSpec]:
+    return [
+        spec_from_preset(
+            preset, name=f"m{i}", analysis={"every": None},
+            training={"device": device, "seed": i, **overrides.get("training", {})},
+            optimizer={"weight_decay": WEIGHT_DECAYS[i % len(WEIGHT_DECAYS)]},
+        )
+        for i in range(n)
+    ]
+
+
+def cpu_pack_vs_sequential(n: int, steps: int, rounds: int) -> None:
+    specs = member_specs("ci-small", n, "cpu", training={"steps": steps})
+    packed, sequential = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for spec in specs:
+            Trainer(spec).run()
+        sequential.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        Trainer.for_members(specs).run()
+        packed.append(time.perf_counter() - t0)
+    seq, pack = statistics.median(sequential), statistics.median(packed)
+    member_steps = n * steps
+    print(f"(a) CPU, ci-small x{n} ({steps} steps, evals every 50): sequential "
+          f"{seq / member_steps * 1e3:.2f} ms per member-step, packed {pack / member_steps * 1e3:.2f} ms "
+          f"per member-step, ratio sequential/packed {seq / pack:.2f}x "
+          f"(rounds: sequential {', '.join(f'{s:.1f}' for s in sequential)} s; "
+          f"packed {', '.join(f'{s:.1f}' for s in packed)} s)")
+
+
+def cuda_packs(sizes: list[int], steps: int) -> None:
+    from bench.bench_engine import ReferenceRun, step_times  # noqa: E402
+
+    device = torch.device("cuda")
+    single = Trainer(member_specs("nanda2023", 1, "cuda")[0])
+    reference = ReferenceRun(single)
+    step_times(reference.step, device, 3)
+    ref_s = statistics.median(step_times(reference.step, device, steps))
+    print(f"(b) CUDA {torch.cuda.get_device_name()}, nanda2023 full batch: eager reference "
+          f"{ref_s * 1e3:.2f} ms per run-step")
+    for E in sizes:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        trainer = Trainer.for_members(member_specs("nanda2023", E, "cuda"))
+        step_times(trainer.train_step, device, 3)
+        pack_s = statistics.median(step_times(trainer.train_step, device, steps))
+        peak = torch.cuda.max_memory_allocated(device) / E
+        print(f"    E={E:4d}: pack step {pack_s * 1e3:.2f} ms = {pack_s / E * 1e3:.4f} ms per run-step, "
+              f"ratio reference/packed {ref_s / (pack_s / E):.1f}x, peak memory {peak / 2**20:.1f} MiB per member")
+        del trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--cuda-sizes", default="1,64,256")
+    parser.add_argument("--cuda-steps", type=int, default=20)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    cpu_pack_vs_sequential(args.members, args.steps, args.rounds)
+    if torch.cuda.is_available():
+        cuda_packs([int(x) for x in args.cuda_sizes.split(",")], args.cuda_steps)
+    else:
+        print("(b) CUDA packs (nanda2023, E in 1/64/256): skipped: no CUDA")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Sweeps: submit a grid, list, inspect, cancel, and read its phase diagram and members."""
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from service import store
+from service.api.deps import (
+    EnqueueDep,
+    ReadPrincipal,
+    SessionDep,
+    SettingsDep,
+    WritePrincipal,
+)
+from service.api.responses import FORBIDDEN, UNAUTHORIZED
+from service.auth import Principal
+from service.models import FINISHED_STATUSES, Sweep
+from service.queueing import queue_for
+from service.schemas.errors import ErrorOut, invalid
+from service.schemas.experiments import CancelConflict
+from service.schemas.sweeps import (
+    SWEEP_EXAMPLES,
+    MembersOut,
+    MembersQuery,
+    PhaseDiagramOut,
+    PhaseDiagramQuery,
+    SweepListQuery,
+    SweepOut,
+    SweepPage,
+    SweepSummaryOut,
+    members_csv,
+    members_out,
+    phase_diagram_csv,
+    plan_sweep,
+)
+from service.sweeps import SweepSpec
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=UNAUTHORIZED)
+
+NOT_FOUND = {
+    404: {
+        "model": ErrorOut,
+        "description": "No sweep with this id that this token may see (its owner's own; every "
+        "sweep for an admin token).",
+    }
+}
+CSV = {"text/csv": {}}
+
+# The {sweep_id} of the path, if the token may see it: another owner's is 404 like a missing one
+# (the same tenancy as OwnedExperiment in service.api.deps).
+SweepIdPath = Annotated[UUID, Path(description="The sweep's id (a UUID).")]
+
+
+def _owned_sweep(session: Session, principal: Principal, sweep_id: UUID) -> Sweep:
+    sweep = store.get_sweep(session, str(sweep_id))
+    if sweep is None or not principal.sees(sweep):  # type: ignore[arg-type]
+        raise HTTPException(status_code=404, detail=f"sweep {sweep_id} not found")
+    return sweep
+
+
+def get_owned_sweep(principal: ReadPrincipal, sweep_id: SweepIdPath, session: SessionDep) -> Sweep:
+    return _owned_sweep(session, principal, sweep_id)
+
+
+def get_owned_sweep_for_write(
+    principal: WritePrincipal, sweep_id: SweepIdPath, session: SessionDep
+) -> Sweep:
+    return _owned_sweep(session, principal, sweep_id)
+
+
+OwnedSweep = Annotated[Sweep, Depends(get_owned_sweep)]
+OwnedSweepForWrite = Annotated[Sweep, Depends(get_owned_sweep_for_write)]
+
+
+def _sweep_out(session: Session, sweep: Sweep) -> SweepOut:
+    return SweepOut.of_members(
+        sweep, store.sweep_status(session, sweep), store.sweep_member_ids(session, sweep.id)
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=SweepOut,
+    responses={
+        **FORBIDDEN,
+        413: {"model": ErrorOut, "description": "Body larger than GROKLAB_MAX_BODY_BYTES."},
+        422: {"description": "Invalid grid: `detail` names each bad axis value "
+              "(`grid.task.p[2]: ...`), an unknown path, an empty axis, or too many members."},
+    },
+)
+def submit_sweep(
+    principal: WritePrincipal,
+    body: Annotated[SweepSpec, Body(openapi_examples=SWEEP_EXAMPLES)],
+    session: SessionDep,
+    settings: SettingsDep,
+    enqueue: EnqueueDep,
+) -> SweepOut:
+    """Submit a grid over spec paths: one ordinary experiment per point of the Cartesian product
+    of `grid` (at most GROKLAB_MAX_SWEEP_MEMBERS), each `base` with the point's values. Members
+    whose shapes agree train together in packs (one queue job each) of at most `pack_size`."""
+    packs = plan_sweep(body, settings)
+    sweep, members, jobs = store.create_sweep(
+        session, body, packs, lambda spec: queue_for(spec, settings.default_queue),
+        owner=principal.owner,
+    )
+    for pack_id, queue in jobs:
+        try:
+            enqueue(pack_id, queue)
+        except Exception:  # noqa: BLE001 - the database holds the pack; the reconciler re-enqueues
+            log.exception("sweep %s: pack %s stored but not enqueued on %r", sweep.id, pack_id,
+                          queue)
+    return SweepOut.of_members(
+        sweep, store.sweep_status(session, sweep), [m.id for m in members]
+    )
+
+
+@router.get("", response_model=SweepPage)
+def list_sweeps(
+    principal: ReadPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    query: Annotated[SweepListQuery, Query()],
+) -> SweepPage:
+    """Sweeps, newest first, a page at a time: the token owner's own, or everyone's for an
+    admin token."""
+    limit = query.page_size(settings)
+    owner = query.owner_for(principal)
+    try:
+        items, next_cursor = store.list_sweeps(
+            session, owner=owner, limit=limit, cursor=query.cursor
+        )
+    except ValueError as exc:
+        raise invalid(("query", "cursor"), str(exc), query.cursor) from exc
+    states = store.sweep_statuses(session, [s.id for s in items])
+    return SweepPage(items=[SweepSummaryOut.of(s, states[s.id]) for s in items],
+                     next_cursor=next_cursor)
+
+
+@router.get("/{sweep_id}", response_model=SweepOut, responses=NOT_FOUND)
+def get_sweep(sweep: OwnedSweep, session: SessionDep) -> SweepOut:
+    """A sweep's status, counts of members by status, progress, times and member ids."""
+    return _sweep_out(session, sweep)
+
+
+@router.post(
+    "/{sweep_id}/cancel",
+    response_model=SweepOut,
+    responses={
+        **FORBIDDEN,
+        **NOT_FOUND,
+        409: {"model": CancelConflict, "description": "Every member had already finished."},
+    },
+)
+def cancel_sweep(sweep: OwnedSweepForWrite, session: SessionDep) -> SweepOut | Response:
+    """Cancel every member: queued ones at once, running ones when their worker next checks."""
+    state = store.sweep_status(session, sweep)
+    if state.status in FINISHED_STATUSES:
+        conflict = CancelConflict(
+            detail=f"sweep {sweep.id} already finished ({state.status}); only a sweep with "
+            "queued or running members can be cancelled",
+            status=state.status,  # type: ignore[arg-type]
+        )
+        return JSONResponse(conflict.model_dump(), status_code=409)
+    store.cancel_sweep(session, sweep.id)
+    return _sweep_out(session, sweep)
+
+
+@router.get(
+    "/{sweep_id}/phase-diagram",
+    response_model=PhaseDiagramOut,
+    responses={
+        **NOT_FOUND,
+        200: {"content": CSV, "description": "JSON, or CSV (one row per cell) with format=csv."},
+        422: {"description": "x or y is not an axis of the sweep, or y is x."},
+    },
+)
+def get_phase_diagram(
+    sweep: OwnedSweep, session: SessionDep, query: Annotated[PhaseDiagramQuery, Query()]
+) -> dict | Response:
+    """Where the sweep memorised or grokked: one cell per value of x (and of y), aggregated
+    over every other axis, from the members' summaries: counts by phase, the fraction that
+    generalised, and median memorization step, generalization step and final val accuracy.
+
+    CSV columns: x,y,n,finished,grokked_fraction,median_memorization_step,
+    median_generalization_step,median_final_val_acc, then one count column per phase."""
+    diagram = query.diagram(sweep, store.sweep_members(session, sweep.id))
+    if query.format == "csv":
+        return Response(phase_diagram_csv(diagram), media_type="text/csv")
+    return diagram
+
+
+@router.get(
+    "/{sweep_id}/members",
+    response_model=MembersOut,
+    responses={
+        **NOT_FOUND,
+        200: {"content": CSV, "description": "JSON, or CSV (one row per member) with format=csv."},
+    },
+)
+def get_members(
+    sweep: OwnedSweep, session: SessionDep, query: Annotated[MembersQuery, Query()]
+) -> MembersOut | Response:
+    """One row per member, by index: its experiment id, status, axis values, and its summary's
+    phase, memorization and generalization steps and final accuracies.
+
+    CSV columns: experiment_id,index,status, one column per axis, then phase,
+    memorization_step,generalization_step,final_train_acc,final_val_acc."""
+    members = members_out(sweep, store.sweep_members(session, sweep.id))
+    if query.format == "csv":
+        return Response(members_csv(members), media_type="text/csv")
+    return members

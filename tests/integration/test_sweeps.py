@@ -1,0 +1,177 @@
+"""Sweeps on the real stack: one POST, members trained together in packs by a real worker
+process, each member stored as an ordinary experiment, a phase diagram at the end; a member that
+diverges fails alone; cancel and kill -9 of a pack's worker."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import pytest
+
+from tests.integration.conftest import FINISHED, raw_metrics, tiny_spec, wait_for_status
+
+pytestmark = pytest.mark.integration
+
+# ci-small's recipe at 2 x 2 x 2: weight decay {0, 1} x train fraction x seed. 800 steps is past
+# the step where ci-small generalises at 60% data (seeds 0-3: 400-750) and stays fast.
+CI_SMALL_GRID = {
+    "name": "wd-by-fraction",
+    "base": {"preset": "ci-small", "training": {"steps": 800, "checkpoint_every": 400},
+             "analysis": {"every": None}},
+    "grid": {
+        "optimizer.weight_decay": [0, 1],
+        "task.train_fraction": [0.4, 0.6],
+        "training.seed": [0, 1],
+    },
+}
+
+
+def wait_for_sweep(client, sweep_id: str, timeout: float = 600.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        sweep = client.get(f"/api/v1/sweeps/{sweep_id}").json()
+        if sweep["status"] in FINISHED:
+            return sweep
+        assert time.monotonic() < deadline, f"sweep still {sweep['status']}: {sweep}"
+        time.sleep(0.5)
+
+
+def alone_metrics(spec_body: dict) -> dict[tuple[str, int, int], float]:
+    """The metrics of one member's spec trained alone, in this process."""
+    from service.spec import ExperimentSpec
+    from worker.engine.train import Trainer
+
+    rows: list[dict] = []
+    Trainer(ExperimentSpec.model_validate(spec_body)).run(on_metrics=rows.extend)
+    return {(r["name"], r["member"], r["step"]): r["value"] for r in rows}
+
+
+def assert_close(stored: dict, expected: dict, rel: float = 1e-4, abs_: float = 1e-5) -> None:
+    assert stored.keys() == expected.keys()
+    for key, value in expected.items():
+        assert stored[key] == pytest.approx(value, rel=rel, abs=abs_), key
+
+
+@pytest.fixture(scope="module")
+def ci_small_sweep(stack):
+    r = stack.client.post("/api/v1/sweeps", json=CI_SMALL_GRID)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    return created, wait_for_sweep(stack.client, created["id"])
+
+
+def test_a_grid_becomes_packed_experiments_that_each_match_a_run_alone(stack, ci_small_sweep):
+    created, sweep = ci_small_sweep
+    client = stack.client
+    assert len(created["experiment_ids"]) == 8 and created["n_packs"] <= 2
+    assert sweep["status"] == "succeeded", sweep
+    listed = client.get("/api/v1/experiments", params={"sweep_id": created["id"]}).json()["items"]
+    assert {e["id"] for e in listed} == set(created["experiment_ids"])
+    # Two members (one per weight decay) against the same spec trained alone.
+    for experiment_id in created["experiment_ids"][::5]:
+        job = client.get(f"/api/v1/experiments/{experiment_id}").json()
+        assert job["status"] == "succeeded" and job["summary"]["phase"]
+        assert_close(raw_metrics(client, experiment_id), alone_metrics(job["spec"]))
+    checkpoints = client.get(f"/api/v1/experiments/{created['experiment_ids'][0]}/checkpoints")
+    assert [c["step"] for c in checkpoints.json()] == [400, 800]
+
+
+def test_the_phase_diagram_separates_memorisation_from_grokking(stack, ci_small_sweep):
+    created, _ = ci_small_sweep
+    r = stack.client.get(
+        f"/api/v1/sweeps/{created['id']}/phase-diagram",
+        params={"x": "optimizer.weight_decay", "y": "task.train_fraction"},
+    )
+    assert r.status_code == 200, r.text
+    cells = {(c["x"], c["y"]): c for c in r.json()["cells"]}
+    for fraction in (0.4, 0.6):
+        assert cells[(0, fraction)]["phases"].get("memorization") == 2, cells[(0, fraction)]
+        assert cells[(0, fraction)]["grokked_fraction"] == 0
+    assert cells[(1, 0.6)]["phases"].get("grokking") == 2, cells[(1, 0.6)]
+    assert cells[(1, 0.6)]["median_generalization_step"] > cells[(1, 0.6)]["median_memorization_step"]
+
+    as_csv = stack.client.get(
+        f"/api/v1/sweeps/{created['id']}/phase-diagram",
+        params={"x": "optimizer.weight_decay", "y": "task.train_fraction", "format": "csv"},
+    )
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert len(rows) == 4 and {row["x"] for row in rows} == {"0", "1"}
+    members = stack.client.get(f"/api/v1/sweeps/{created['id']}/members",
+                               params={"format": "csv"})
+    member_rows = list(csv.DictReader(io.StringIO(members.text)))
+    assert len(member_rows) == 8
+    assert {row["phase"] for row in member_rows if row["optimizer.weight_decay"] == "0"} == {
+        "memorization"}
+
+
+def test_a_member_that_diverges_fails_alone(stack):
+    body = {
+        "name": "diverging",
+        "base": {**tiny_spec("d", p=11, width=16, steps=80, eval_every=10, checkpoint_every=40),
+                 "optimizer": {"name": "sgd", "weight_decay": 0, "warmup_steps": 0}},
+        "grid": {"optimizer.lr": [0.05, 10.0], "model.init_scale": [1.0, 30.0]},
+    }
+    body["base"].pop("name")
+    created = stack.client.post("/api/v1/sweeps", json=body).json()
+    wait_for_sweep(stack.client, created["id"])
+    jobs = [stack.client.get(f"/api/v1/experiments/{i}").json() for i in created["experiment_ids"]]
+    by_point = {(j["spec"]["optimizer"]["lr"], j["spec"]["model"]["init_scale"]): j for j in jobs}
+    sane = by_point[(0.05, 1.0)]
+    assert sane["status"] == "succeeded" and sane["progress"]["step"] == 80
+    diverged = by_point[(10.0, 30.0)]
+    assert diverged["status"] == "failed" and "NaN or infinite" in diverged["error"]
+    assert diverged["summary"]["stopped"] == "nonfinite"
+    sweep = stack.client.get(f"/api/v1/sweeps/{created['id']}").json()
+    assert sweep["status"] == "failed" and sweep["counts"]["failed"] >= 1
+    assert sweep["counts"]["succeeded"] >= 1
+
+
+def test_cancelling_a_running_sweep_cancels_every_member(stack):
+    body = {"name": "to-cancel",
+            "base": {k: v for k, v in tiny_spec("c", p=23, width=32, steps=20000).items()
+                     if k != "name"},
+            "grid": {"training.seed": [0, 1, 2]}}
+    created = stack.client.post("/api/v1/sweeps", json=body).json()
+    wait_for_status(stack.client, created["experiment_ids"][0], statuses=("running",), timeout=120)
+    r = stack.client.post(f"/api/v1/sweeps/{created['id']}/cancel")
+    assert r.status_code == 200, r.text
+    sweep = wait_for_sweep(stack.client, created["id"], timeout=120)
+    assert sweep["status"] == "cancelled" and sweep["counts"]["cancelled"] == 3
+    for experiment_id in created["experiment_ids"]:
+        job = stack.client.get(f"/api/v1/experiments/{experiment_id}").json()
+        assert job["status"] == "cancelled" and job["progress"]["step"] < 20000
+
+
+def test_kill_9_of_a_packs_worker_resumes_the_pack_with_identical_metrics(bare_stack):
+    from service.spec import ExperimentSpec
+    from worker.engine.train import Trainer
+
+    client = bare_stack.client
+    base = {k: v for k, v in tiny_spec("k", p=23, width=32, steps=1500, eval_every=25,
+                                          checkpoint_every=100).items() if k != "name"}
+    body = {"name": "killed", "base": base,
+            "grid": {"optimizer.weight_decay": [0.3, 1.0], "training.seed": [0, 1]}}
+    created = client.post("/api/v1/sweeps", json=body).json()
+    assert created["n_packs"] == 1
+    first = created["experiment_ids"][0]
+    worker = bare_stack.start_worker("victim")
+    deadline = time.monotonic() + 120
+    while client.get(f"/api/v1/experiments/{first}").json()["progress"]["step"] < 500:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    bare_stack.kill_worker(worker)
+    bare_stack.start_worker("survivor")
+    sweep = wait_for_sweep(client, created["id"], timeout=300)
+    assert sweep["status"] == "succeeded", sweep
+
+    jobs = [client.get(f"/api/v1/experiments/{i}").json() for i in created["experiment_ids"]]
+    assert all(j["attempt"] == 2 for j in jobs)
+    assert all(j["summary"]["resumed_from_step"] >= 500 for j in jobs)
+    specs = [ExperimentSpec.model_validate(j["spec"]) for j in jobs]
+    rows: list[dict] = []
+    Trainer.for_members(specs).run(on_metrics=rows.extend)
+    for member, job in enumerate(jobs):
+        expected = {(r["name"], 0, r["step"]): r["value"] for r in rows if r["member"] == member}
+        stored = raw_metrics(client, job["id"])
+        assert stored == expected, job["id"]  # bit-identical on the CPU
