@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.models import SCOPES, ApiToken, Experiment, utcnow
+from service.models import SCOPES, ApiToken, Experiment, Sweep, utcnow
 
 TOKEN_PREFIX = "glk_"
 OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$"
@@ -53,9 +53,9 @@ class Principal:
     def can(self, needed: str) -> bool:
         return scope_includes(self.scope, needed)
 
-    def sees(self, experiment: Experiment) -> bool:
-        """Own experiments, or every experiment for an admin."""
-        return self.is_admin or experiment.owner == self.owner
+    def sees(self, row: Experiment | Sweep) -> bool:
+        """Own experiments and sweeps, or every one for an admin."""
+        return self.is_admin or row.owner == self.owner
 
 
 def check_owner(owner: str) -> str:

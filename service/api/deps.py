@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service import auth, queueing, store
 from service.auth import Principal
-from service.models import Experiment
+from service.models import Experiment, Sweep
 from service.schemas.experiments import SPEC_EXAMPLES, parse_spec
 from service.settings import Settings
 from service.spec import ExperimentSpec, Limits
@@ -121,20 +121,22 @@ WritePrincipal = Annotated[Principal, Depends(require_write)]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 
 ExperimentIdPath = Annotated[UUID, Path(description="The experiment's id (a UUID).")]
+SweepIdPath = Annotated[UUID, Path(description="The sweep's id (a UUID).")]
 
 
-def _owned_experiment(session: Session, principal: Principal, experiment_id: UUID) -> Experiment:
-    experiment = store.get_experiment(session, str(experiment_id))
-    if experiment is None or not principal.sees(experiment):
-        raise HTTPException(status_code=404, detail=f"experiment {experiment_id} not found")
-    return experiment
+def _visible(found: Experiment | Sweep | None, principal: Principal, kind: str, id_: UUID):
+    """The row if this token may see it; 404 (the same for missing and another owner's)."""
+    if found is None or not principal.sees(found):
+        raise HTTPException(status_code=404, detail=f"{kind} {id_} not found")
+    return found
 
 
 def get_owned_experiment(
     principal: ReadPrincipal, experiment_id: ExperimentIdPath, session: SessionDep
 ) -> Experiment:
     """The path's experiment, readable by this token; 404 when missing or another owner's."""
-    return _owned_experiment(session, principal, experiment_id)
+    return _visible(store.get_experiment(session, str(experiment_id)), principal, "experiment",
+                    experiment_id)
 
 
 def get_owned_experiment_for_write(
@@ -142,9 +144,24 @@ def get_owned_experiment_for_write(
 ) -> Experiment:
     """The path's experiment, changeable by this token: 403 for a read-only token (whatever
     the id), then 404 when missing or another owner's."""
-    return _owned_experiment(session, principal, experiment_id)
+    return _visible(store.get_experiment(session, str(experiment_id)), principal, "experiment",
+                    experiment_id)
+
+
+def get_owned_sweep(principal: ReadPrincipal, sweep_id: SweepIdPath, session: SessionDep) -> Sweep:
+    """The path's sweep, readable by this token; 404 when missing or another owner's."""
+    return _visible(store.get_sweep(session, str(sweep_id)), principal, "sweep", sweep_id)
+
+
+def get_owned_sweep_for_write(
+    principal: WritePrincipal, sweep_id: SweepIdPath, session: SessionDep
+) -> Sweep:
+    """The path's sweep, changeable by this token (403 for read-only, then 404)."""
+    return _visible(store.get_sweep(session, str(sweep_id)), principal, "sweep", sweep_id)
 
 
 OwnedExperiment = Annotated[Experiment, Depends(get_owned_experiment)]
 OwnedExperimentForWrite = Annotated[Experiment, Depends(get_owned_experiment_for_write)]
+OwnedSweep = Annotated[Sweep, Depends(get_owned_sweep)]
+OwnedSweepForWrite = Annotated[Sweep, Depends(get_owned_sweep_for_write)]
 

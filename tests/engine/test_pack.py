@@ -2,7 +2,6 @@
 checkpointed on its own, leaving the batch when it is done."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

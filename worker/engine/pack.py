@@ -64,7 +64,7 @@ def merge_states(states: Sequence[dict[str, Tensor]], member_sizes: Sequence[int
     steps = {int(s["trainer.step"][0]) for s in states}
     if len(steps) != 1:
         raise ValueError(f"a pack's members must be at the same step to train together (got {sorted(steps)})")
-    E, per_member = len(states), sum(member_sizes)
+    per_member = sum(member_sizes)
     out: dict[str, Tensor] = {}
     for name, t in first.items():
         if name.startswith("param.") or name in PER_MEMBER_ROWS:

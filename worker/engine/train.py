@@ -105,7 +105,7 @@ class Trainer:
     def _build(self, spec: ExperimentSpec, init: bool) -> None:
         """Data, model, optimiser, filter and generators of spec (weights drawn if init)."""
         self.spec = spec
-        self.n_members = E = spec.ensemble.size
+        self.n_members = spec.ensemble.size
         self.seeds = member_seeds(spec)
         self.lrs = spec.ensemble.per_member("lr", spec.optimizer.lr)
         self.weight_decays = spec.ensemble.per_member("weight_decay", spec.optimizer.weight_decay)

@@ -3,22 +3,22 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated
-from uuid import UUID
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from service import store
 from service.api.deps import (
     EnqueueDep,
+    OwnedSweep,
+    OwnedSweepForWrite,
     ReadPrincipal,
     SessionDep,
     SettingsDep,
     WritePrincipal,
 )
 from service.api.responses import FORBIDDEN, UNAUTHORIZED
-from service.auth import Principal
 from service.models import FINISHED_STATUSES, Sweep
 from service.queueing import queue_for
 from service.schemas.errors import ErrorOut, invalid
@@ -52,32 +52,6 @@ NOT_FOUND = {
     }
 }
 CSV = {"text/csv": {}}
-
-# The {sweep_id} of the path, if the token may see it: another owner's is 404 like a missing one
-# (the same tenancy as OwnedExperiment in service.api.deps).
-SweepIdPath = Annotated[UUID, Path(description="The sweep's id (a UUID).")]
-
-
-def _owned_sweep(session: Session, principal: Principal, sweep_id: UUID) -> Sweep:
-    sweep = store.get_sweep(session, str(sweep_id))
-    if sweep is None or not principal.sees(sweep):  # type: ignore[arg-type]
-        raise HTTPException(status_code=404, detail=f"sweep {sweep_id} not found")
-    return sweep
-
-
-def get_owned_sweep(principal: ReadPrincipal, sweep_id: SweepIdPath, session: SessionDep) -> Sweep:
-    return _owned_sweep(session, principal, sweep_id)
-
-
-def get_owned_sweep_for_write(
-    principal: WritePrincipal, sweep_id: SweepIdPath, session: SessionDep
-) -> Sweep:
-    return _owned_sweep(session, principal, sweep_id)
-
-
-OwnedSweep = Annotated[Sweep, Depends(get_owned_sweep)]
-OwnedSweepForWrite = Annotated[Sweep, Depends(get_owned_sweep_for_write)]
-
 
 def _sweep_out(session: Session, sweep: Sweep) -> SweepOut:
     return SweepOut.of_members(
