@@ -179,6 +179,18 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class WebhookSecret(Base):
+    """The secret an owner's alert webhooks are signed with (HMAC-SHA256, service/notify.py).
+    Stored as is, unlike an API token's hash: the worker needs it to sign. It is printed once,
+    by `groklab webhook-secret set`, and never served by the API."""
+
+    __tablename__ = "webhook_secrets"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Metric(Base):
     """One scalar of one ensemble member at one step. The primary key is the range-query index.
 
@@ -264,3 +276,32 @@ class AnalysisCache(Base):
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+PROGRESS_PENDING = "pending"
+PROGRESS_DONE = "done"
+PROGRESS_FAILED = "failed"
+
+
+class ProgressMeasures(Base):
+    """The progress measures of Nanda et al. 2023 recomputed at every stored checkpoint with the
+    key frequencies fixed from the checkpoint at final_step: one row per experiment, written by
+    a worker on request (GET .../progress-measures). status: pending (queued for a worker), done
+    (data holds the series and the key frequencies), failed (error says why)."""
+
+    __tablename__ = "progress_measures"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'done', 'failed')", name="ck_progress_measures_status"
+        ),
+    )
+
+    experiment_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    final_step: Mapped[int] = mapped_column(Integer)
+    data: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

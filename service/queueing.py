@@ -30,3 +30,11 @@ def enqueue_checkpoint_analysis(experiment_id: str, step: int, queue: str) -> No
     from worker.celery_app import ANALYZE_CHECKPOINT, get_celery_app
 
     get_celery_app().send_task(ANALYZE_CHECKPOINT, args=[experiment_id, step], queue=queue)
+
+
+def enqueue_progress_measures(experiment_id: str, final_step: int, queue: str) -> None:
+    """Ask a worker for the progress measures at every checkpoint with the key frequencies of
+    the one at final_step (the result lands in the progress_measures table)."""
+    from worker.celery_app import PROGRESS_MEASURES, get_celery_app
+
+    get_celery_app().send_task(PROGRESS_MEASURES, args=[experiment_id, final_step], queue=queue)

@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         "together as fit in it (CPU packs hold 8).",
     )
 
+    # Alerts
+    notify_allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host or host:port list that alert webhooks (a spec's "
+        "notify.url) may reach, checked at submit and again by the worker before each send; "
+        "empty (the default) denies every host.",
+    )
+
     # API
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, description="Port the API listens on.")

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from service.presets import PRESETS
+from service.notify import NOTIFY_EVENTS, parse_allowed_hosts, url_host_port, url_refusal
+
 if TYPE_CHECKING:
     from service.settings import Settings
 
@@ -35,64 +38,6 @@ S5_ORDER = 120
 # The Fourier progress measures run the model on all p*p pairs and hold p^3 logits.
 FOURIER_MAX_P = 512
 
-NANDA2023: dict[str, Any] = {
-    "task": {"kind": "modular", "op": "x+y", "p": 113, "train_fraction": 0.3, "split_seed": 0},
-    "model": {
-        "arch": "transformer", "n_layers": 1, "d_model": 128, "n_heads": 4, "d_mlp": 512,
-        "act": "relu", "layer_norm": False, "init_scale": 1.0,
-    },
-    "optimizer": {
-        "name": "adamw", "lr": 1e-3, "weight_decay": 1.0, "betas": [0.9, 0.98],
-        "warmup_steps": 10, "grad_filter": None,
-    },
-    "training": {
-        "steps": 40000, "batch_size": None, "seed": 0, "eval_every": 100,
-        "checkpoint_every": 1000, "stop_on_grok": False, "device": "auto",
-    },
-    "analysis": {"every": 1000},
-}
-
-POWER2022: dict[str, Any] = {
-    "task": {"kind": "modular", "op": "x/y", "p": 97, "train_fraction": 0.5, "split_seed": 0},
-    "model": {
-        "arch": "transformer", "n_layers": 2, "d_model": 128, "n_heads": 4, "d_mlp": 512,
-        "act": "relu", "layer_norm": True, "init_scale": 1.0,
-    },
-    "optimizer": {
-        "name": "adamw", "lr": 1e-3, "weight_decay": 1.0, "betas": [0.9, 0.98],
-        "warmup_steps": 10, "grad_filter": None,
-    },
-    "training": {
-        "steps": 100000, "batch_size": 512, "seed": 0, "eval_every": 100,
-        "checkpoint_every": 5000, "stop_on_grok": False, "device": "auto",
-    },
-    "analysis": {"every": 1000},
-}
-
-# The smallest config that really groks on 2 CPU cores in about a minute (about 15-20 s of
-# training). Measured with the engine on CPU (seeds 0-3): train acc >= 0.99 by step 50, val acc
-# >= 0.99 at steps 400-750 (seed 0: 450); with weight_decay 0 val acc stays at ~0.58 through 2000
-# steps. The Nanda model learns faster than smaller ones here; lr 3e-3 and 60% data make it grok
-# about 4x sooner than lr 1e-3 with 50% data (val acc 0.99 at step 1850).
-CI_SMALL: dict[str, Any] = {
-    "task": {"kind": "modular", "op": "x+y", "p": 47, "train_fraction": 0.6, "split_seed": 0},
-    "model": copy.deepcopy(NANDA2023["model"]),
-    "optimizer": {
-        "name": "adamw", "lr": 3e-3, "weight_decay": 1.0, "betas": [0.9, 0.98],
-        "warmup_steps": 10, "grad_filter": None,
-    },
-    "training": {
-        "steps": 1200, "batch_size": None, "seed": 0, "eval_every": 50,
-        "checkpoint_every": 400, "stop_on_grok": False, "device": "auto",
-    },
-    "analysis": {"every": 200},
-}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "nanda2023": NANDA2023,
-    "power2022": POWER2022,
-    "ci-small": CI_SMALL,
-}
 
 
 @dataclass(frozen=True)
@@ -107,6 +52,7 @@ class Limits:
     max_steps: int | None = None
     max_params: int | None = None
     max_ensemble: int | None = None
+    notify_allowed_hosts: tuple[str, ...] | None = None  # GROKLAB_NOTIFY_ALLOWED_HOSTS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
@@ -115,6 +61,7 @@ class Limits:
             max_steps=settings.max_steps,
             max_params=settings.max_params,
             max_ensemble=settings.max_ensemble,
+            notify_allowed_hosts=parse_allowed_hosts(settings.notify_allowed_hosts),
         )
 
 
@@ -247,6 +194,8 @@ ENSEMBLE_RANGES: dict[str, tuple[str, Any]] = {
 }
 # Per-member lists added after specs were first stored: left out of spec_hash while None.
 OPTIONAL_PER_MEMBER: tuple[str, ...] = ("init_scale", "train_fraction", "split_seed", "grad_filter_lamb")
+# Sections added after specs were first stored: left out of spec_hash while None.
+OPTIONAL_SECTIONS: tuple[str, ...] = ("data_schedule", "notify")
 
 
 class EnsembleSpec(_Section):
@@ -313,15 +262,53 @@ class AnalysisSpec(_Section):
     every: int | None = Field(1000, ge=1, description="Progress measures every K steps; null: off.")
 
 
+class DataStage(_Section):
+    """One step of a data curriculum (Varma et al. 2023, "Explaining grokking through circuit
+    efficiency"): from at_step on, the training set is a seeded subset of the one before it,
+    train_fraction of all pairs. Shrunk below the critical dataset size, a grokked run ungroks."""
+
+    at_step: int = Field(ge=1, description="Completed steps after which the smaller set is used.")
+    train_fraction: float = Field(gt=0, lt=1, description="New training set size / all pairs.")
+
+
+class NotifySpec(_Section):
+    """Alerts: the worker POSTs a signed JSON event to url (see service/notify.py)."""
+
+    url: str = Field(max_length=2000, description="http(s) URL on a GROKLAB_NOTIFY_ALLOWED_HOSTS host.")
+    events: list[Literal[NOTIFY_EVENTS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(NOTIFY_EVENTS), min_length=1,
+        description="Which of memorized, grokked, ungrokked, finished, failed to send (default all).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str, info: ValidationInfo) -> str:
+        try:
+            url_host_port(url)
+            allowed = _limits(info).notify_allowed_hosts
+            refusal = None if allowed is None else url_refusal(url, allowed)
+        except ValueError as exc:
+            raise ValueError(f"notify.url {exc}") from None
+        if refusal is not None:
+            raise ValueError(f"notify.url {refusal}")
+        return url
+
+
 class ExperimentSpec(_Section):
     name: str = Field("experiment", min_length=1, max_length=200)
-    preset: Literal["nanda2023", "power2022", "ci-small"] | None = "nanda2023"
+    preset: Literal["nanda2023", "power2022", "ci-small", "grokfast2024", "prieto2025"] | None = (
+        "nanda2023"
+    )
     task: TaskSpec
     model: ModelSpec
     optimizer: OptimizerSpec
     training: TrainingSpec
     ensemble: EnsembleSpec = EnsembleSpec()
     analysis: AnalysisSpec = AnalysisSpec()
+    data_schedule: list[DataStage] | None = Field(
+        None, description="Shrink the training set during the run (ungrokking, curricula)."
+    )
+    notify: NotifySpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -354,17 +341,62 @@ class ExperimentSpec(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_data_schedule(self) -> "ExperimentSpec":
+        """Steps strictly increase inside (0, training.steps); fractions strictly shrink, below
+        the training fraction of every member; each stage keeps at least one example (and a
+        minibatch's worth)."""
+        fractions = self.ensemble.per_member("train_fraction", self.task.train_fraction)
+        before, before_name = min(fractions), (
+            "task.train_fraction" if self.ensemble.train_fraction is None
+            else "every member's ensemble.train_fraction"
+        )
+        if self.data_schedule == []:
+            self.data_schedule = None  # no stage: the same spec (and spec_hash) as without one
+        last_step, steps = 0, self.training.steps
+        for i, stage in enumerate(self.data_schedule or []):
+            here = f"data_schedule[{i}]"
+            if stage.at_step >= steps:
+                raise ValueError(f"{here}.at_step must be below training.steps {steps} (got {stage.at_step})")
+            if stage.at_step <= last_step:
+                raise ValueError(
+                    f"{here}.at_step must be greater than data_schedule[{i - 1}].at_step "
+                    f"{last_step}: steps strictly increase (got {stage.at_step})"
+                )
+            if stage.train_fraction >= before:
+                raise ValueError(
+                    f"{here}.train_fraction must be below {before_name} {before}: the training "
+                    f"set only shrinks (got {stage.train_fraction})"
+                )
+            n = int(round(stage.train_fraction * self.n_pairs))
+            if n < 1:
+                raise ValueError(
+                    f"{here}.train_fraction leaves no training example of the {self.n_pairs} "
+                    f"pairs; at least {0.5 / self.n_pairs:.2g} (got {stage.train_fraction})"
+                )
+            if self.training.batch_size is not None and n < self.training.batch_size:
+                raise ValueError(
+                    f"{here}.train_fraction leaves {n} training examples, fewer than "
+                    f"training.batch_size {self.training.batch_size}"
+                )
+            last_step, before, before_name = stage.at_step, stage.train_fraction, f"{here}.train_fraction"
+        return self
+
     # ---- derived facts the engine and the service both use -------------------------------
     @property
     def n_pairs(self) -> int:
         n = self.task.n_elements
-        if self.task.kind == "modular" and self.task.op in DIVIDING_OPS:
-            return n * (n - 1)  # y = 0 is excluded
+        if self.task.kind == "modular" and self.task.op == "x/y":
+            return n * (n - 1)  # y = 0 is excluded; 'x/y if y odd else x-y' has (x, 0) = x
         return n * n
 
     @property
     def n_train(self) -> int:
-        return max(1, int(round(self.task.train_fraction * self.n_pairs)))
+        return self.n_examples(self.task.train_fraction)
+
+    def n_examples(self, fraction: float) -> int:
+        """Training set size of a fraction of all pairs (at least one example)."""
+        return max(1, int(round(fraction * self.n_pairs)))
 
     def param_count(self) -> int:
         """Parameters of one ensemble member (matches the engine's models)."""
@@ -394,6 +426,9 @@ class ExperimentSpec(_Section):
         for name in OPTIONAL_PER_MEMBER:
             if data["ensemble"].get(name) is None:
                 data["ensemble"].pop(name, None)
+        for name in OPTIONAL_SECTIONS:
+            if data.get(name) is None:
+                data.pop(name, None)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -20,6 +20,7 @@ from service.settings import Settings, get_settings
 
 RUN_EXPERIMENT = "worker.tasks.run_experiment"
 ANALYZE_CHECKPOINT = "worker.tasks.analyze_checkpoint"
+PROGRESS_MEASURES = "worker.tasks.progress_measures"
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -23,6 +23,7 @@ from service import store
 from service.progress import StepRate
 from service.spec import ExperimentSpec
 from service.summary import experiment_summary
+from worker.alerts import ExperimentAlerts, WebhookSender, experiment_alerts
 
 if TYPE_CHECKING:
     from worker.engine.train import Trainer
@@ -52,8 +53,10 @@ class PackRecorder:
         progress_every_s: float = 1.0,
         cancel_poll_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        alerts: list[ExperimentAlerts] | None = None,
     ) -> None:
         self.sessions = sessions
+        self.alerts = alerts or []  # per member, as claims
         self.claims = list(claims)
         self.ids = [exp_id for exp_id, _ in claims]
         self.attempt_of = dict(claims)
@@ -80,6 +83,8 @@ class PackRecorder:
     def on_metrics(self, rows: list[dict]) -> None:
         for row in rows:
             self._rows.setdefault(row["member"], []).append({**row, "member": 0})
+        for member, alerts in enumerate(self.alerts):
+            alerts.on_metrics(rows, member=member)
         if self.clock() - self._last_flush >= self.flush_every_s:
             self.flush()
 
@@ -176,9 +181,12 @@ class PackRecorder:
             summary = experiment_summary(s, exp_id)
             summary["stopped"] = stopped
             summary["resumed_from_step"] = resumed_from_step
-            return store.finish_experiment(
+            finished = store.finish_experiment(
                 s, exp_id, self.attempt_of[exp_id], status, error=error, summary=summary
             )
+        if finished and self.alerts:
+            self.alerts[member].finish(status, summary, error)
+        return finished
 
 
 def common_resume_step(steps_by_member: list[set[int]]) -> int | None:
@@ -207,12 +215,14 @@ def run_pack(
         blobs = None
         if resume_step is not None:
             blobs = [store.load_checkpoint_verified(s, m.id, resume_step) for m in members]
+        sender = WebhookSender.for_settings(settings)
+        alerts = [experiment_alerts(s, m, spec, sender) for m, spec in zip(members, specs)]
     log.info("claimed pack %s: %d members on %s (resume at %s)", pack_id, len(members),
              worker_name, resume_step)
 
     recorder = PackRecorder(
         sessions, claims, total_steps=specs[0].training.steps,
-        flush_every_s=settings.metrics_flush_s,
+        flush_every_s=settings.metrics_flush_s, alerts=alerts,
     )
     try:
         with heartbeating(recorder.beat, settings.heartbeat_s, pack_id):
@@ -227,17 +237,21 @@ def run_pack(
         for member in sorted(recorder.active - recorder.lost):
             recorder.finish(member, "failed", stopped="error", error=error)
         return "failed"
+    finally:
+        sender.close()
 
 
 def _train_pack(specs, blobs, recorder: PackRecorder, resume_step: int | None) -> str:
     from worker.engine.train import Trainer
-    from worker.runner import analysis_callback
+    from worker.analysis.callback import analysis_callback
 
     if blobs is not None:
         trainer = Trainer.from_member_checkpoints(specs, blobs)
     else:
         trainer = Trainer.for_members(specs)
     recorder.trainer = trainer
+    for member, alerts in enumerate(recorder.alerts):
+        alerts.resume(trainer, rows=[member])
     trainer.run(
         on_metrics=recorder.on_metrics,
         on_checkpoint=recorder.on_checkpoint,

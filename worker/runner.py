@@ -6,7 +6,7 @@ import logging
 import threading
 import traceback
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,12 +15,11 @@ from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
 from service.spec import ExperimentSpec
 from service.summary import experiment_summary
+from worker.analysis.callback import analysis_callback, member_measures
+from worker.alerts import ExperimentAlerts, WebhookSender, experiment_alerts
 from worker.recorder import Recorder
 
 log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from worker.engine.train import AnalysisCallback, Trainer
 
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
 
@@ -30,38 +29,6 @@ def sessions_for(settings: Settings) -> sessionmaker[Session]:
     if url not in _sessionmakers:
         _sessionmakers[url] = make_sessionmaker(make_engine(url))
     return _sessionmakers[url]
-
-
-def analysis_callback(
-    spec: ExperimentSpec, store_measures: Callable[[int, list[dict]], None] | None = None
-) -> AnalysisCallback | None:
-    """Progress measures every analysis.every steps, for the tasks they make sense for.
-
-    Returns on_analysis(trainer, step) -> metric rows; with store_measures(step, measures), the
-    full measures (key frequencies, spectrum) of every member are handed over too."""
-    if spec.analysis.every is None or spec.fourier_unavailable() is not None:
-        return None
-    from worker.analysis.fourier import measure_rows
-
-    def on_analysis(trainer: Trainer, step: int) -> list[dict]:
-        # trainer.spec, not spec: a pack shrinks as its members leave.
-        measures = member_measures(trainer.spec, trainer)
-        if store_measures is not None:
-            store_measures(step, measures)
-        return measure_rows(step, measures)
-
-    return on_analysis
-
-
-def member_measures(spec: ExperimentSpec, trainer: Trainer) -> list[dict]:
-    """The Fourier progress measures of every current ensemble row (in trainer.members order),
-    from one forward pass. spec gives the task (the same for every member of a pack); the size
-    and the training masks (per member in a pack) are the trainer's current ones."""
-    from worker.analysis.fourier import progress_measures_all
-
-    return progress_measures_all(
-        trainer.model, spec.task.p, spec.task.op, trainer.train_mask_grid(), trainer.n_members
-    )
 
 
 def analyze_checkpoint(experiment_id: str, step: int, settings: Settings | None = None) -> str:
@@ -142,6 +109,8 @@ def run_experiment(
         attempt = exp.attempt
         log.info("claimed %s (attempt %d) on %s", experiment_id, attempt, worker_name)
         spec = ExperimentSpec.model_validate(exp.spec)
+        sender = WebhookSender.for_settings(settings)
+        alerts = experiment_alerts(s, exp, spec, sender)
 
     recorder = Recorder(
         sessions, experiment_id, attempt,
@@ -156,7 +125,7 @@ def run_experiment(
 
     try:
         with heartbeating(beat, settings.heartbeat_s, experiment_id):
-            return _train(spec, experiment_id, attempt, recorder, sessions)
+            return _train(spec, experiment_id, attempt, recorder, sessions, alerts)
     except Exception as exc:  # the job fails cleanly; the worker lives on
         log.exception("experiment %s failed", experiment_id)
         try:
@@ -165,13 +134,16 @@ def run_experiment(
             log.exception("could not flush the last metrics of %s", experiment_id)
         with sessions() as s:
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            store.finish_experiment(s, experiment_id, attempt, "failed", error=error[-4000:])
+            if store.finish_experiment(s, experiment_id, attempt, "failed", error=error[-4000:]):
+                alerts.finish("failed", error=f"{type(exc).__name__}: {exc}")
         return "failed"
+    finally:
+        sender.close()
 
 
 def _train(
     spec: ExperimentSpec, experiment_id: str, attempt: int, recorder: Recorder,
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], alerts: ExperimentAlerts,
 ) -> str:
     from worker.engine.train import Trainer
 
@@ -186,8 +158,9 @@ def _train(
         log.info("experiment %s resumes at step %d (attempt %d)", experiment_id, trainer.step, attempt)
     else:
         trainer = Trainer(spec)
+    alerts.resume(trainer)
     result = trainer.run(
-        on_metrics=recorder.on_metrics,
+        on_metrics=alerts.watching(recorder.on_metrics),
         on_checkpoint=recorder.on_checkpoint,
         should_stop=recorder.should_stop,
         on_progress=recorder.on_progress,
@@ -201,5 +174,6 @@ def _train(
         summary = experiment_summary(s, experiment_id)
         summary["stopped"] = result.get("stopped")
         summary["resumed_from_step"] = resume_step
-        store.finish_experiment(s, experiment_id, attempt, status, summary=summary)
+        if store.finish_experiment(s, experiment_id, attempt, status, summary=summary):
+            alerts.finish(status, summary)
     return status

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from worker.celery_app import ANALYZE_CHECKPOINT, RUN_EXPERIMENT
+from worker.celery_app import ANALYZE_CHECKPOINT, PROGRESS_MEASURES, RUN_EXPERIMENT
 
 
 @shared_task(name=RUN_EXPERIMENT, bind=True)
@@ -22,3 +22,10 @@ def analyze_checkpoint(experiment_id: str, step: int) -> str:
     from worker.runner import analyze_checkpoint as analyze
 
     return analyze(experiment_id, step)
+
+
+@shared_task(name=PROGRESS_MEASURES)
+def progress_measures(experiment_id: str, final_step: int) -> str:
+    from worker.progress_measures import compute_progress_measures
+
+    return compute_progress_measures(experiment_id, final_step)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from service import auth, queueing, store
 from service.auth import Principal
 from service.models import Experiment, Sweep
+from service.schemas.errors import invalid
 from service.schemas.experiments import SPEC_EXAMPLES, parse_spec
 from service.settings import Settings
 from service.spec import ExperimentSpec, Limits
@@ -57,6 +58,19 @@ def get_submitted_spec(
 
 
 SubmittedSpec = Annotated[ExperimentSpec, Depends(get_submitted_spec)]
+
+
+def require_webhook_secret(
+    session: Session, owner: str, specs: list[ExperimentSpec], loc: tuple[str, ...]
+) -> None:
+    """A 422 at loc when a spec asks for alerts (notify) and the owner has no webhook secret to
+    sign them with: it would otherwise run without sending any."""
+    notify = next((spec.notify for spec in specs if spec.notify is not None), None)
+    if notify is not None and store.get_webhook_secret(session, owner) is None:
+        raise invalid(
+            loc, f"notify needs a webhook secret for owner {owner!r} to sign its alerts; an admin "
+            f"sets one with `groklab webhook-secret set --owner {owner}`", notify.url,
+        )
 
 
 # ---- authentication and tenancy ------------------------------------------------------------

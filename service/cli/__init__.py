@@ -2,8 +2,9 @@
 
     local.py   groklab train                  a researcher, on this machine, no server
     serve.py   groklab migrate|api|worker|up  an operator, running the service
-    client.py  groklab submit|status          a user of a running service, over HTTP
+    client.py  groklab submit|status|export   a user of a running service, over HTTP
     tokens.py  groklab token create|list|revoke  an admin, straight on the database
+    webhooks.py  groklab webhook-secret set|list|revoke  an admin: alert signing secrets
 
 Every module imports worker/ (and so torch) only inside the commands that start a worker or
 train locally: the API's image runs `groklab api` without torch.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from service.cli import client, local, serve, tokens
+from service.cli import client, local, serve, tokens, webhooks
 from service.cli.serve import _ensure_local_admin_token
 
 __all__ = ["app", "_ensure_local_admin_token"]
@@ -22,3 +23,4 @@ app = typer.Typer(help="groklab: train and analyse grokking experiments.", no_ar
 for audience in (local.app, serve.app, client.app):
     app.registered_commands += audience.registered_commands
 app.add_typer(tokens.app, name="token")
+app.add_typer(webhooks.app, name="webhook-secret")

@@ -1,4 +1,4 @@
-"""`groklab submit|status`: talk to a running service over HTTP (GROKLAB_URL, GROKLAB_TOKEN)."""
+"""`groklab submit|status|export`: talk to a running service over HTTP (GROKLAB_URL, GROKLAB_TOKEN)."""
 from __future__ import annotations
 
 import json
@@ -84,3 +84,25 @@ def status(
             typer.secho(f"error {r.status_code}: {r.text}", fg="red", err=True)
             raise typer.Exit(1)
         typer.echo(json.dumps(r.json(), indent=2))
+
+
+@app.command()
+def export(
+    experiment_id: Annotated[str, typer.Argument(help="Experiment id.")],
+    step: Annotated[int, typer.Argument(help="Checkpoint step.")],
+    out: Annotated[Path, typer.Option(help="Where to write the safetensors file.", dir_okay=False)],
+    member: Annotated[int, typer.Option(help="Ensemble member.")] = 0,
+    export_format: Annotated[str, typer.Option("--format", help="Export format.")] = "transformer_lens",
+    url: Annotated[str, typer.Option(envvar="GROKLAB_URL", help="API base URL.")] = DEFAULT_URL,
+) -> None:
+    """Export a checkpoint's weights for TransformerLens (a HookedTransformer state dict)."""
+    with _client(url) as client:
+        r = client.get(
+            f"/api/v1/experiments/{experiment_id}/checkpoints/{step}/export",
+            params={"format": export_format, "member": member},
+        )
+        if r.status_code != 200:
+            typer.secho(f"error {r.status_code}: {r.text}", fg="red", err=True)
+            raise typer.Exit(1)
+        out.write_bytes(r.content)
+        typer.echo(f"wrote {out} ({len(r.content)} bytes)")

@@ -15,9 +15,9 @@ app = typer.Typer(
 
 
 @contextmanager
-def token_session(settings=None):
+def token_session(settings=None, table: str = "api_tokens"):
     """A session on the database of settings (default: the environment's), which must exist and
-    be migrated: otherwise say how to fix it, and exit 1."""
+    be migrated (have `table`): otherwise say how to fix it, and exit 1."""
     from sqlalchemy import inspect
     from sqlalchemy.engine import make_url
 
@@ -37,9 +37,9 @@ def token_session(settings=None):
             raise typer.Exit(1)
     engine = make_engine(url)
     try:
-        if not inspect(engine).has_table("api_tokens"):
+        if not inspect(engine).has_table(table):
             typer.secho(
-                f"the database at {shown} has no api_tokens table: run `groklab migrate` first",
+                f"the database at {shown} has no {table} table: run `groklab migrate` first",
                 fg="red", err=True,
             )
             raise typer.Exit(1)

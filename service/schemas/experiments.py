@@ -12,7 +12,8 @@ from service.auth import Principal
 from service.models import STATUSES, Experiment
 from service.schemas.errors import invalid
 from service.settings import Settings
-from service.spec import CI_SMALL, ExperimentSpec, Limits
+from service.presets import CI_SMALL
+from service.spec import ExperimentSpec, Limits
 
 NO_NUL = r"^[^\x00]*$"
 DEFAULT_PAGE_SIZE = 50

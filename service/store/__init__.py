@@ -13,9 +13,11 @@ One module per concern; callers use this package (`from service import store`):
 - metrics_query: metric series out, downsampled on the server
 - checkpoints: checkpoint bytes, verified before they are loaded or served
 - analysis_cache: the cached Fourier analysis per checkpoint step
+- progress_measures: the measures with fixed key frequencies, requested and computed once
 - packs: the members of a sweep that train together, claimed and beat as one job
 - sweeps: a grid of experiments stored at once, its status derived from its members
 - dialect: what differs between PostgreSQL and SQLite
+- webhooks: the per-owner secrets that alert webhooks are signed with
 """
 from service.store.analysis_cache import (
     get_cached_analysis,
@@ -57,6 +59,20 @@ from service.store.packs import (
     pack_heartbeat,
     update_pack_progress,
 )
+from service.store.progress_measures import (
+    PENDING_RETRY_S,
+    fail_progress_measures,
+    get_progress_measures,
+    put_progress_measures,
+    request_progress_measures,
+    withdraw_progress_measures,
+)
+from service.store.webhooks import (
+    get_webhook_secret,
+    list_webhook_secrets,
+    revoke_webhook_secret,
+    set_webhook_secret,
+)
 from service.store.sweeps import (
     SweepStatus,
     cancel_sweep,
@@ -70,6 +86,10 @@ from service.store.sweeps import (
 )
 
 __all__ = [
+    "get_webhook_secret",
+    "list_webhook_secrets",
+    "revoke_webhook_secret",
+    "set_webhook_secret",
     "MAX_NAME_LENGTH",
     "MAX_STEP",
     "CheckpointCorrupt",
@@ -81,6 +101,12 @@ __all__ = [
     "is_pack",
     "pack_heartbeat",
     "update_pack_progress",
+    "PENDING_RETRY_S",
+    "fail_progress_measures",
+    "get_progress_measures",
+    "put_progress_measures",
+    "request_progress_measures",
+    "withdraw_progress_measures",
     "cancel_requested",
     "cancel_sweep",
     "create_sweep",

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from service.spec import DIVIDING_OPS, MODULAR_OPS, PERMUTATION_OPS
+from service.spec import MODULAR_OPS, PERMUTATION_OPS
 from worker.engine.data import PERMUTATIONS_S5, build_dataset
 
 P = 7
@@ -15,7 +15,7 @@ P = 7
 
 def python_label(op: str, x: int, y: int, p: int) -> int | None:
     """The op written out by hand; None where the pair is not in the dataset."""
-    if op in DIVIDING_OPS and y == 0:
+    if op == "x/y" and y == 0:  # x - 0 is defined: the mixed op keeps y = 0 (Power et al.)
         return None
     inverse = pow(y, p - 2, p) if y else None  # Fermat: p is prime
     return {
@@ -114,3 +114,15 @@ def test_train_mask_grid_marks_exactly_the_training_pairs(tiny_spec):
     assert not grid[:, 0].any()  # y = 0 is not a pair of x/y
     for a, b, _ in ds.tokens[ds.train_idx].tolist():
         assert grid[a, b]
+
+
+def test_x_over_y_if_y_odd_else_x_minus_y_has_all_p_squared_pairs(tiny_spec):
+    """0 is even, so (x, 0) is x - 0 = x: Power et al. 2022's dataset for this op has all p^2
+    pairs. Only plain x/y leaves y = 0 out."""
+    spec = tiny_spec(task={"op": "x/y if y odd else x-y", "p": 11})
+    ds = build_dataset(spec)
+    assert ds.tokens.shape[0] == spec.n_pairs == 11 * 11
+    at_zero = ds.tokens[:, 1] == 0
+    assert at_zero.sum() == 11
+    assert torch.equal(ds.labels[at_zero], ds.tokens[at_zero, 0])  # label x
+    assert tiny_spec(task={"op": "x/y", "p": 11}).n_pairs == 11 * 10

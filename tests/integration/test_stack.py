@@ -203,6 +203,41 @@ def test_checkpoint_analysis_is_computed_on_demand_then_cached(stack, grokked_ru
     assert missing.status_code == 404
 
 
+def test_progress_measures_with_fixed_key_frequencies_through_a_worker(stack, grokked_run):
+    exp_id = grokked_run["id"]
+    url = f"/api/v1/experiments/{exp_id}/progress-measures"
+    r = stack.client.get(url)
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 120
+    while r.status_code == 202:
+        assert time.monotonic() < deadline, "progress measures never finished"
+        time.sleep(0.5)
+        r = stack.client.get(url)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    final = grokked_run["spec"]["training"]["steps"]
+    every = grokked_run["spec"]["training"]["checkpoint_every"]
+    assert body["final_step"] == final
+    series = series_by_name(body)
+    assert series["excluded_loss"]["steps"] == list(range(every, final + 1, every))
+    # the key frequencies of the final checkpoint, the ones its own analysis found
+    fourier = stack.client.get(f"/api/v1/experiments/{exp_id}/analysis").json()["fourier"]
+    assert body["key_frequencies"]["0"] == [
+        k["frequency"] for k in fourier["members"][0]["key_frequencies"]
+    ]
+    assert series["restricted_loss"]["values"][-1] < series["excluded_loss"]["values"][-1]
+    norms = series["weight_norm"]["values"]
+    assert norms == sorted(norms, reverse=True)  # weight decay shrinks it after memorisation
+
+    # The phases, from these series and from those recorded during training: ci-small
+    # memorises, then cleans up while it generalises.
+    generalised = grokked_run["summary"]["generalization_step"]
+    recorded = stack.client.get(f"/api/v1/experiments/{exp_id}/analysis").json()["phases"]
+    for phases in (body["phases"], recorded):
+        assert phases["memorization"]["end_step"] == grokked_run["summary"]["memorization_step"]
+        assert phases["cleanup"]["start_step"] <= generalised <= phases["cleanup"]["end_step"]
+
+
 def test_fourier_measures_are_refused_for_s5_but_the_summary_works(stack):
     s5 = tiny_spec("s5", steps=10, eval_every=5, checkpoint_every=10)
     s5["task"] = {"kind": "permutation", "op": "x*y"}

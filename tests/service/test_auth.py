@@ -39,6 +39,7 @@ class Route:
     body: dict | None = None
     per_sweep: bool = False  # {sweep_id} in the path: another owner's is 404
     params: dict | None = None
+    model_checkpoint: bool = False  # it reads the model in the checkpoint, not only its bytes
 
 
 # Every /api/v1 route, with what it needs. A new route fails test_every_api_route_is_in_the_matrix
@@ -53,6 +54,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", API + "/{experiment_id}/checkpoints/{step}"): Route("read", per_experiment=True),
     ("GET", API + "/{experiment_id}/analysis"): Route("read", per_experiment=True),
     ("GET", API + "/{experiment_id}/checkpoints/{step}/analysis"): Route("read", per_experiment=True),
+    ("GET", API + "/{experiment_id}/checkpoints/{step}/export"): Route(
+        "read", per_experiment=True, model_checkpoint=True),
+    ("GET", API + "/{experiment_id}/progress-measures"): Route("read", per_experiment=True),
     ("POST", SWEEPS): Route("write", per_experiment=False, body=SWEEP),
     ("GET", SWEEPS): Route("read", per_experiment=False),
     ("GET", SWEEPS + "/{sweep_id}"): Route("read", per_experiment=False, per_sweep=True),
@@ -128,6 +132,16 @@ def new_experiment(client, token: str) -> str:
     return r.json()["id"]
 
 
+def model_checkpoint(client, experiment_id: str) -> bytes:
+    """A real checkpoint of the experiment's model, as a worker would store it."""
+    from service.spec import ExperimentSpec
+    from worker.engine.train import Trainer
+
+    with client.app.state.sessions() as s:
+        spec = ExperimentSpec.model_validate(store.get_experiment(s, experiment_id).spec)
+    return Trainer(spec).to_checkpoint()
+
+
 def call(client, method: str, path: str, route: Route, target: str, headers=None):
     """The route called on `target`: an experiment id, or a sweep id for a per-sweep route."""
     url = path.format(experiment_id=target, sweep_id=target, step=CHECKPOINT_STEP)
@@ -142,8 +156,9 @@ def test_auth_matrix(client, world, api_sessions, method, path):
     experiments = []
     for _ in range(2):  # one for alice's own call, one for the admin's
         experiment_id = new_experiment(client, world["alice_write"])
+        blob = model_checkpoint(client, experiment_id) if route.model_checkpoint else checkpoint_bytes()
         with api_sessions() as s:
-            store.add_checkpoint(s, experiment_id, CHECKPOINT_STEP, checkpoint_bytes(), {})
+            store.add_checkpoint(s, experiment_id, CHECKPOINT_STEP, blob, {})
         experiments.append(experiment_id)
     mine, for_admin = experiments
     if route.per_sweep:  # the sweep routes act on one of alice's sweeps instead

@@ -2,6 +2,10 @@
 submodule you need.
 
 fourier: the Fourier progress measures of Nanda et al. 2023 for modular tasks (torch).
-The grokking rules themselves (memorization/generalization steps, phases) live in
-service/grokking.py, which the torch-free API server imports too.
+fixed_keys: the same measures with the key frequencies fixed (from the final model), as the
+paper computes them over a run's checkpoints.
+callback: the on_analysis callback a training run takes (worker and `groklab train` alike).
+The grokking rules themselves (memorization/generalization steps, Liu et al.'s phases) live in
+service/grokking.py, and Nanda et al.'s three phases in service/phases.py, which the
+torch-free API server imports too.
 """

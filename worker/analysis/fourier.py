@@ -379,13 +379,20 @@ def _measures_from(
     p: int,
     op: str,
     train_mask: torch.Tensor,
+    key_freqs: list[int] | None = None,
 ) -> dict[str, Any]:
     """One member's progress measures (progress_measures_all), from its full-grid logits
-    [p*p, p] and MLP acts [p*p, d_mlp]."""
+    [p*p, p] and MLP acts [p*p, d_mlp]; key_freqs fixes the key frequencies (default: found
+    from these neurons)."""
     W_E, W_U, W_out = weights["W_E"], weights["W_U"], weights.get("W_out")
     W_L = W_U if W_out is None else W_out @ W_U  # MLP arch: W_U already reads the neurons
     clusters = key_frequency_clusters(mlp_acts, p)
-    keys = clusters["key_frequencies"]
+    if key_freqs is None:
+        keys, explained = clusters["key_frequencies"], clusters["frac_neurons_explained"]
+    else:  # fixed frequencies: the share of the neurons that they explain
+        keys = sorted({int(k) for k in key_freqs})
+        neuron_freq = clusters["neuron_freq"]
+        explained = sum(int((neuron_freq == k).sum()) for k in keys) / max(neuron_freq.numel(), 1)
     spectrum = embedding_fourier_norms(W_E, p)
 
     result: dict[str, Any] = {
@@ -397,7 +404,7 @@ def _measures_from(
         "key_freq_count": len(keys),
         "key_freq_energy": key_frequency_energy(spectrum, keys),
         "key_frequencies": keys,
-        "frac_neurons_explained": clusters["frac_neurons_explained"],
+        "frac_neurons_explained": explained,
         "embedding_spectrum": [float(v) for v in spectrum],
         "softmax_collapse": softmax_collapse_fraction(logits),
     }
@@ -420,7 +427,12 @@ def _full_grid_forward(model: torch.nn.Module, p: int) -> tuple[torch.Tensor, to
 
 @torch.no_grad()
 def progress_measures_all(
-    model: torch.nn.Module, p: int, op: str, train_mask: torch.Tensor, n_members: int
+    model: torch.nn.Module,
+    p: int,
+    op: str,
+    train_mask: torch.Tensor,
+    n_members: int,
+    key_freqs: list[list[int]] | None = None,
 ) -> list[dict[str, Any]]:
     """Every progress measure of every ensemble member, from one full-grid forward pass
     (list index = member).
@@ -429,8 +441,9 @@ def progress_measures_all(
     and model.analysis_weights(member) -> {"W_E", "W_U", "W_out" (None for the MLP arch), "W_in"}.
     train_mask: [p*p] (or [p, p]) bool over the grid, a outer, True for training pairs; or one
     per member, [E, p*p] (or [E, p, p]), when the members' training sets differ (a pack).
-    Key frequencies are found afresh at each call from the current neurons (the paper fixes them
-    from the final model), so early in training there may be none.
+    Key frequencies are found afresh at each call from the current neurons, so early in training
+    there may be none; key_freqs (one list per member) fixes them instead, as the paper does
+    with those of the final model (progress_measures.measures_with_fixed_key_freqs).
 
     Each member's measures are a JSON-serialisable dict:
         restricted_loss, excluded_loss, full_loss: float | None (None unless op is x+y or x-y;
@@ -446,7 +459,8 @@ def progress_measures_all(
     logits, mlp_acts = _full_grid_forward(model, p)
     masks = member_train_masks(train_mask, p, n_members)
     return [
-        _measures_from(logits[m], mlp_acts[m], model.analysis_weights(m), p, op, masks[m])
+        _measures_from(logits[m], mlp_acts[m], model.analysis_weights(m), p, op, masks[m],
+                       None if key_freqs is None else key_freqs[m])
         for m in range(n_members)
     ]
 

@@ -66,10 +66,11 @@ def modular_inverse_table(p: int) -> list[int]:
 
 
 def modular_pairs(op: str, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(a, b, label) int64 vectors for every pair of op over Z_p (dividing ops skip b = 0)."""
+    """(a, b, label) int64 vectors for every pair of op over Z_p. Only x/y skips b = 0: for
+    'x/y if y odd else x-y', 0 is even, so (x, 0) is x - 0 = x (Power et al. 2022 have all p^2)."""
     if op not in MODULAR_OPS:
         raise ValueError(f"unknown modular op {op!r}; valid ops: {', '.join(MODULAR_OPS)}")
-    y_min = 1 if op in DIVIDING_OPS else 0
+    y_min = 1 if op == "x/y" else 0
     x = torch.arange(p, dtype=torch.int64).repeat_interleave(p - y_min)
     y = torch.arange(y_min, p, dtype=torch.int64).repeat(p)
     if op == "x+y":

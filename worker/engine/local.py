@@ -1,6 +1,7 @@
 """Train a spec on this machine with no server, into a folder (behind `groklab train`).
 
-out_dir receives spec.json, metrics.jsonl (one metric row per line, appended as the run goes),
+out_dir receives spec.json, metrics.jsonl (one metric row per line, appended as the run goes;
+the Fourier progress measures every analysis.every steps too, as the worker records them),
 step_XXXXXXX.safetensors checkpoints and summary.json. An existing metrics.jsonl is replaced.
 Nothing is drawn or printed here: a caller that shows progress passes callbacks.
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from service.spec import ExperimentSpec
+from worker.analysis.callback import analysis_callback
 from worker.engine.train import MetricRow, Trainer
 
 
@@ -42,7 +44,8 @@ def train_local(
             (out_dir / f"step_{step:07d}.safetensors").write_bytes(blob)
 
         summary = Trainer(spec).run(
-            on_metrics=write_metrics, on_checkpoint=write_checkpoint, on_progress=on_progress
+            on_metrics=write_metrics, on_checkpoint=write_checkpoint, on_progress=on_progress,
+            on_analysis=analysis_callback(spec),  # the worker's series, written like the others
         )
 
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

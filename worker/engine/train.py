@@ -33,7 +33,7 @@ from worker.engine.checkpoint import (
     trainer_checkpoint,
     trainer_state_tensors,
 )
-from worker.engine.data import build_dataset, member_splits
+from worker.engine.data import build_dataset
 from worker.engine.models import build_model, member_seeds
 from worker.engine.optim import (
     build_grad_filter,
@@ -43,6 +43,7 @@ from worker.engine.optim import (
     per_example_loss,
 )
 from worker.engine.pack import merge_states, split_state
+from worker.engine.schedule import schedule_stage, scheduled_splits
 
 EVAL_ROWS = 1 << 18  # rows (members * examples) per evaluation forward pass
 
@@ -132,13 +133,14 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
         self._autocast = on_cuda and spec.training.autocast_bf16
 
-    def _build_data(self, spec: ExperimentSpec) -> None:
-        """The training and validation sets. When every member has the same split (the usual
+    def _build_data(self, spec: ExperimentSpec, stage: int = 0) -> None:
+        """The training and validation sets (of data_schedule stage `stage`, see
+        worker/engine/schedule.py). When every member has the same split (the usual
         ensemble), they are shared: train_tokens [n, 3]. Otherwise (a pack whose members differ
         in train_fraction or split_seed) each member has its own training rows, padded to the
         largest: train_tokens [E, n_max, 3], train_labels [E, n_max], and train_weights
         [E, n_max] (1/n_e on member e's rows, 0 on padding; None when all n_e agree)."""
-        splits = member_splits(spec)
+        splits, self.data_stage = scheduled_splits(spec, stage), stage
         self.shared_split = all(torch.equal(train, splits[0][0]) for train, _ in splits)
         self.data = build_dataset(spec, self.device)
         if self.shared_split and not torch.equal(self.data.train_idx.cpu(), splits[0][0]):
@@ -149,7 +151,7 @@ class Trainer:
         self.member_train_idx = [train for train, _ in splits]  # CPU, for minibatch picks
         self.train_weights: Tensor | None = None
         if self.shared_split:
-            self.train_masks = None
+            self.train_masks = self.val_masks = None
             self.train_tokens = self.data.tokens[self.data.train_idx]
             self.train_labels = self.data.labels[self.data.train_idx]
             self.val_tokens = self.data.tokens[self.data.val_idx]
@@ -158,12 +160,13 @@ class Trainer:
         N, sizes = spec.n_pairs, [train.numel() for train, _ in splits]
         n_max = max(sizes)
         masks = torch.zeros(len(splits), N, dtype=torch.bool)
+        val_masks = torch.zeros(len(splits), N, dtype=torch.bool)
         padded = torch.empty(len(splits), n_max, dtype=torch.int64)
-        for e, (train, _) in enumerate(splits):
-            masks[e, train] = True
+        for e, (train, val) in enumerate(splits):
+            masks[e, train] = val_masks[e, val] = True
             padded[e, : train.numel()] = train
             padded[e, train.numel():] = train[0]  # any real row; its weight is 0
-        self.train_masks = masks.to(self.device)
+        self.train_masks, self.val_masks = masks.to(self.device), val_masks.to(self.device)
         rows = padded.to(self.device)
         self.train_tokens, self.train_labels = self.data.tokens[rows], self.data.labels[rows]
         if len(set(sizes)) > 1:
@@ -171,11 +174,18 @@ class Trainer:
             self.train_weights = ((torch.arange(n_max).unsqueeze(0) < n) / n).to(self.device)
         self.val_tokens = self.val_labels = None
 
+    def _sync_data_schedule(self) -> None:
+        """The training set of this step's data_schedule stage (rebuilt when the stage changed)."""
+        stage = schedule_stage(self.spec, self.step)
+        if stage != self.data_stage:
+            self._build_data(self.spec, stage)
+
     # ---- one step ----------------------------------------------------------------------------
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """Full batch: the training set (shared, or each member's own). Minibatch: per member,
         batch_size examples drawn without replacement from its training set by its own
         generator (on the CPU, so a member draws exactly what it draws alone)."""
+        self._sync_data_schedule()
         B = self.spec.training.batch_size
         if B is None:
             return self.train_tokens, self.train_labels
@@ -280,6 +290,7 @@ class Trainer:
 
     def evaluate(self) -> list[dict[str, float]]:
         """Per member: train_loss, train_acc, val_loss, val_acc, weight_norm on the full sets."""
+        self._sync_data_schedule()
         was_training = self.model.training
         self.model.eval()
         if self.shared_split:
@@ -287,7 +298,7 @@ class Trainer:
             val_loss, val_acc = self._loss_and_accuracy(self.val_tokens, self.val_labels)
         else:
             (train_loss, train_acc), (val_loss, val_acc) = self._masked_loss_and_accuracy(
-                [self.train_masks, ~self.train_masks]
+                [self.train_masks, self.val_masks]
             )
         norms = self.weight_norms()
         self.model.train(was_training)
@@ -328,6 +339,7 @@ class Trainer:
     def train_mask_grid(self) -> Tensor:
         """[n, n] bool: which (a, b) pairs are in the training set; [E, n, n] (member e's in
         row e) when the members' training sets differ."""
+        self._sync_data_schedule()
         if self.shared_split:
             return self.data.train_mask_grid()
         n = self.data.n_elements

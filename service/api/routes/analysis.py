@@ -1,17 +1,18 @@
 """What the network learned: the grokking summary and the Fourier progress measures."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 from service import queueing, store
 from service.api.deps import OwnedExperiment, SessionDep
 from service.grokking import GrokkingThresholds
+from service.models import PROGRESS_DONE, PROGRESS_FAILED
 from service.schemas.analysis import THRESHOLD_DOC, fourier_view, grokking_thresholds
 from service.spec import fourier_unavailable
-from service.summary import experiment_summary
+from service.summary import experiment_phases, experiment_summary
 
 router = APIRouter(tags=["analysis"])
 
@@ -33,6 +34,8 @@ def get_analysis(
         # A checkpoint whose analysis failed is cached as {"error": ...}: no measures to show.
         "fourier": fourier_view(latest) if latest is not None and "members" in latest else None,
         "fourier_unavailable": unavailable,
+        # Memorization, circuit formation, cleanup (Nanda et al. 2023) from the recorded series.
+        "phases": experiment_phases(session, experiment.id),
     }
 
 
@@ -71,5 +74,63 @@ def get_checkpoint_analysis(
         ) from exc
     return JSONResponse(
         {"status": "pending", "detail": f"analysis of step {step} queued for a worker; ask again"},
+        status_code=202, headers={"Retry-After": "2"},
+    )
+
+
+@router.get(
+    "/experiments/{experiment_id}/progress-measures",
+    responses={202: {"description": "Queued for a worker; ask again shortly."},
+               409: {"description": "No checkpoint yet, or the computation failed (why)."},
+               422: {"description": "Fourier measures do not apply to this experiment."}},
+)
+def get_progress_measures(
+    experiment: OwnedExperiment,
+    session: SessionDep,
+    key_freqs: Annotated[Literal["final"], Query(
+        description="Where the key frequencies come from: 'final', those of the final "
+        "(latest stored) checkpoint, fixed for every checkpoint as in Nanda et al. 2023."
+    )] = "final",
+) -> Any:
+    """Restricted loss, excluded loss, Gini coefficients and weight norm at every stored
+    checkpoint, with the key frequencies fixed from the final checkpoint, as metric-shaped
+    series; and the phases of grokking they show.
+
+    Computed by a worker on the first request (202 with Retry-After until it is ready; again
+    after a newer checkpoint is stored) and kept in the database after that."""
+    reason = fourier_unavailable(experiment.spec)
+    if reason is not None:
+        raise HTTPException(status_code=422, detail=reason)
+    checkpoints = store.list_checkpoints(session, experiment.id)
+    if not checkpoints:
+        raise HTTPException(
+            status_code=409,
+            detail="no checkpoint stored yet: the progress measures are computed from checkpoints",
+        )
+    final_step = checkpoints[-1].step
+    row = store.get_progress_measures(session, experiment.id)
+    if row is not None and row.final_step == final_step:
+        if row.status == PROGRESS_FAILED:
+            raise HTTPException(status_code=409, detail=row.error)
+        if row.status == PROGRESS_DONE:
+            return {
+                "experiment_id": experiment.id,
+                "key_freqs": key_freqs,
+                **row.data,
+                "phases": experiment_phases(session, experiment.id, row.data["series"]),
+            }
+    if store.request_progress_measures(session, experiment.id, final_step):
+        try:
+            queueing.enqueue_progress_measures(experiment.id, final_step, experiment.queue)
+        except Exception as exc:  # noqa: BLE001 - the broker is down: say so, never a 500
+            store.withdraw_progress_measures(session, experiment.id, final_step)
+            raise HTTPException(
+                status_code=503,
+                detail=f"could not queue the progress measures (broker unavailable: {exc})",
+            ) from exc
+    return JSONResponse(
+        {"status": "pending",
+         "detail": f"progress measures with the key frequencies of step {final_step} are "
+                   f"being computed by a worker; ask again"},
         status_code=202, headers={"Retry-After": "2"},
     )

@@ -1,16 +1,16 @@
-"""Checkpoints: list an experiment's, and download one, verified."""
+"""Checkpoints: list an experiment's, download one, verified, or export its weights."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from fastapi.responses import JSONResponse
 
-from service import store
+from service import export, store
 from service.api.deps import OwnedExperiment, SessionDep
 from service.api.responses import NOT_FOUND, UNAUTHORIZED
 from service.schemas.checkpoints import CheckpointOut
-from service.schemas.errors import ErrorOut
+from service.schemas.errors import ErrorOut, invalid
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTHORIZED)
 
@@ -58,5 +58,61 @@ def download_checkpoint(
             "Content-Disposition": (
                 f'attachment; filename="{experiment.id}-step{step}.safetensors"'
             ),
+        },
+    )
+
+
+@router.get(
+    "/{experiment_id}/checkpoints/{step}/export",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The member's weights as a TransformerLens HookedTransformer state "
+            "dict (safetensors); metadata transformer_lens_config holds the config's arguments.",
+        },
+        404: {"model": ErrorOut, "description": "No such experiment or checkpoint."},
+        409: {"model": ErrorOut, "description": "The stored checkpoint is corrupt."},
+        422: {"model": ErrorOut, "description": "No export for this model (an MLP), or no "
+              "such ensemble member."},
+    },
+)
+def export_checkpoint(
+    experiment: OwnedExperiment,
+    session: SessionDep,
+    step: Annotated[int, Path(ge=0, le=store.MAX_STEP)],
+    export_format: Annotated[
+        Literal["transformer_lens"], Query(alias="format", description="The export format.")
+    ] = "transformer_lens",
+    member: Annotated[int, Query(ge=0, description="The ensemble member to export.")] = 0,
+) -> Response:
+    """One ensemble member of a checkpoint as a TransformerLens model: tensor names are
+    `HookedTransformer(HookedTransformerConfig(**cfg)).state_dict()`'s, with cfg the JSON in
+    the file's metadata `transformer_lens_config`. Transformers only (422 for an MLP)."""
+    reason = export.transformer_lens_unavailable(experiment.spec)
+    if reason is not None:
+        raise HTTPException(status_code=422, detail=reason)
+    try:
+        checkpoint = store.verified_checkpoint(session, experiment.id, step)
+    except store.CheckpointCorrupt as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+    if checkpoint is None:
+        raise HTTPException(404, f"experiment {experiment.id} has no checkpoint at step {step}")
+    try:
+        blob = export.export_transformer_lens(
+            checkpoint.data, experiment.spec, member,
+            metadata={"groklab_experiment_id": str(experiment.id), "groklab_step": str(step)},
+        )
+    except export.ExportUnavailable as exc:
+        raise invalid(("query", "member"), str(exc), member) from None
+    except export.CheckpointUnreadable as exc:
+        detail = f"checkpoint at step {step} of experiment {experiment.id} is corrupt: {exc}"
+        return JSONResponse({"detail": detail}, status_code=409)
+    return Response(
+        content=blob,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{experiment.id}-step{step}'
+            f'-member{member}.{export_format}.safetensors"',
         },
     )

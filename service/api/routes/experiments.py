@@ -17,6 +17,7 @@ from service.api.deps import (
     SettingsDep,
     SubmittedSpec,
     WritePrincipal,
+    require_webhook_secret,
 )
 from service.api.responses import FORBIDDEN, NOT_FOUND, UNAUTHORIZED
 from service.models import FINISHED_STATUSES
@@ -57,6 +58,7 @@ def submit_experiment(
     The job is stored as `queued` and a worker is woken on the `gpu` queue when
     `training.device` is `cuda`, otherwise on the default queue (GROKLAB_DEFAULT_QUEUE).
     """
+    require_webhook_secret(session, principal.owner, [spec], ("body", "notify", "url"))
     queue = queue_for(spec, settings.default_queue)
     experiment = store.create_experiment(session, spec, queue, owner=principal.owner)
     try:

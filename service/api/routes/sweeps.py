@@ -17,6 +17,7 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
     WritePrincipal,
+    require_webhook_secret,
 )
 from service.api.responses import FORBIDDEN, UNAUTHORIZED
 from service.models import FINISHED_STATUSES, Sweep
@@ -81,6 +82,8 @@ def submit_sweep(
     of `grid` (at most GROKLAB_MAX_SWEEP_MEMBERS), each `base` with the point's values. Members
     whose shapes agree train together in packs (one queue job each) of at most `pack_size`."""
     packs = plan_sweep(body, settings)
+    specs = [member.spec for pack in packs for member in pack]
+    require_webhook_secret(session, principal.owner, specs, ("body", "base", "notify", "url"))
     sweep, members, jobs = store.create_sweep(
         session, body, packs, lambda spec: queue_for(spec, settings.default_queue),
         owner=principal.owner,

@@ -1,0 +1,194 @@
+"""Export to TransformerLens: a checkpoint's member loads, strictly, into a HookedTransformer
+built from the exported config, and computes groklab's own logits on every pair."""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as load_tensors
+from sqlalchemy import update
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from typer.testing import CliRunner
+
+from service import store
+from service.export import ExportUnavailable, export_transformer_lens
+from service.models import Checkpoint
+from service.spec import ExperimentSpec, deep_merge, spec_from_preset
+from tests.service.blobs import checkpoint_bytes
+from worker.engine.train import Trainer
+
+API = "/api/v1/experiments"
+P = 13
+# A no-LayerNorm 1-layer (Nanda et al. 2023) and a LayerNorm 2-layer (Power et al. 2022) model.
+CONFIGS = {
+    "1 layer, no LN, relu": {"n_layers": 1, "layer_norm": False, "act": "relu"},
+    "2 layers, LN, gelu": {"n_layers": 2, "layer_norm": True, "act": "gelu"},
+}
+TOLERANCE = 1e-4
+# TransformerLens 3.x warns that HookedTransformer goes in 4.0 (hence the extra's `<4`).
+pytestmark = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
+
+
+def tiny_spec(model: dict, **overrides) -> ExperimentSpec:
+    return spec_from_preset(
+        "ci-small",
+        **deep_merge({
+            "task": {"p": P},
+            "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32, **model},
+            # A large lr, so that a few steps move every weight (LN gains, biases) off its init.
+            "optimizer": {"lr": 3e-2},
+            "training": {"steps": 10, "device": "cpu"},
+            "analysis": {"every": None},
+        }, overrides),
+    )
+
+
+def trained_checkpoint(spec: ExperimentSpec, steps: int = 4) -> tuple[Trainer, bytes]:
+    trainer = Trainer(spec)
+    for _ in range(steps):
+        trainer.train_step()
+    trainer.step = steps
+    return trainer, trainer.to_checkpoint()
+
+
+def all_pairs(p: int) -> torch.Tensor:
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    return torch.stack([a.flatten(), b.flatten(), torch.full((p * p,), p)], dim=1)
+
+
+def load_hooked_transformer(blob: bytes) -> tuple[HookedTransformer, dict]:
+    """What a researcher does with the file: the config from its metadata, then a strict load."""
+    tensors = load_tensors(blob)
+    metadata = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+    cfg = json.loads(metadata["transformer_lens_config"])
+    model = HookedTransformer(HookedTransformerConfig(**cfg))
+    assert set(tensors) == set(model.state_dict())  # exactly TransformerLens's names
+    model.load_state_dict(tensors, strict=True)
+    return model.eval(), cfg
+
+
+def max_logit_difference(model: HookedTransformer, trainer: Trainer, member: int) -> float:
+    tokens = all_pairs(P)
+    with torch.no_grad():
+        ours = trainer.model(tokens)[member]
+        theirs = model(tokens)[:, -1]
+    assert theirs.shape == ours.shape == (P * P, P)
+    return float((theirs - ours).abs().max())
+
+
+@pytest.mark.parametrize("model", CONFIGS.values(), ids=CONFIGS.keys())
+def test_the_export_computes_groklabs_logits_in_transformer_lens(model):
+    spec = tiny_spec(model, ensemble={"size": 2})
+    trainer, blob = trained_checkpoint(spec)
+    spec_json = spec.model_dump(mode="json")
+    for member in (0, 1):
+        hooked, cfg = load_hooked_transformer(export_transformer_lens(blob, spec_json, member))
+        assert cfg["n_ctx"] == 3 and cfg["d_vocab"] == P + 1 and cfg["d_vocab_out"] == P
+        assert cfg["normalization_type"] == ("LN" if model["layer_norm"] else None)
+        difference = max_logit_difference(hooked, trainer, member)
+        print(f"\n{model}, member {member}: max |logit difference| {difference:.2e}")
+        assert difference < TOLERANCE
+    # Each member is its own model: member 1's weights are not member 0's.
+    other, _ = load_hooked_transformer(export_transformer_lens(blob, spec_json, 1))
+    assert max_logit_difference(other, trainer, 0) > 1e-2
+
+
+def test_s5_transformers_export_too():
+    spec = tiny_spec({}, task={"kind": "permutation", "op": "x*y", "p": None})
+    _, blob = trained_checkpoint(spec, steps=1)
+    hooked, cfg = load_hooked_transformer(export_transformer_lens(blob, spec.model_dump(mode="json"), 0))
+    assert cfg["d_vocab"] == 121 and cfg["d_vocab_out"] == 120
+
+
+def test_no_export_for_an_mlp_or_a_member_it_lacks():
+    mlp = tiny_spec({"arch": "mlp", "n_layers": 1})
+    _, blob = trained_checkpoint(mlp, steps=1)
+    with pytest.raises(ExportUnavailable, match="arch 'transformer'.*'mlp'"):
+        export_transformer_lens(blob, mlp.model_dump(mode="json"), 0)
+    spec = tiny_spec({})
+    _, blob = trained_checkpoint(spec, steps=1)
+    with pytest.raises(ExportUnavailable, match=r"member must be in \[0, 0\].*got 1"):
+        export_transformer_lens(blob, spec.model_dump(mode="json"), 1)
+
+
+# ---- the route and the command -----------------------------------------------------------------
+
+
+def submit_with_checkpoint(client, api_sessions, model: dict, step: int = 4) -> tuple[str, Trainer]:
+    """An experiment submitted through the API, with a checkpoint its own spec trained."""
+    body = {"name": "export", "preset": "ci-small", "task": {"p": P},
+            "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32, **model},
+            "optimizer": {"lr": 3e-2}, "training": {"steps": 10}}
+    job = client.post(API, json=body)
+    assert job.status_code == 201, job.text
+    job = job.json()
+    trainer, blob = trained_checkpoint(ExperimentSpec.model_validate(job["spec"]), steps=step)
+    with api_sessions() as s:
+        store.add_checkpoint(s, job["id"], step, blob, {})
+    return job["id"], trainer
+
+
+def test_export_route_serves_a_transformer_lens_file(client, api_sessions):
+    experiment_id, trainer = submit_with_checkpoint(client, api_sessions, CONFIGS["2 layers, LN, gelu"])
+    r = client.get(f"{API}/{experiment_id}/checkpoints/4/export", params={"format": "transformer_lens"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-disposition"] == (
+        f'attachment; filename="{experiment_id}-step4-member0.transformer_lens.safetensors"'
+    )
+    hooked, _ = load_hooked_transformer(r.content)
+    assert max_logit_difference(hooked, trainer, 0) < TOLERANCE
+
+    r = client.get(f"{API}/{experiment_id}/checkpoints/5/export")
+    assert r.status_code == 404 and "no checkpoint at step 5" in r.json()["detail"]
+    r = client.get(f"{API}/{experiment_id}/checkpoints/4/export", params={"member": 1})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "member"]
+    assert "this checkpoint holds 1 ensemble member" in r.json()["detail"][0]["msg"]
+    r = client.get(f"{API}/{experiment_id}/checkpoints/4/export", params={"format": "onnx"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "format"]
+
+
+def test_export_route_refuses_an_mlp_and_a_corrupt_checkpoint(client, api_sessions):
+    experiment_id, _ = submit_with_checkpoint(client, api_sessions, {"arch": "mlp", "n_layers": 1})
+    r = client.get(f"{API}/{experiment_id}/checkpoints/4/export")
+    assert r.status_code == 422 and "'mlp'" in r.json()["detail"]
+
+    experiment_id, _ = submit_with_checkpoint(client, api_sessions, {})
+    with api_sessions() as s:
+        s.execute(update(Checkpoint).where(Checkpoint.experiment_id == experiment_id)
+                  .values(data=checkpoint_bytes(b"changed")))
+        s.commit()
+    r = client.get(f"{API}/{experiment_id}/checkpoints/4/export")
+    assert r.status_code == 409 and "sha256" in r.json()["detail"]
+
+
+def test_export_route_refuses_a_checkpoint_without_the_model(client, api_sessions):
+    """Intact and in groklab's format, but holding no weights: corrupt, not a server error."""
+    job = client.post(API, json={"name": "x", "preset": "ci-small"}).json()
+    with api_sessions() as s:
+        store.add_checkpoint(s, job["id"], 20, checkpoint_bytes(b"no weights"), {})
+    r = client.get(f"{API}/{job['id']}/checkpoints/20/export")
+    assert r.status_code == 409 and "param.W_E" in r.json()["detail"]
+
+
+def test_groklab_export_writes_the_file(client, api_sessions, monkeypatch, tmp_path):
+    from service.cli import app
+    from service.cli import client as client_module
+
+    experiment_id, trainer = submit_with_checkpoint(client, api_sessions, CONFIGS["1 layer, no LN, relu"])
+    monkeypatch.setattr(client_module, "_client", lambda url: contextlib.nullcontext(client))
+    out = tmp_path / "model.safetensors"
+    r = CliRunner().invoke(app, ["export", experiment_id, "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {out}" in r.output
+    with safe_open(str(out), "np") as f:
+        assert json.loads(f.metadata()["transformer_lens_config"])["n_layers"] == 1
+    hooked, _ = load_hooked_transformer(out.read_bytes())
+    assert max_logit_difference(hooked, trainer, 0) < TOLERANCE
+
+    r = CliRunner().invoke(app, ["export", experiment_id, "400", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "error 404" in r.output
+    assert not (tmp_path / "x").exists()
