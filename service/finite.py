@@ -8,17 +8,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 
 def finite_or_none(value: float | None) -> float | None:
     """value as a float, or None when it is None, NaN or infinite."""
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def nan_to_none(values: list[float]) -> list[float | None]:
-    """A list of floats with NaN replaced by None (a fast path when there is none)."""
-    if any(v != v for v in values):
-        return [None if v != v else v for v in values]
-    return values
+def nan_to_none(values: np.ndarray) -> list[float | None]:
+    """A float array as a list, NaN replaced by None. The NaN check runs in numpy: metric
+    batches and query results are hundreds of thousands of values, and a Python-level scan of
+    every one of them costs more than the rest of the ingestion or the query."""
+    out = values.tolist()
+    if np.isnan(values).any():
+        return [None if v != v else v for v in out]
+    return out
 
 
 def without_non_finite(value: Any) -> Any:

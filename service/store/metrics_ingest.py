@@ -73,7 +73,7 @@ class _Points:
 
     def db_values(self) -> list[float | None]:
         """Values for the database: NaN becomes NULL (SQLite cannot store NaN)."""
-        return nan_to_none(self.values.tolist())
+        return nan_to_none(self.values)
 
 
 def _int_column(what: str, items: list[Any]) -> np.ndarray:
@@ -302,7 +302,7 @@ def _summaries(points: _Points) -> tuple[list[list], list[list]]:
     order = np.lexsort((points.steps, group))
     group, steps, values = group[order], points.steps[order], points.values[order]
     step_list = steps.tolist()
-    value_list = nan_to_none(values.tolist())
+    value_list = nan_to_none(values)
 
     starts = np.flatnonzero(np.diff(group, prepend=-1))
     ends = np.append(starts[1:], n) - 1

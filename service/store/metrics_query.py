@@ -141,7 +141,7 @@ def query_metrics(
                 "points": w.points,
                 "downsampled": len(w.steps) < w.points,
                 "steps": w.steps.tolist(),
-                "values": nan_to_none(w.values.tolist()),
+                "values": nan_to_none(w.values),
             }
             for w in windows
         ],
