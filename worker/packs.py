@@ -59,6 +59,7 @@ class PackRecorder:
         self.alerts = alerts or []  # per member, as claims
         self.claims = list(claims)
         self.ids = [exp_id for exp_id, _ in claims]
+        self.member_of = {exp_id: member for member, exp_id in enumerate(self.ids)}
         self.attempt_of = dict(claims)
         self.total_steps = total_steps
         self.flush_every_s = flush_every_s
@@ -116,16 +117,14 @@ class PackRecorder:
                 s, claims, step=step, steps_per_s=self._rate.rate(),
                 eta_s=self._rate.eta_s(step, total_steps),
             )
-        self._lose({self.ids.index(exp_id) for exp_id, _ in claims} - {
-            self.ids.index(exp_id) for exp_id in ours})
+        self._lose_all_but(claims, ours)
 
     def beat(self) -> None:
         """The heartbeat thread's call: every member still training, in one UPDATE."""
         claims = self.active_claims()
         with self.sessions() as s:
             ours = store.pack_heartbeat(s, claims)
-        self._lose({self.ids.index(exp_id) for exp_id, _ in claims} - {
-            self.ids.index(exp_id) for exp_id in ours})
+        self._lose_all_but(claims, ours)
 
     def members_to_stop(self) -> set[int]:
         """Members to take out of the batch now: cancelled, or no longer this worker's."""
@@ -136,7 +135,7 @@ class PackRecorder:
                 flagged = store.cancel_requested_members(
                     s, [self.ids[e] for e in sorted(self.active)]
                 )
-            self.cancelled |= {self.ids.index(exp_id) for exp_id in flagged}
+            self.cancelled |= {self.member_of[exp_id] for exp_id in flagged}
         return (self.cancelled | self.lost) & self.active
 
     def should_stop(self) -> bool:
@@ -159,6 +158,10 @@ class PackRecorder:
             self.finish(member, LEFT_STATUS.get(reason, "succeeded"), stopped=reason)
 
     # ---- helpers -------------------------------------------------------------------------
+    def _lose_all_but(self, claims: list[tuple[str, int]], ours: set[str]) -> None:
+        """Members of `claims` that a progress or heartbeat UPDATE no longer found ours."""
+        self._lose({self.member_of[exp_id] for exp_id, _ in claims if exp_id not in ours})
+
     def _lose(self, members: set[int]) -> None:
         for member in members - self.lost:
             log.warning("pack member %s attempt %s is no longer ours; it leaves the pack",

@@ -5,10 +5,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from service import export, store
 from service.api.deps import OwnedExperiment, SessionDep
 from service.api.responses import NOT_FOUND, UNAUTHORIZED
+from service.models import Checkpoint
 from service.schemas.checkpoints import CheckpointOut
 from service.schemas.errors import ErrorOut, invalid
 
@@ -19,6 +21,18 @@ router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTH
 def list_checkpoints(experiment: OwnedExperiment, session: SessionDep) -> list[CheckpointOut]:
     """Checkpoints by step: size, sha256, created_at and the engine's metadata."""
     return [CheckpointOut.of(c) for c in store.list_checkpoints(session, experiment.id)]
+
+
+def verified_or_error(session: Session, experiment_id: str, step: int) -> Checkpoint:
+    """The stored checkpoint, verified (sha256 and safetensors layout): 409 with the reason when
+    it is corrupt, 404 when there is none at this step."""
+    try:
+        checkpoint = store.verified_checkpoint(session, experiment_id, step)
+    except store.CheckpointCorrupt as exc:
+        raise HTTPException(409, str(exc)) from None
+    if checkpoint is None:
+        raise HTTPException(404, f"experiment {experiment_id} has no checkpoint at step {step}")
+    return checkpoint
 
 
 @router.get(
@@ -44,12 +58,7 @@ def download_checkpoint(
 ) -> Response:
     """Download a checkpoint. Its sha256 and its safetensors layout are verified on every
     download; a corrupt one is refused with 409 rather than served."""
-    try:
-        checkpoint = store.verified_checkpoint(session, experiment.id, step)
-    except store.CheckpointCorrupt as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-    if checkpoint is None:
-        raise HTTPException(404, f"experiment {experiment.id} has no checkpoint at step {step}")
+    checkpoint = verified_or_error(session, experiment.id, step)
     return Response(
         content=checkpoint.data,
         media_type="application/octet-stream",
@@ -92,12 +101,7 @@ def export_checkpoint(
     reason = export.transformer_lens_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
-    try:
-        checkpoint = store.verified_checkpoint(session, experiment.id, step)
-    except store.CheckpointCorrupt as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-    if checkpoint is None:
-        raise HTTPException(404, f"experiment {experiment.id} has no checkpoint at step {step}")
+    checkpoint = verified_or_error(session, experiment.id, step)
     try:
         blob = export.export_transformer_lens(
             checkpoint.data, experiment.spec, member,
