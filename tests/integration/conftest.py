@@ -172,3 +172,14 @@ def raw_metrics(client, experiment_id: str) -> dict[tuple[str, int, int], float]
         for step, value in zip(s["steps"], s["values"]):
             points[(s["name"], s["member"], step)] = value
     return points
+
+
+@pytest.fixture(scope="session")
+def grokked_run(stack):
+    """One ci-small run through the whole stack, shared by the tests that inspect it."""
+    r = stack.client.post("/api/v1/experiments", json={"name": "ci-small-e2e", "preset": "ci-small"})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["status"] == "queued"
+    done = wait_for_status(stack.client, job["id"], timeout=600)
+    return done

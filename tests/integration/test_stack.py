@@ -27,17 +27,6 @@ def series_by_name(payload: dict) -> dict[str, dict]:
     return {s["name"]: s for s in payload["series"] if s.get("member", 0) == 0}
 
 
-@pytest.fixture(scope="session")
-def grokked_run(stack):
-    """One ci-small run through the whole stack, shared by the tests that inspect it."""
-    r = stack.client.post("/api/v1/experiments", json={"name": "ci-small-e2e", "preset": "ci-small"})
-    assert r.status_code == 201, r.text
-    job = r.json()
-    assert job["status"] == "queued"
-    done = wait_for_status(stack.client, job["id"], timeout=600)
-    return done
-
-
 def test_ci_small_succeeds_through_the_stack(grokked_run):
     assert grokked_run["status"] == "succeeded", grokked_run.get("error")
     assert grokked_run["attempt"] == 1
