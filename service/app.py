@@ -18,9 +18,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit
 from service.api.routes import analysis, checkpoints, experiments, health, metrics, sweeps
+from service.api.routes import events, web
 from service.db import make_engine, make_sessionmaker
 from service.finite import without_non_finite
 from service.lifecycle import LifecycleLoop
+from service import observability
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -64,14 +66,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, drain_bytes=settings.body_drain_bytes
+    )
+    observability.install(app)  # GET /metrics; the latency middleware wraps the others
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(InterfaceError, _database_unavailable)
 
     app.include_router(health.router)
+    app.include_router(web.router)  # the dashboard at / and GET /api/v1/whoami
     for router in (
-        experiments.router, metrics.router, checkpoints.router, analysis.router, sweeps.router
+        experiments.router, metrics.router, checkpoints.router, analysis.router, sweeps.router,
+        events.router,
     ):
         app.include_router(router, prefix="/api/v1")
     return app

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -45,6 +46,10 @@ class Principal:
     token_id: str
     owner: str
     scope: str
+    # The token's quota overrides (None: the setting's value; see service/quotas.py).
+    max_active_jobs: int | None = None
+    submissions_per_minute: int | None = None
+    max_compute: float | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -73,12 +78,28 @@ def check_scope(scope: str) -> str:
     return scope
 
 
-def create_token(session: Session, owner: str, scope: str) -> tuple[ApiToken, str]:
-    """Store a new token for `owner` with `scope`; returns (the row, the secret token).
+def create_token(
+    session: Session,
+    owner: str,
+    scope: str,
+    *,
+    max_active_jobs: int | None = None,
+    submissions_per_minute: int | None = None,
+    max_compute: float | None = None,
+) -> tuple[ApiToken, str]:
+    """Store a new token for `owner` with `scope` and optional quota overrides (None: the
+    setting's); returns (the row, the secret token).
 
     The secret exists only in the return value: show it to its user once."""
     check_owner(owner)
     check_scope(scope)
+    for name, value in (
+        ("max_active_jobs", max_active_jobs),
+        ("submissions_per_minute", submissions_per_minute),
+        ("max_compute", max_compute),
+    ):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0 (got {value})")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         id=str(uuid.uuid4()),
@@ -87,6 +108,9 @@ def create_token(session: Session, owner: str, scope: str) -> tuple[ApiToken, st
         token_hash=hash_token(token),
         created_at=utcnow(),
         revoked_at=None,
+        max_active_jobs=max_active_jobs,
+        submissions_per_minute=submissions_per_minute,
+        max_compute=max_compute,
     )
     session.add(row)
     session.commit()
@@ -135,6 +159,7 @@ def revoke_token(session: Session, id_prefix: str) -> ApiToken:
     )
     session.commit()
     session.refresh(token)
+    forget_checked_tokens()
     return token
 
 
@@ -147,4 +172,44 @@ def authenticate(session: Session, token: str) -> Principal | None:
         return None
     if not hmac.compare_digest(row.token_hash, digest):  # the index matched; belt and braces
         return None
-    return Principal(token_id=row.id, owner=row.owner, scope=row.scope)
+    return Principal(
+        token_id=row.id,
+        owner=row.owner,
+        scope=row.scope,
+        max_active_jobs=row.max_active_jobs,
+        submissions_per_minute=row.submissions_per_minute,
+        max_compute=row.max_compute,
+    )
+
+
+# ---- checked tokens, reused for a few seconds ------------------------------------------------
+#
+# An API process keeps the principal of each token it checked for GROKLAB_TOKEN_CACHE_S seconds
+# (keyed by the token's sha256, never the secret): a polling client costs no token query per
+# request. A revocation in this process empties it at once; one made elsewhere (the CLI,
+# another API worker) takes effect within GROKLAB_TOKEN_CACHE_S.
+
+_CHECKED: dict[str, tuple[float, Principal]] = {}
+_CHECKED_MAX = 10_000
+
+
+def checked_principal(token: str, ttl_s: float) -> Principal | None:
+    """The principal of a token checked less than ttl_s ago in this process, else None."""
+    found = _CHECKED.get(hash_token(token)) if ttl_s > 0 else None
+    if found is None or time.monotonic() - found[0] >= ttl_s:
+        return None
+    return found[1]
+
+
+def authenticate_and_remember(session: Session, token: str, ttl_s: float) -> Principal | None:
+    """authenticate(), remembering a valid token's principal for checked_principal()."""
+    principal = authenticate(session, token)
+    if principal is not None and ttl_s > 0:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[hash_token(token)] = (time.monotonic(), principal)
+    return principal
+
+
+def forget_checked_tokens() -> None:
+    _CHECKED.clear()

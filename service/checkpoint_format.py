@@ -15,13 +15,15 @@ from typing import Any
 CHECKPOINT_FORMAT = "groklab-checkpoint/1"
 
 
-def read_header(blob: bytes) -> tuple[dict[str, Any], int]:
+def read_header(blob: bytes, size: int | None = None) -> tuple[dict[str, Any], int]:
     """(the safetensors JSON header, the offset where the tensor bytes start); ValueError for
-    anything that is not a safetensors blob."""
-    if len(blob) < 8:
+    anything that is not a safetensors blob. `blob` may be only the head of a checkpoint of
+    `size` bytes (the header's length prefix and the header), as a streamed one is checked."""
+    size = len(blob) if size is None else size
+    if size < 8 or len(blob) < 8:
         raise ValueError("not a checkpoint: fewer than 8 bytes")
     (header_len,) = struct.unpack("<Q", blob[:8])
-    if header_len > len(blob) - 8:
+    if header_len > size - 8 or header_len > len(blob) - 8:
         raise ValueError("not a checkpoint: the safetensors header is longer than the blob")
     try:
         header = json.loads(blob[8 : 8 + header_len])
@@ -41,17 +43,25 @@ def read_metadata(blob: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__") or {})
 
 
-def check_checkpoint(blob: bytes) -> dict[str, str]:
+def header_length(head: bytes) -> int:
+    """How many bytes of a checkpoint its layout check needs: the 8-byte length and the header
+    (8 when the head is shorter than 8 bytes)."""
+    return 8 + struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else 8
+
+
+def check_checkpoint(blob: bytes, size: int | None = None) -> dict[str, str]:
     """The metadata of a groklab checkpoint whose layout holds together: safetensors, our
-    format, every tensor's data_offsets inside the blob. ValueError saying what is wrong."""
-    header, data_start = read_header(blob)
+    format, every tensor's data_offsets inside the blob. ValueError saying what is wrong.
+    `blob` may be the head of a checkpoint of `size` bytes (read_header)."""
+    size = len(blob) if size is None else size
+    header, data_start = read_header(blob, size)
     metadata = dict(header.get("__metadata__") or {})
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"not a groklab checkpoint: format is {metadata.get('format')!r}, "
             f"expected {CHECKPOINT_FORMAT!r}"
         )
-    data_len = len(blob) - data_start
+    data_len = size - data_start
     for name, entry in header.items():
         if name == "__metadata__":
             continue

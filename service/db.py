@@ -6,6 +6,7 @@ make_engine (SQLite pragmas) and in service/store/metrics_ingest.py (the bulk me
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         kwargs["connect_args"] = connect_args
         database = make_url(url).database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(Path(database))
     else:
         kwargs.setdefault("pool_pre_ping", True)
         if make_url(url).get_backend_name() == "postgresql":
@@ -50,6 +51,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def create_private_file(path: Path) -> None:
+    """Create `path` (and its folder) readable by its owner only (0600), unless it exists.
+
+    An empty file is a valid SQLite database; SQLite gives its -wal and -shm files the database
+    file's permissions, so they are 0600 too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def json_dumps(value: Any) -> str:

@@ -26,7 +26,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -51,13 +53,18 @@ def _job_id_of(message: dict) -> str | None:
         return None
 
 
-def broker_job_ids(broker_url: str, queues: Iterable[str], broker_dir: Path | None = None) -> set[str] | None:
-    """Experiment ids with a message waiting on the broker.
+def broker_job_ids(
+    broker_url: str, queues: Iterable[str], broker_dir: Path | None = None,
+    limit: int | None = None,
+) -> set[str] | None:
+    """Experiment ids with a message waiting on the broker in `queues`.
 
     Supported: Redis (the queue lists) and the filesystem transport (one file per message).
-    None for any other broker: the reconciler then leaves it alone. Messages delivered but not
-    acked are not counted: a live worker claims a job within moments of receiving it, so a job
-    still queued long after delivery sits with a dead worker, and enqueueing it again is right.
+    None for any other broker, and when a queue holds more than `limit` messages (the scan
+    stops there, whatever the queue's length): the reconciler then leaves it alone. Messages
+    delivered but not acked are not counted: a live worker claims a job within moments of
+    receiving it, so a job still queued long after delivery sits with a dead worker, and
+    enqueueing it again is right.
     """
     ids: set[str] = set()
     if broker_url.startswith(("redis://", "rediss://")):
@@ -66,7 +73,9 @@ def broker_job_ids(broker_url: str, queues: Iterable[str], broker_dir: Path | No
         client = redis.Redis.from_url(broker_url)
         try:
             for queue in queues:
-                for raw in client.lrange(queue, 0, -1):
+                if limit is not None and client.llen(queue) > limit:
+                    return None
+                for raw in client.lrange(queue, 0, -1 if limit is None else limit - 1):
                     job = _job_id_of(json.loads(raw))
                     if job:
                         ids.add(job)
@@ -74,9 +83,18 @@ def broker_job_ids(broker_url: str, queues: Iterable[str], broker_dir: Path | No
             client.close()
         return ids
     if broker_url.startswith("filesystem://") and broker_dir is not None:
-        for path in (broker_dir / "out").glob("*.msg"):
+        wanted = {f"{queue}.msg" for queue in queues}
+        paths = []
+        folder = broker_dir / "out"
+        with os.scandir(folder) if folder.is_dir() else nullcontext(iter(())) as entries:
+            for entry in entries:  # kombu names a message <ms>_<uuid>.<queue>.msg
+                if entry.name.partition(".")[2] in wanted:
+                    paths.append(entry.path)
+                    if limit is not None and len(paths) > limit:
+                        return None
+        for path in paths:
             try:
-                job = _job_id_of(json.loads(path.read_bytes()))
+                job = _job_id_of(json.loads(Path(path).read_bytes()))
             except (OSError, ValueError):
                 continue  # taken by a worker between the listing and the read
             if job:
@@ -90,19 +108,20 @@ def reconcile_lost_messages(
 ) -> list[str]:
     """Enqueue again every job that has been queued for a while with no message on the broker.
 
-    A filesystem broker hands a message to a worker by deleting its file, so a job between
-    delivery and claim has no file for a moment; the grace period covers that (a duplicate
-    message would be harmless anyway: the claim is a compare-and-swap).
+    Bounded per tick: the reconcile_scan_limit oldest queued jobs, and per queue at most as
+    many broker messages (a longer queue is left alone until it drains below: a broker that
+    lost its messages holds few). A filesystem broker hands a message to a worker by deleting
+    its file, so a job between delivery and claim has no file for a moment; the grace period
+    covers that (a duplicate message would be harmless anyway: the claim is a compare-and-swap).
     """
-    candidates = store.queued_jobs(session, settings.reconcile_after_s)
-    if not candidates:
-        return []
-    present = broker_job_ids(
-        settings.resolved_broker_url, {q for _, q in candidates}, settings.broker_dir
-    )
-    if present is None:
-        return []
-    lost = [(i, q) for i, q in candidates if i not in present]
+    limit = settings.reconcile_scan_limit
+    candidates = store.queued_jobs(session, settings.reconcile_after_s, limit=limit)
+    lost = []
+    for queue in sorted({q for _, q in candidates}):
+        present = broker_job_ids(settings.resolved_broker_url, [queue], settings.broker_dir, limit)
+        if present is None:
+            continue
+        lost += [(i, q) for i, q in candidates if q == queue and i not in present]
     for exp_id, queue in lost:
         log.warning("job %s is queued but the broker has no message for it: enqueueing again", exp_id)
         enqueue(exp_id, queue)

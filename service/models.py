@@ -9,11 +9,13 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -177,6 +179,10 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    # Per-token overrides of the owner quotas; None means the setting (service/quotas.py).
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    submissions_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_compute: Mapped[float | None] = mapped_column(Float)
 
 
 class WebhookSecret(Base):
@@ -259,22 +265,59 @@ class Checkpoint(Base):
         String(36), ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
     )
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
-    size: Mapped[int] = mapped_column(Integer)
+    # SQLite's INTEGER holds 64 bits already.
+    size: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     sha256: Mapped[str] = mapped_column(String(64))
-    # Deferred: listing checkpoints never loads the blobs.
-    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     meta: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class CheckpointChunk(Base):
+    """The bytes of a checkpoint, split into chunks of CHECKPOINT_CHUNK_BYTES (the last one
+    shorter), so that a download reads and sends one chunk at a time whatever the size.
+    Written in the transaction that writes its checkpoint row; deleted with it."""
+
+    __tablename__ = "checkpoint_chunks"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["experiment_id", "step"], ["checkpoints.experiment_id", "checkpoints.step"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    experiment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+CHECKPOINT_CHUNK_BYTES = 1 << 20
+
+ANALYSIS_PENDING = "pending"
+ANALYSIS_DONE = "done"
+ANALYSIS_FAILED = "failed"
+
+
 class AnalysisCache(Base):
+    """The Fourier measures of one checkpoint step. status: pending (queued for a worker; data
+    NULL), done (data holds them), failed (error says why; attempts counts the tries, retried
+    on request while it is under GROKLAB_ANALYSIS_MAX_ATTEMPTS)."""
+
     __tablename__ = "analysis_cache"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'done', 'failed')", name="ck_analysis_cache_status"
+        ),
+    )
 
     experiment_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
     )
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
-    data: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), server_default=ANALYSIS_DONE)
+    data: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

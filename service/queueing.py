@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from service.spec import ExperimentSpec
 
-QUEUES = ("gpu", "cpu")
+QUEUES = ("gpu", "cpu", "analysis")
+# On-demand checkpoint analyses: a queue of their own, so that a worker consuming only it
+# answers them while other workers train.
+ANALYSIS_QUEUE = "analysis"
 
 
 def queue_for(spec: ExperimentSpec, default_queue: str) -> str:
@@ -25,7 +28,7 @@ def enqueue_experiment(experiment_id: str, queue: str) -> None:
     get_celery_app().send_task(RUN_EXPERIMENT, args=[experiment_id], queue=queue)
 
 
-def enqueue_checkpoint_analysis(experiment_id: str, step: int, queue: str) -> None:
+def enqueue_checkpoint_analysis(experiment_id: str, step: int, queue: str = ANALYSIS_QUEUE) -> None:
     """Ask a worker to analyse one stored checkpoint (the result lands in the analysis cache)."""
     from worker.celery_app import ANALYZE_CHECKPOINT, get_celery_app
 

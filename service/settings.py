@@ -21,7 +21,11 @@ class Settings(BaseSettings):
     )
 
     # Worker behaviour
-    worker_queues: str = Field("gpu,cpu", description="Comma-separated queues a worker consumes.")
+    worker_queues: str = Field(
+        "gpu,cpu,analysis",
+        description="Comma-separated queues a worker consumes ('analysis': checkpoint analyses "
+        "requested through the API; a worker of its own keeps them from waiting behind training).",
+    )
     default_queue: str = Field("cpu", description="Queue for experiments whose device is not 'cuda'.")
     visibility_timeout_s: int = Field(
         48 * 3600, description="Redis visibility timeout: longer than the longest job."
@@ -30,6 +34,16 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(5.0, description="Running jobs update their heartbeat this often.")
     heartbeat_timeout_s: float = Field(
         60.0, description="A running job whose heartbeat is older than this is requeued."
+    )
+    db_outage_s: float = Field(
+        900.0,
+        description="How long a worker rides out an unreachable database (retrying its writes "
+        "with backoff, buffering metric rows) before the job fails.",
+    )
+    reconcile_scan_limit: int = Field(
+        1000,
+        description="Most queued jobs and broker messages the reconciler reads per queue and "
+        "tick, oldest first; a queue holding more messages is checked once it drains below.",
     )
     reaper_interval_s: float = Field(
         10.0, description="How often the API process runs the reaper and the reconciler (0: never)."
@@ -40,6 +54,12 @@ class Settings(BaseSettings):
 
     # Abuse limits
     max_body_bytes: int = Field(256 * 1024, description="Largest accepted request body.")
+    body_drain_bytes: int = Field(
+        64 * 2**20,
+        description="A body over max_body_bytes is read and discarded up to this size before its "
+        "413, so that the client gets the answer and not a connection reset; a larger one is "
+        "answered at once and its connection closed.",
+    )
     max_p: int = Field(1009, description="Largest modulus p a spec may ask for.")
     max_steps: int = Field(1_000_000, description="Most training steps a spec may ask for.")
     max_params: int = Field(50_000_000, description="Most model parameters per ensemble member.")
@@ -53,6 +73,59 @@ class Settings(BaseSettings):
         1_000_000,
         description="Most points one metrics response may hold: series (names x members) x "
         "max_points. Without max_points, the default shrinks to fit.",
+    )
+
+    # Quotas per owner (a token may override the first three: `groklab token create --max-...`)
+    max_active_jobs_per_owner: int = Field(
+        2000, ge=0,
+        description="Queued + running experiments one owner may have (a sweep's members count "
+        "one each); a submission over it is refused with 429 and Retry-After. 0: no limit.",
+    )
+    submissions_per_minute: int = Field(
+        600, ge=0,
+        description="Submissions (experiments or sweeps) one owner may make in 60 s, counted in "
+        "the database across API processes; over it, 429 and Retry-After. 0: no limit.",
+    )
+    max_compute_per_job: float = Field(
+        1e16, ge=0,
+        description="Most compute one experiment (or sweep member) may ask for: ensemble members "
+        "x parameters x examples per step x steps. 0: no limit.",
+    )
+    max_checkpoints_per_job: int = Field(
+        2000, ge=0, description="Most checkpoints one job may write: steps / checkpoint_every. 0: no limit."
+    )
+    max_evals_per_job: int = Field(
+        200_000, ge=0, description="Most evaluations one job may run: steps / eval_every. 0: no limit."
+    )
+    max_analyses_per_job: int = Field(
+        2000, ge=0,
+        description="Most progress-measure analyses one job may run: steps / analysis.every. "
+        "0: no limit.",
+    )
+    max_checkpoint_bytes: int = Field(
+        4 * 2**30, ge=0,
+        description="Largest checkpoint a spec may imply: members x parameters x 4 bytes x (1 + "
+        "optimizer and gradient-filter state per parameter). 0: no limit.",
+    )
+    max_grad_filter_bytes: int = Field(
+        16 * 2**30, ge=0,
+        description="Most memory a Grokfast moving-average filter may hold: window x members x "
+        "parameters x 4 bytes. 0: no limit.",
+    )
+    max_analysis_bytes: int = Field(
+        8 * 2**30, ge=0,
+        description="Most memory one progress-measure analysis may hold (its full-grid forward "
+        "runs in chunks; see service/budgets.py). 0: no limit.",
+    )
+    time_limit_floor_s: float = Field(
+        3600.0, ge=0,
+        description="Every job's time limit starts at this many seconds, plus "
+        "time_limit_s_per_compute x its compute; past it the job fails with the reason.",
+    )
+    time_limit_s_per_compute: float = Field(
+        2e-9, ge=0,
+        description="Seconds of time limit per unit of compute (members x parameters x examples "
+        "x steps). 0 with a floor of 0: no time limit.",
     )
 
     # Sweeps
@@ -70,9 +143,46 @@ class Settings(BaseSettings):
         "empty (the default) denies every host.",
     )
 
+    # Checkpoint storage and analysis
+    checkpoint_keep_last: int = Field(
+        20, ge=0,
+        description="Checkpoints kept per experiment: the latest this many, plus log-spaced "
+        "milestones and those around the memorisation and generalisation steps (0: keep all).",
+    )
+    checkpoint_milestones: bool = Field(
+        True, description="Also keep the first checkpoint at or after each power-of-two step."
+    )
+    storage_quota_bytes: int = Field(
+        0, ge=0,
+        description="Checkpoint bytes one owner may store; at or over it, new submissions are "
+        "refused with 507 (running jobs carry on). 0: no quota.",
+    )
+    analysis_max_attempts: int = Field(
+        3, ge=1,
+        description="Tries of one checkpoint's on-demand analysis before its failure is final.",
+    )
+
     # API
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, description="Port the API listens on.")
+    api_workers: int = Field(
+        1, ge=1, description="uvicorn worker processes of `groklab api` (compose runs 4; the "
+        "embedded `groklab up` always runs one).",
+    )
+    token_cache_s: float = Field(
+        5.0, ge=0,
+        description="How long an API process reuses a checked bearer token. A revocation made "
+        "in another process (the CLI, another API worker) takes effect within this time; 0: "
+        "every request reads the token table.",
+    )
+    events_poll_s: float = Field(
+        1.0, gt=0,
+        description="How often the API reads the status and new metrics of each experiment "
+        "that has live-event watchers (one read per experiment, whatever the watchers).",
+    )
+    events_ping_s: float = Field(
+        15.0, gt=0, description="Keep-alive comment interval of live-event streams."
+    )
 
     @property
     def resolved_database_url(self) -> str:

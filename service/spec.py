@@ -12,12 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from service.presets import PRESETS
 from service.notify import NOTIFY_EVENTS, parse_allowed_hosts, url_host_port, url_refusal
 
 if TYPE_CHECKING:
+    from service.auth import Principal
     from service.settings import Settings
 
 MODULAR_OPS: tuple[str, ...] = (
@@ -53,15 +63,34 @@ class Limits:
     max_params: int | None = None
     max_ensemble: int | None = None
     notify_allowed_hosts: tuple[str, ...] | None = None  # GROKLAB_NOTIFY_ALLOWED_HOSTS
+    # Budgets on products of fields (service/budgets.py); None or 0: not checked.
+    max_compute: float | None = None
+    max_checkpoints: int | None = None
+    max_evals: int | None = None
+    max_analyses: int | None = None
+    max_checkpoint_bytes: int | None = None
+    max_grad_filter_bytes: int | None = None
+    max_analysis_bytes: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
+    def from_settings(cls, settings: Settings, principal: Principal | None = None) -> Limits:
+        """The settings' caps; a token's override (principal.max_compute) replaces its setting."""
+        max_compute = settings.max_compute_per_job
+        if principal is not None and principal.max_compute is not None:
+            max_compute = principal.max_compute
         return cls(
             max_p=settings.max_p,
             max_steps=settings.max_steps,
             max_params=settings.max_params,
             max_ensemble=settings.max_ensemble,
             notify_allowed_hosts=parse_allowed_hosts(settings.notify_allowed_hosts),
+            max_compute=max_compute,
+            max_checkpoints=settings.max_checkpoints_per_job,
+            max_evals=settings.max_evals_per_job,
+            max_analyses=settings.max_analyses_per_job,
+            max_checkpoint_bytes=settings.max_checkpoint_bytes,
+            max_grad_filter_bytes=settings.max_grad_filter_bytes,
+            max_analysis_bytes=settings.max_analysis_bytes,
         )
 
 
@@ -316,7 +345,7 @@ class ExperimentSpec(_Section):
         if not isinstance(data, dict):
             return data
         preset = data.get("preset", "nanda2023")
-        if preset is None or preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             # An unknown preset is reported by the field validator; no defaults to lay.
             base = PRESETS["nanda2023"]
         else:
@@ -339,6 +368,21 @@ class ExperimentSpec(_Section):
                 f"training.batch_size must be at most the training set size {self.n_train} "
                 f"(got {self.training.batch_size}); use null for full batch"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_products(self, info: ValidationInfo) -> "ExperimentSpec":
+        """Budgets on products of fields (service/budgets.py), each error at the field to
+        change (its loc), saying the product, the limit and what is allowed."""
+        from service.budgets import refusals
+
+        found = refusals(self, _limits(info))
+        if found:
+            raise ValidationError.from_exception_data("ExperimentSpec", [
+                InitErrorDetails(type=PydanticCustomError("value_error", "{msg}", {"msg": r.msg}),
+                                 loc=r.loc, input=r.value)
+                for r in found
+            ])
         return self
 
     @model_validator(mode="after")

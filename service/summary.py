@@ -6,40 +6,79 @@ run.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import asdict
+
 from sqlalchemy.orm import Session
 
 from service import store
-from service.grokking import GrokkingThresholds, grokking_summary
+from service.grokking import (
+    TRAIN_ACC,
+    VAL_ACC,
+    GrokkingThresholds,
+    grokking_delay,
+    grokking_phase,
+)
+from service.models import MetricSeries
 from service.phases import EXCLUDED_LOSS, PHASE_SERIES, phases_by_member
+from service.store.series_summary import first_step_reaching, last_finite_point, series_of
 
 FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm")
+# The phases are read from each series downsampled to at most this many points (min/max per
+# bucket, service.downsample): every point of a run evaluated fewer times, a bounded read of a
+# longer one.
+PHASE_MAX_POINTS = 2048
 
 
 def experiment_summary(
     session: Session, experiment_id: str, thresholds: GrokkingThresholds | None = None
 ) -> dict:
     """Final metrics and the grokking summary of member 0 at the top level; every member's
-    own under "members" (one entry per ensemble member)."""
+    own under "members" (one entry per ensemble member).
+
+    The same answer as service.grokking.grokking_summary on the whole series, read in a
+    bounded number of small queries whatever the length of the run (service.store
+    .series_summary: the last points from metric_series, the threshold crossings from the
+    rollups)."""
     thresholds = thresholds or GrokkingThresholds()
-    data = store.query_metrics(
-        session, experiment_id, names=list(FINAL_METRICS), max_points=None
-    )
-    by_member: dict[int, dict[str, dict]] = {}
-    for series in data["series"]:
-        by_member.setdefault(series["member"], {})[series["name"]] = series
+    by_member: dict[int, dict[str, MetricSeries]] = {}
+    for series in series_of(session, experiment_id, FINAL_METRICS):
+        by_member.setdefault(series.member, {})[series.name] = series
     members = []
     for member in sorted(by_member):
         named = by_member[member]
 
-        def pairs(name: str) -> list[tuple[int, float]]:
-            s = named.get(name)
-            return list(zip(s["steps"], s["values"])) if s else []
+        def reaching(name: str, threshold: float) -> int | None:
+            if name not in named:
+                return None
+            return first_step_reaching(session, experiment_id, name, member, threshold)
 
-        entry = {"member": member}
-        entry.update(grokking_summary(pairs("train_acc"), pairs("val_acc"), thresholds))
+        last = {
+            name: last_finite_point(session, named[name])
+            for name in (TRAIN_ACC, VAL_ACC) if name in named
+        }
+        memorization_step = reaching(TRAIN_ACC, thresholds.acc_threshold)
+        generalization_step = reaching(VAL_ACC, thresholds.acc_threshold)
+        last_steps = [point[0] for point in last.values() if point is not None]
+        entry = {
+            "member": member,
+            "memorization_step": memorization_step,
+            "generalization_step": generalization_step,
+            "memorization_step_95": reaching(TRAIN_ACC, thresholds.acc_threshold_95),
+            "generalization_step_95": reaching(VAL_ACC, thresholds.acc_threshold_95),
+            "grokking_delay": grokking_delay(memorization_step, generalization_step),
+            "grokked": generalization_step is not None,
+            "phase": grokking_phase(
+                memorization_step, generalization_step, thresholds.delay_threshold
+            ),
+            "last_step": max(last_steps) if last_steps else None,
+            "final_train_acc": (last.get(TRAIN_ACC) or (None, None))[1],
+            "final_val_acc": (last.get(VAL_ACC) or (None, None))[1],
+            "thresholds": asdict(thresholds),
+        }
         entry["final"] = {
-            name: {"step": s["steps"][-1], "value": s["values"][-1]}
-            for name, s in named.items() if s["steps"]
+            name: {"step": s.last_step, "value": s.last_value if _finite(s.last_value) else None}
+            for name, s in sorted(named.items())
         }
         members.append(entry)
     if not members:
@@ -49,6 +88,10 @@ def experiment_summary(
     return top
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def experiment_phases(
     session: Session, experiment_id: str, measure_series: list[dict] | None = None
 ) -> dict | None:
@@ -56,7 +99,13 @@ def experiment_phases(
     train_acc, val_loss and weight_norm of the evaluations, and the excluded_loss the worker
     recorded during training, or the one of measure_series (metric-shaped series, such as the
     progress measures with fixed key frequencies) in its place. None without those series."""
-    data = store.query_metrics(session, experiment_id, names=list(PHASE_SERIES), max_points=None)
+    if not measure_series and not store.count_metric_series(
+        session, experiment_id, names=[EXCLUDED_LOSS], member=None
+    ):
+        return None  # no excluded loss, no phases: nothing to read
+    data = store.query_metrics(
+        session, experiment_id, names=list(PHASE_SERIES), max_points=PHASE_MAX_POINTS
+    )
     by_member: dict[int, dict[str, list[tuple[int, float]]]] = {}
     for series in data["series"]:
         by_member.setdefault(series["member"], {})[series["name"]] = list(

@@ -15,7 +15,7 @@ from functools import lru_cache
 from celery import Celery
 from kombu import Exchange, Queue
 
-from service.queueing import QUEUES
+from service.queueing import ANALYSIS_QUEUE, QUEUES
 from service.settings import Settings, get_settings
 
 RUN_EXPERIMENT = "worker.tasks.run_experiment"
@@ -65,7 +65,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_concurrency=1,
         task_default_queue=settings.default_queue,
         task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
-        task_routes={RUN_EXPERIMENT: {"queue": settings.default_queue}},
+        task_routes={
+            RUN_EXPERIMENT: {"queue": settings.default_queue},
+            ANALYZE_CHECKPOINT: {"queue": ANALYSIS_QUEUE},
+        },
     )
     return app
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import store
+from service import events, store
 from service.progress import StepRate
 from service.spec import ExperimentSpec
 from service.summary import experiment_summary
 from worker.alerts import ExperimentAlerts, WebhookSender, experiment_alerts
+from worker.outage import DATABASE_DOWN, with_retries
 
 if TYPE_CHECKING:
     from worker.engine.train import Trainer
@@ -54,8 +54,10 @@ class PackRecorder:
         cancel_poll_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         alerts: list[ExperimentAlerts] | None = None,
+        patience_s: float = 900.0,
     ) -> None:
         self.sessions = sessions
+        self.patience_s = patience_s  # how long a write waits out a database outage
         self.alerts = alerts or []  # per member, as claims
         self.claims = list(claims)
         self.ids = [exp_id for exp_id, _ in claims]
@@ -76,6 +78,7 @@ class PackRecorder:
         self._last_flush = now
         self._last_progress = -1e18
         self._last_cancel_poll = now
+        self._events = events.publisher()  # live events, per member experiment (never fails)
 
     def active_claims(self) -> list[tuple[str, int]]:
         return [self.claims[e] for e in sorted(self.active)]
@@ -93,8 +96,16 @@ class PackRecorder:
         member = int(meta.get("member", 0))
         self.flush()
         stored = {k: v for k, v in meta.items() if k != "member"}
-        with self.sessions() as s:
-            store.add_checkpoint(s, self.ids[member], step, blob, stored)
+        exp_id = self.ids[member]
+
+        def add() -> object:
+            with self.sessions() as s:
+                return store.add_checkpoint(
+                    s, exp_id, step, blob, stored, attempt=self.attempt_of[exp_id]
+                )
+
+        if with_retries(add, f"checkpoint {step} of {exp_id}", self.patience_s) is None:
+            self._lose({member})
 
     def store_measures(self, step: int, measures: list[dict]) -> None:
         """The full progress measures of each member still training (in the order of
@@ -112,12 +123,24 @@ class PackRecorder:
             return
         self._last_progress = now
         claims = self.active_claims()
-        with self.sessions() as s:
-            ours = store.update_pack_progress(
-                s, claims, step=step, steps_per_s=self._rate.rate(),
-                eta_s=self._rate.eta_s(step, total_steps),
-            )
+
+        def update() -> set[str]:
+            with self.sessions() as s:
+                return store.update_pack_progress(
+                    s, claims, step=step, steps_per_s=self._rate.rate(),
+                    eta_s=self._rate.eta_s(step, total_steps),
+                )
+
+        if step >= total_steps:  # the last step is recorded whatever it takes
+            ours = with_retries(update, "pack progress", self.patience_s)
+        else:
+            try:
+                ours = update()
+            except DATABASE_DOWN:  # the next report tries again
+                return
         self._lose_all_but(claims, ours)
+        for exp_id in ours:
+            self._events.status(exp_id)
 
     def beat(self) -> None:
         """The heartbeat thread's call: every member still training, in one UPDATE."""
@@ -131,10 +154,13 @@ class PackRecorder:
         now = self.clock()
         if now - self._last_cancel_poll >= self.cancel_poll_s:
             self._last_cancel_poll = now
-            with self.sessions() as s:
-                flagged = store.cancel_requested_members(
-                    s, [self.ids[e] for e in sorted(self.active)]
-                )
+            try:
+                with self.sessions() as s:
+                    flagged = store.cancel_requested_members(
+                        s, [self.ids[e] for e in sorted(self.active)]
+                    )
+            except DATABASE_DOWN:  # asked again at the next poll
+                flagged = set()
             self.cancelled |= {self.member_of[exp_id] for exp_id in flagged}
         return (self.cancelled | self.lost) & self.active
 
@@ -169,24 +195,37 @@ class PackRecorder:
         self.lost |= members
 
     def flush(self) -> None:
+        """Store every buffered row, waiting out a database outage; a member's rows leave the
+        buffer once stored (stored twice is harmless: ingestion skips the points it has)."""
         self._last_flush = self.clock()
-        if not self._rows:
-            return
-        batches, self._rows = self._rows, {}
-        with self.sessions() as s:
-            for member, rows in batches.items():
-                store.ingest_metrics(s, self.ids[member], rows)
+        for member in list(self._rows):
+            exp_id = self.ids[member]
+
+            def ingest() -> None:
+                with self.sessions() as s:
+                    store.ingest_metrics(
+                        s, exp_id, self._rows[member], attempt=self.attempt_of[exp_id]
+                    )
+
+            with_retries(ingest, f"metrics of {exp_id}", self.patience_s)
+            self._events.metrics(exp_id, max(row["step"] for row in self._rows[member]))
+            del self._rows[member]
 
     def finish(self, member: int, status: str, *, stopped: str, error: str | None = None,
                resumed_from_step: int | None = None) -> bool:
         exp_id = self.ids[member]
-        with self.sessions() as s:
-            summary = experiment_summary(s, exp_id)
-            summary["stopped"] = stopped
-            summary["resumed_from_step"] = resumed_from_step
-            finished = store.finish_experiment(
-                s, exp_id, self.attempt_of[exp_id], status, error=error, summary=summary
-            )
+
+        def end() -> tuple[bool, dict]:
+            with self.sessions() as s:
+                summary = experiment_summary(s, exp_id)
+                summary["stopped"] = stopped
+                summary["resumed_from_step"] = resumed_from_step
+                return store.finish_experiment(
+                    s, exp_id, self.attempt_of[exp_id], status, error=error, summary=summary
+                ), summary
+
+        finished, summary = with_retries(end, f"finishing {exp_id}", self.patience_s)
+        self._events.status(exp_id)
         if finished and self.alerts:
             self.alerts[member].finish(status, summary, error)
         return finished
@@ -225,7 +264,7 @@ def run_pack(
 
     recorder = PackRecorder(
         sessions, claims, total_steps=specs[0].training.steps,
-        flush_every_s=settings.metrics_flush_s, alerts=alerts,
+        flush_every_s=settings.metrics_flush_s, alerts=alerts, patience_s=settings.db_outage_s,
     )
     try:
         with heartbeating(recorder.beat, settings.heartbeat_s, pack_id):
@@ -236,7 +275,9 @@ def run_pack(
             recorder.flush()
         except Exception:
             log.exception("could not flush the last metrics of pack %s", pack_id)
-        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"[-4000:]
+        from worker.runner import job_error
+
+        error = job_error(exc)
         for member in sorted(recorder.active - recorder.lost):
             recorder.finish(member, "failed", stopped="error", error=error)
         return "failed"

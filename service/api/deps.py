@@ -8,7 +8,8 @@ from uuid import UUID
 from fastapi import Body, Depends, HTTPException, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import WrapValidator
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from service import auth, queueing, store
 from service.auth import Principal
@@ -19,7 +20,7 @@ from service.settings import Settings
 from service.spec import ExperimentSpec, Limits
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings this app was created with (create_app(settings))."""
     return request.app.state.settings
 
@@ -48,13 +49,15 @@ def get_submitted_spec(
         ExperimentSpec, WrapValidator(_unvalidated), Body(openapi_examples=SPEC_EXAMPLES)
     ],
     settings: SettingsDep,
+    principal: Annotated[Principal, Depends(require_write)],
 ) -> ExperimentSpec:
-    """The request body as a spec, validated within this app's limits (GROKLAB_MAX_*).
+    """The request body as a spec, validated within this app's limits (GROKLAB_MAX_*, the
+    token's max_compute override).
 
     FastAPI cannot hand a validation context to a body, so here it only reads the JSON (the
     wrap validator skips the spec's validation; the OpenAPI schema is still the spec's) and
     parse_spec validates it with the limits as context."""
-    return parse_spec(body, Limits.from_settings(settings))
+    return parse_spec(body, Limits.from_settings(settings, principal))
 
 
 SubmittedSpec = Annotated[ExperimentSpec, Depends(get_submitted_spec)]
@@ -70,6 +73,18 @@ def require_webhook_secret(
         raise invalid(
             loc, f"notify needs a webhook secret for owner {owner!r} to sign its alerts; an admin "
             f"sets one with `groklab webhook-secret set --owner {owner}`", notify.url,
+        )
+
+
+def require_storage_quota(session: Session, settings: Settings, owner: str) -> None:
+    """507 when the owner's stored checkpoints reach GROKLAB_STORAGE_QUOTA_BYTES: no new job
+    until some are deleted (jobs already running carry on)."""
+    quota = settings.storage_quota_bytes
+    if quota and (used := store.owner_checkpoint_bytes(session, owner)) >= quota:
+        raise HTTPException(
+            507, f"storage quota exceeded: owner {owner!r} stores {used} bytes of checkpoints, "
+            f"the quota (GROKLAB_STORAGE_QUOTA_BYTES) is {quota}; delete experiments to submit "
+            "new ones",
         )
 
 
@@ -92,20 +107,30 @@ def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": challenge})
 
 
-def get_principal(
+async def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-    session: SessionDep,
+    request: Request,
 ) -> Principal:
-    """The owner and scope of the request's bearer token; 401 when it is missing or not valid."""
+    """The owner and scope of the request's bearer token; 401 when it is missing or not valid.
+    A token checked in the last GROKLAB_TOKEN_CACHE_S seconds is not read again (no thread, no
+    query: the hot path of a polling client)."""
     if credentials is None:
         raise _unauthorized(
             "missing bearer token: send 'Authorization: Bearer <token>' "
             "(create one with `groklab token create --owner NAME --scope read|write|admin`)"
         )
-    principal = auth.authenticate(session, credentials.credentials)
+    token, ttl_s = credentials.credentials, request.app.state.settings.token_cache_s
+    principal = auth.checked_principal(token, ttl_s)
+    if principal is None:
+        principal = await run_in_threadpool(_authenticate, request.app.state.sessions, token, ttl_s)
     if principal is None:
         raise _unauthorized("invalid or revoked bearer token", error="invalid_token")
     return principal
+
+
+def _authenticate(sessions: sessionmaker[Session], token: str, ttl_s: float) -> Principal | None:
+    with sessions() as session:
+        return auth.authenticate_and_remember(session, token, ttl_s)
 
 
 def _require(principal: Principal, scope: str) -> Principal:
@@ -118,15 +143,15 @@ def _require(principal: Principal, scope: str) -> Principal:
     return principal
 
 
-def require_read(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def require_read(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     return _require(principal, "read")
 
 
-def require_write(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def require_write(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     return _require(principal, "write")
 
 
-def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     return _require(principal, "admin")
 
 
@@ -143,6 +168,9 @@ def _visible(found: Experiment | Sweep | None, principal: Principal, kind: str, 
     if found is None or not principal.sees(found):
         raise HTTPException(status_code=404, detail=f"{kind} {id_} not found")
     return found
+
+
+visible = _visible  # for a route that reads the row itself (the status route's snapshot)
 
 
 def get_owned_experiment(

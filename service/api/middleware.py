@@ -10,14 +10,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 class BodySizeLimit:
     """Answer 413 to a request whose body is larger than max_bytes.
 
-    A declared Content-Length over the limit is refused before anything is read; a body sent
+    A declared Content-Length over the limit is refused before anything is stored; a body sent
     without one (chunked) is counted as it streams in and refused as soon as it passes the limit,
     so a client can never make the server buffer more than max_bytes.
+
+    Before answering, the rest of the body is read and thrown away, up to drain_bytes: a client
+    that sends its whole body before reading the answer (most do) would otherwise see the
+    connection reset under it, instead of the 413. A body beyond drain_bytes is not read: its
+    413 says `Connection: close`, and the connection is closed after it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, drain_bytes: int = 0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = drain_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -28,21 +34,26 @@ class BodySizeLimit:
             try:
                 length = int(declared)
             except ValueError:
-                await _answer(send, 400, "Content-Length must be an integer")
+                await _answer(send, 400, "Content-Length must be an integer", close=True)
                 return
             if length > self.max_bytes:
-                await _answer(send, 413, self._message(length))
+                drained = length <= self.drain_bytes and await self._drain(receive, 0)
+                await _answer(send, 413, self._message(length), close=not drained)
                 return
 
         received = 0
         started = False
+        finished = False
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, finished, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                finished = not message.get("more_body", False)
                 if received > self.max_bytes:
+                    refused = True
                     # FastAPI re-raises an HTTPException from the body read; its exception
                     # middleware answers it. Anything reading the body elsewhere lands below.
                     raise HTTPException(413, self._message(received, at_least=True))
@@ -52,6 +63,9 @@ class BodySizeLimit:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if refused and not finished and not await self._drain(receive, received):
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"connection", b"close")]}
             await send(message)
 
         try:
@@ -59,7 +73,20 @@ class BodySizeLimit:
         except HTTPException as exc:
             if exc.status_code != 413 or started:
                 raise
-            await _answer(send, 413, exc.detail)
+            drained = finished or await self._drain(receive, received)
+            await _answer(send, 413, exc.detail, close=not drained)
+
+    async def _drain(self, receive: Receive, received: int) -> bool:
+        """Read and discard the rest of the body, up to drain_bytes in all. True when it was
+        read to its end."""
+        while received <= self.drain_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False  # the client went away
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False
 
     def _message(self, size: int, at_least: bool = False) -> str:
         got = f"at least {size}" if at_least else str(size)
@@ -69,14 +96,13 @@ class BodySizeLimit:
         )
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
+async def _answer(send: Send, status: int, detail: str, close: bool = False) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    })
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

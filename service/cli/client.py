@@ -1,108 +1,186 @@
-"""`groklab submit|status|export`: talk to a running service over HTTP (GROKLAB_URL, GROKLAB_TOKEN)."""
+"""`groklab submit|status|list|cancel|watch|metrics|export`: a running service over HTTP, through
+the Python client (service/client.py); GROKLAB_URL and GROKLAB_TOKEN say which and as whom."""
 from __future__ import annotations
 
+import itertools
 import json
-import os
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from service.cli.spec_file import load_spec_file
+from service.client import DEFAULT_URL, Client, GroklabError
 
 app = typer.Typer()
 
-DEFAULT_URL = "http://127.0.0.1:8000"
-FINISHED = ("succeeded", "failed", "cancelled")
+Url = Annotated[str, typer.Option(envvar="GROKLAB_URL", help="API base URL.")]
+ExperimentId = Annotated[str, typer.Argument(help="Experiment id.")]
 
 
-def _client(url: str):
-    import httpx
+def _client(url: str) -> Client:
+    return Client(url)
 
-    headers = {}
-    token = os.environ.get("GROKLAB_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return httpx.Client(base_url=url, headers=headers, timeout=30)
+
+@contextmanager
+def _service(url: str) -> Iterator[Client]:
+    """The client; a failed request ends the command with `error STATUS: detail` on stderr and
+    exit code 1."""
+    try:
+        with _client(url) as client:
+            yield client
+    except GroklabError as exc:
+        typer.secho(f"error {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
 def submit(
-    spec: Annotated[Path, typer.Argument(help="Spec file (JSON or YAML).", exists=True, dir_okay=False)],
-    url: Annotated[str, typer.Option(envvar="GROKLAB_URL", help="API base URL.")] = DEFAULT_URL,
+    spec: Annotated[Optional[Path], typer.Argument(
+        help="Spec file (JSON or YAML); or none, with --preset.", exists=True, dir_okay=False,
+    )] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help="Submit this preset without a file: ci-small, nanda2023, power2022, ...",
+    )] = None,
+    name: Annotated[Optional[str], typer.Option(help="The experiment's name.")] = None,
+    url: Url = DEFAULT_URL,
     wait: Annotated[bool, typer.Option(help="Show progress until the job is done.")] = False,
 ) -> None:
-    """Submit a spec to a running service."""
-    body = load_spec_file(spec).model_dump(mode="json")
-    with _client(url) as client:
-        r = client.post("/api/v1/experiments", json=body)
-        if r.status_code != 201:
-            typer.secho(f"error {r.status_code}: {r.text}", fg="red", err=True)
-            raise typer.Exit(1)
-        job = r.json()
+    """Submit a spec file, or a preset, to a running service."""
+    if (spec is None) == (preset is None):
+        typer.secho("give a spec FILE or --preset NAME (not both)", fg="red", err=True)
+        raise typer.Exit(2)
+    body = load_spec_file(spec).model_dump(mode="json") if spec is not None else {"name": preset}
+    if name is not None:
+        body["name"] = name
+    with _service(url) as client:
+        job = client.submit(body, preset=preset)
         typer.echo(f"submitted {job['id']} ({job['status']})")
         if wait:
-            job = _wait(client, job["id"])
+            job = client.wait(job["id"])
             typer.echo(json.dumps({k: job.get(k) for k in ("id", "status", "error", "summary")}, indent=2))
-            if job["status"] != "succeeded":
-                raise typer.Exit(1)
-
-
-def _wait(client, experiment_id: str) -> dict:
-    """Poll the experiment every second under a progress bar (the service's own steps/s) until
-    it is finished; return it."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-    ) as bar:
-        task = bar.add_task("queued", total=None, rate="")
-        while True:
-            job = client.get(f"/api/v1/experiments/{experiment_id}").json()
-            prog = job.get("progress") or {}
-            rate = prog.get("steps_per_s")
-            bar.update(
-                task, description=job["status"], total=prog.get("total_steps"),
-                completed=prog.get("step") or 0, rate=f"{rate:.1f} steps/s" if rate else "",
-            )
-            if job["status"] in FINISHED:
-                return job
-            time.sleep(1.0)
+    if wait and job["status"] != "succeeded":
+        raise typer.Exit(1)
 
 
 @app.command()
-def status(
-    experiment_id: Annotated[str, typer.Argument(help="Experiment id.")],
-    url: Annotated[str, typer.Option(envvar="GROKLAB_URL", help="API base URL.")] = DEFAULT_URL,
-) -> None:
+def status(experiment_id: ExperimentId, url: Url = DEFAULT_URL) -> None:
     """Show one experiment's status, progress and summary."""
-    with _client(url) as client:
-        r = client.get(f"/api/v1/experiments/{experiment_id}")
-        if r.status_code != 200:
-            typer.secho(f"error {r.status_code}: {r.text}", fg="red", err=True)
-            raise typer.Exit(1)
-        typer.echo(json.dumps(r.json(), indent=2))
+    with _service(url) as client:
+        typer.echo(json.dumps(client.get(experiment_id), indent=2))
+
+
+@app.command("list")
+def list_experiments(
+    status: Annotated[Optional[str], typer.Option(
+        help="Only jobs in this state: queued, running, succeeded, failed, cancelled.",
+    )] = None,
+    name: Annotated[Optional[str], typer.Option(help="Only jobs with this exact name.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, newest first.")] = 20,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Your experiments, newest first, as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "name", "status", "step", "created")
+    with _service(url) as client:
+        for job in itertools.islice(client.list(status, name, limit=min(limit, 50)), limit):
+            prog = job["progress"]
+            table.add_row(
+                job["id"], job["name"], job["status"], f"{prog['step']}/{prog['total_steps']}",
+                job["created_at"][:19].replace("T", " "),
+            )
+    Console(width=200).print(table)
+
+
+@app.command()
+def cancel(experiment_id: ExperimentId, url: Url = DEFAULT_URL) -> None:
+    """Cancel a job: a queued one at once, a running one at its next step."""
+    with _service(url) as client:
+        job = client.cancel(experiment_id)
+    if job["status"] == "cancelled":
+        typer.echo(f"{experiment_id} cancelled")
+    else:
+        typer.echo(f"{experiment_id} {job['status']}: cancel requested, it stops at its next step")
+
+
+def _metrics_line(data: dict, total: int | None) -> str:
+    """`step 120/1200  train_acc 0.981  val_acc 0.112` from a metrics event: member 0's latest
+    value of each metric (an event may carry points of several steps)."""
+    latest = {p["name"]: p["value"] for p in sorted(data["points"], key=lambda p: p["step"])
+              if p["member"] == 0}
+    values = "  ".join(
+        f"{name} {value:.4g}" if value is not None else f"{name} nan"
+        for name, value in sorted(latest.items())
+    )
+    return f"step {data['step']}{f'/{total}' if total else ''}  {values}"
+
+
+@app.command()
+def watch(experiment_id: ExperimentId, url: Url = DEFAULT_URL) -> None:
+    """Follow a job live (its events stream): status changes and each step's metrics, until it
+    ends. Exit code 0 when it succeeded, 1 otherwise."""
+    job: dict = {}
+    with _service(url) as client:
+        for event, data in client.events(experiment_id):
+            if event in ("status", "end"):
+                if data["status"] != job.get("status"):
+                    typer.echo(f"{experiment_id} {data['status']}")
+                job = data
+            elif event == "metrics":
+                total = (job.get("progress") or {}).get("total_steps")
+                typer.echo(_metrics_line(data, total))
+    summary = job.get("summary") or {}
+    if job.get("error"):
+        typer.echo(f"error: {job['error']}")
+    if summary:
+        typer.echo(json.dumps(summary, indent=2))
+    if job.get("status") != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def metrics(
+    experiment_id: ExperimentId,
+    names: Annotated[Optional[str], typer.Option(
+        help="Comma-separated metric names, e.g. train_acc,val_acc. Default: all.",
+    )] = None,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="csv (name,member,step,value) or json (the API's series).",
+    )] = "csv",
+    max_points: Annotated[Optional[int], typer.Option(
+        help="At most this many points per series (downsampled on the server).",
+    )] = None,
+    member: Annotated[Optional[int], typer.Option(help="One ensemble member; default all.")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Print an experiment's metric series to stdout, as CSV or JSON."""
+    if output_format not in ("csv", "json"):
+        typer.secho(f"--format must be csv or json (got {output_format!r})", fg="red", err=True)
+        raise typer.Exit(2)
+    with _service(url) as client:
+        data = client.metrics_series(
+            experiment_id, names, max_points=max_points, member=member, format=output_format,
+        )
+    if output_format == "csv":
+        typer.echo(data, nl=False)
+    else:
+        typer.echo(json.dumps(data, indent=2))
 
 
 @app.command()
 def export(
-    experiment_id: Annotated[str, typer.Argument(help="Experiment id.")],
+    experiment_id: ExperimentId,
     step: Annotated[int, typer.Argument(help="Checkpoint step.")],
     out: Annotated[Path, typer.Option(help="Where to write the safetensors file.", dir_okay=False)],
     member: Annotated[int, typer.Option(help="Ensemble member.")] = 0,
     export_format: Annotated[str, typer.Option("--format", help="Export format.")] = "transformer_lens",
-    url: Annotated[str, typer.Option(envvar="GROKLAB_URL", help="API base URL.")] = DEFAULT_URL,
+    url: Url = DEFAULT_URL,
 ) -> None:
     """Export a checkpoint's weights for TransformerLens (a HookedTransformer state dict)."""
-    with _client(url) as client:
-        r = client.get(
-            f"/api/v1/experiments/{experiment_id}/checkpoints/{step}/export",
-            params={"format": export_format, "member": member},
-        )
-        if r.status_code != 200:
-            typer.secho(f"error {r.status_code}: {r.text}", fg="red", err=True)
-            raise typer.Exit(1)
-        out.write_bytes(r.content)
-        typer.echo(f"wrote {out} ({len(r.content)} bytes)")
+    with _service(url) as client:
+        client.export_checkpoint(experiment_id, step, out, member=member, format=export_format)
+    typer.echo(f"wrote {out} ({out.stat().st_size} bytes)")

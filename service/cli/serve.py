@@ -41,6 +41,7 @@ def api(
     uvicorn.run(
         "service.app:create_app", factory=True,
         host=host or settings.host, port=port or settings.port, log_level="info",
+        workers=settings.api_workers,  # GROKLAB_API_WORKERS; `groklab up` stays one process
     )
 
 
@@ -72,11 +73,15 @@ def up(
     data_dir: Annotated[Path, typer.Option(help="Folder for groklab.db and the broker.")] = Path("."),
 ) -> None:
     """Everything on one machine: SQLite, a filesystem broker, the API and one worker."""
+    # Everything the embedded stack writes (database, broker messages) is its owner's only;
+    # the API and worker processes inherit the mask.
+    os.umask(0o077)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, GROKLAB_DATA_DIR=str(data_dir))
     env.pop("GROKLAB_DATABASE_URL", None)
     env.pop("GROKLAB_BROKER_URL", None)
+    env["GROKLAB_API_WORKERS"] = "1"  # one process: its live-events poller serves every watcher
     subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True)
 
     token = _ensure_local_admin_token(env)

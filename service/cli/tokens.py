@@ -55,6 +55,20 @@ def token_create(
     scope: Annotated[
         str, typer.Option(help="read (look), write (also submit and cancel), admin (everyone's).")
     ] = "read",
+    max_active_jobs: Annotated[
+        int | None,
+        typer.Option(min=0, help="Queued + running jobs at once (default: the setting "
+                     "GROKLAB_MAX_ACTIVE_JOBS_PER_OWNER)."),
+    ] = None,
+    submissions_per_minute: Annotated[
+        int | None,
+        typer.Option(min=0, help="Submissions per minute (default: GROKLAB_SUBMISSIONS_PER_MINUTE)."),
+    ] = None,
+    max_compute: Annotated[
+        float | None,
+        typer.Option(min=0, help="Compute per job, in member x parameter x example x step units "
+                     "(default: GROKLAB_MAX_COMPUTE_PER_JOB)."),
+    ] = None,
 ) -> None:
     """Create a token and print it, once, alone on stdout (TOKEN=$(groklab token create ...))."""
     from service import auth
@@ -66,7 +80,12 @@ def token_create(
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2)
     with token_session() as session:
-        row, token = auth.create_token(session, owner, scope)
+        row, token = auth.create_token(
+            session, owner, scope,
+            max_active_jobs=max_active_jobs,
+            submissions_per_minute=submissions_per_minute,
+            max_compute=max_compute,
+        )
     typer.secho(
         f"created token {row.id[:8]} for owner {owner!r}, scope {scope}; it is shown only now:",
         fg="yellow", err=True,

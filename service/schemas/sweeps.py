@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
+from service.auth import Principal
 from service.models import Experiment, Sweep
 from service.phase_diagram import AxisInvalid, MemberResult, phase_columns, phase_diagram
 from service.schemas.errors import invalid
@@ -36,11 +37,14 @@ SWEEP_EXAMPLES = {
 }
 
 
-def plan_sweep(sweep: SweepSpec, settings: Settings) -> list[list[Member]]:
+def plan_sweep(
+    sweep: SweepSpec, settings: Settings, principal: Principal | None = None
+) -> list[list[Member]]:
     """The sweep's members, validated within the app's limits and grouped into packs; or
     FastAPI's 422 naming each bad axis value (`grid.task.p[2]: ...`) or the member cap."""
     try:
-        members = expand(sweep, Limits.from_settings(settings), settings.max_sweep_members)
+        members = expand(sweep, Limits.from_settings(settings, principal),
+                         settings.max_sweep_members)
     except SweepInvalid as exc:
         raise RequestValidationError(exc.errors, body=sweep.model_dump(mode="json")) from None
     return plan_packs(members, sweep.pack_size, settings.pack_memory_bytes, settings.max_ensemble)

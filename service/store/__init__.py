@@ -11,28 +11,39 @@ One module per concern; callers use this package (`from service import store`):
   reconciler's queries
 - metrics_ingest: metric points in, with the summaries that serve downsampled queries
 - metrics_query: metric series out, downsampled on the server
-- checkpoints: checkpoint bytes, verified before they are loaded or served
+- checkpoints: checkpoint bytes in chunks, verified before they are loaded or served
+- retention: which checkpoints an experiment keeps
+- series_summary: bounded facts of a whole series (first step reaching a threshold)
 - analysis_cache: the cached Fourier analysis per checkpoint step
 - progress_measures: the measures with fixed key frequencies, requested and computed once
 - packs: the members of a sweep that train together, claimed and beat as one job
+- scheduling: which queued job a woken worker claims next, fairly between owners
 - sweeps: a grid of experiments stored at once, its status derived from its members
 - dialect: what differs between PostgreSQL and SQLite
 - webhooks: the per-owner secrets that alert webhooks are signed with
 """
 from service.store.analysis_cache import (
+    AnalysisRequest,
+    fail_cached_analysis,
     get_cached_analysis,
     latest_cached_analysis,
     put_cached_analysis,
+    request_checkpoint_analysis,
+    withdraw_analysis_request,
 )
 from service.store.checkpoints import (
     CheckpointCorrupt,
     add_checkpoint,
+    checkpoint_chunks,
     checkpoint_intact,
     get_checkpoint,
     list_checkpoints,
     load_checkpoint_verified,
+    owner_checkpoint_bytes,
+    read_checkpoint,
     verified_checkpoint,
 )
+from service.store.retention import CheckpointRetention, apply_retention
 from service.store.experiments import (
     MAX_STEP,
     ExperimentNotFound,
@@ -42,16 +53,20 @@ from service.store.experiments import (
     finish_experiment,
     get_experiment,
     heartbeat,
+    holds_attempt,
     job_queues,
     list_experiments,
     newest_first_page,
     queued_jobs,
     reap_stale_jobs,
     request_cancel,
+    requeue_stale_jobs,
+    stale_jobs,
     update_progress,
 )
 from service.store.metrics_ingest import MAX_NAME_LENGTH, ingest_metrics
 from service.store.metrics_query import count_metric_series, query_metrics
+from service.store.scheduling import fair_queue, job_state, next_fair_job
 from service.store.packs import (
     cancel_requested_members,
     claim_pack,
@@ -96,8 +111,20 @@ __all__ = [
     "ExperimentNotFound",
     "SweepStatus",
     "add_checkpoint",
+    "AnalysisRequest",
+    "apply_retention",
+    "checkpoint_chunks",
+    "CheckpointRetention",
+    "fail_cached_analysis",
+    "owner_checkpoint_bytes",
+    "read_checkpoint",
+    "request_checkpoint_analysis",
+    "withdraw_analysis_request",
     "cancel_requested_members",
     "claim_pack",
+    "fair_queue",
+    "job_state",
+    "next_fair_job",
     "is_pack",
     "pack_heartbeat",
     "update_pack_progress",
@@ -135,6 +162,9 @@ __all__ = [
     "put_cached_analysis",
     "queued_jobs",
     "reap_stale_jobs",
+    "requeue_stale_jobs",
+    "stale_jobs",
+    "holds_attempt",
     "request_cancel",
     "update_progress",
     "verified_checkpoint",

@@ -30,6 +30,7 @@ from service.models import (
     utcnow,
 )
 from service.spec import ExperimentSpec
+from service.store.clock import db_utcnow
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,21 @@ def _update_running(session: Session, experiment_id: str, attempt: int, **values
     return result.rowcount == 1
 
 
+def holds_attempt(session: Session, experiment_id: str, attempt: int) -> bool:
+    """Whether `attempt` of the experiment is running, in the session's transaction, which then
+    holds the job's row (FOR SHARE on PostgreSQL) until it ends: a claim or a requeue waits, so
+    a write guarded by this lands only while the writer's attempt owns the job. Raises
+    ExperimentNotFound."""
+    row = session.execute(
+        select(Experiment.status, Experiment.attempt)
+        .where(Experiment.id == str(experiment_id))
+        .with_for_update(read=True)
+    ).one_or_none()
+    if row is None:
+        raise ExperimentNotFound(str(experiment_id))
+    return row.status == RUNNING and row.attempt == attempt
+
+
 def update_progress(
     session: Session,
     experiment_id: str,
@@ -239,13 +255,14 @@ def update_progress(
         step=step,
         steps_per_s=finite_or_none(steps_per_s),
         eta_s=finite_or_none(eta_s),
-        heartbeat_at=utcnow(),
+        heartbeat_at=db_utcnow(),
     )
 
 
 def heartbeat(session: Session, experiment_id: str, attempt: int) -> bool:
-    """Mark this attempt alive. False when the job is no longer running this attempt."""
-    return _update_running(session, experiment_id, attempt, heartbeat_at=utcnow())
+    """Mark this attempt alive, by the database's clock (a worker's skew does not matter).
+    False when the job is no longer running this attempt."""
+    return _update_running(session, experiment_id, attempt, heartbeat_at=db_utcnow())
 
 
 def cancel_requested(session: Session, experiment_id: str) -> bool:
@@ -309,11 +326,14 @@ def finish_experiment(
         error=error,
         summary=summary,
         finished_at=now,
-        heartbeat_at=now,
+        heartbeat_at=db_utcnow(),
     )
 
 
 # ---- the reaper and the reconciler (run by service.lifecycle) ----------------------------
+
+
+StaleJob = tuple[str, int, int, bool, datetime, str | None]
 
 
 def reap_stale_jobs(session: Session, stale_after_s: float) -> tuple[list[str], list[str]]:
@@ -321,15 +341,29 @@ def reap_stale_jobs(session: Session, stale_after_s: float) -> tuple[list[str], 
 
     Returns (requeued ids, ended ids). A job that has used up max_attempts fails with a reason;
     one whose cancel was requested ends 'cancelled'. Each change is a compare-and-swap on
-    (status, attempt), so a worker that comes back to life cannot finish a requeued job.
+    (status, attempt) that checks the heartbeat again, so a worker that comes back to life
+    cannot finish a requeued job, and a heartbeat that lands between the read and the write
+    keeps its job. "Older" is by the database's clock, which wrote the heartbeats too.
     """
-    now = utcnow()
-    cutoff = now - timedelta(seconds=stale_after_s)
-    stale = session.execute(
+    return requeue_stale_jobs(session, stale_jobs(session, stale_after_s), stale_after_s)
+
+
+def stale_jobs(session: Session, stale_after_s: float) -> list[StaleJob]:
+    """(id, attempt, max_attempts, cancel_requested, heartbeat_at, worker) of the running jobs
+    whose heartbeat is older than stale_after_s by the database's clock."""
+    return [tuple(row) for row in session.execute(
         select(Experiment.id, Experiment.attempt, Experiment.max_attempts,
                Experiment.cancel_requested, Experiment.heartbeat_at, Experiment.worker)
-        .where(Experiment.status == RUNNING, Experiment.heartbeat_at < cutoff)
-    ).all()
+        .where(Experiment.status == RUNNING, Experiment.heartbeat_at < db_utcnow(stale_after_s))
+    ).all()]
+
+
+def requeue_stale_jobs(
+    session: Session, stale: list[StaleJob], stale_after_s: float
+) -> tuple[list[str], list[str]]:
+    """The reaper's writes for the jobs stale_jobs read: each UPDATE checks again that the job
+    is running this attempt with a heartbeat still older than stale_after_s."""
+    now = utcnow()
     requeued, ended = [], []
     for exp_id, attempt, max_attempts, cancel, beat, worker in stale:
         if cancel:
@@ -347,7 +381,8 @@ def reap_stale_jobs(session: Session, stale_after_s: float) -> tuple[list[str], 
         result = session.execute(
             update(Experiment)
             .where(Experiment.id == exp_id, Experiment.status == RUNNING,
-                   Experiment.attempt == attempt)
+                   Experiment.attempt == attempt,
+                   Experiment.heartbeat_at < db_utcnow(stale_after_s))
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -359,13 +394,18 @@ def reap_stale_jobs(session: Session, stale_after_s: float) -> tuple[list[str], 
     return requeued, ended
 
 
-def queued_jobs(session: Session, older_than_s: float) -> list[tuple[str, str]]:
-    """(job id, queue) of jobs queued for longer than older_than_s (by creation or last start).
-    A pack member's job id is its pack's: a pack is one job on the queue."""
+def queued_jobs(
+    session: Session, older_than_s: float, limit: int | None = None
+) -> list[tuple[str, str]]:
+    """(job id, queue) of jobs queued for longer than older_than_s (by creation or last start),
+    of the `limit` oldest queued rows. A pack member's job id is its pack's: a pack is one job
+    on the queue."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     rows = session.execute(
         select(Experiment.id, Experiment.pack_id, Experiment.queue, Experiment.started_at)
         .where(Experiment.status == QUEUED, Experiment.created_at < cutoff)
+        .order_by(Experiment.created_at, Experiment.id)
+        .limit(limit)
     ).all()
     session.commit()
     jobs = {

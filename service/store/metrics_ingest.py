@@ -18,7 +18,12 @@ from service.downsample import bucket_extremes
 from service.finite import nan_to_none
 from service.models import ROLLUP_LEVELS
 from service.store.dialect import fetch, is_integrity_error, is_postgresql, pg_array_literal
-from service.store.experiments import MAX_STEP, ExperimentNotFound, require_experiment
+from service.store.experiments import (
+    MAX_STEP,
+    ExperimentNotFound,
+    holds_attempt,
+    require_experiment,
+)
 
 MAX_NAME_LENGTH = 200
 
@@ -86,14 +91,19 @@ def _int_column(what: str, items: list[Any]) -> np.ndarray:
     return column
 
 
-def ingest_metrics(session: Session, experiment_id: str, rows: list[dict]) -> int:
+def ingest_metrics(
+    session: Session, experiment_id: str, rows: list[dict], attempt: int | None = None
+) -> int:
     """Store metric points `{"step", "member", "name", "value"}`; returns how many were new.
 
     Idempotent: a point already stored for (experiment, name, member, step) is skipped, so a
     retried or redelivered batch never duplicates anything (the first value written wins).
     NaN values are stored as NULL. The summaries that serve downsampled queries (metric_series,
     metric_rollups) are updated in the same transaction, from exactly the points that were new.
-    Raises ExperimentNotFound, or ValueError for a malformed row.
+    Raises ExperimentNotFound, or ValueError for a malformed row. With `attempt` (a worker's
+    write), nothing is stored, and 0 returned, unless that attempt is running the job (checked
+    in the same transaction: store.holds_attempt): a worker whose job was requeued and claimed
+    again cannot add points to the new attempt's run.
 
     Fast path: one bulk insert that assumes every point is new (binary COPY on PostgreSQL,
     executemany on SQLite). If a point exists already it fails on the primary key; the
@@ -108,7 +118,11 @@ def ingest_metrics(session: Session, experiment_id: str, rows: list[dict]) -> in
         return 0
     postgresql = is_postgresql(session)
     try:
-        if not postgresql:  # PostgreSQL checks within _write_summaries, saving a round trip
+        if attempt is not None:
+            if not holds_attempt(session, experiment_id, attempt):
+                session.rollback()
+                return 0
+        elif not postgresql:  # PostgreSQL checks within _write_summaries, saving a round trip
             require_experiment(session, experiment_id)
         try:
             _insert_new_points(session, experiment_id, points, postgresql)
@@ -117,6 +131,9 @@ def ingest_metrics(session: Session, experiment_id: str, rows: list[dict]) -> in
             if not is_integrity_error(exc):
                 raise
             session.rollback()
+            if attempt is not None and not holds_attempt(session, experiment_id, attempt):
+                session.rollback()
+                return 0
             new = _insert_skipping_existing(session, experiment_id, points, postgresql)
         if len(new):
             _write_summaries(session, experiment_id, new, postgresql)

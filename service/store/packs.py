@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from service.finite import finite_or_none
 from service.models import FAILED, QUEUED, RUNNING, Experiment, utcnow
+from service.store.clock import db_utcnow
 
 Claim = tuple[str, int]  # (experiment id, attempt)
 
@@ -92,7 +93,7 @@ def _update_members(session: Session, claims: list[Claim], **values: Any) -> set
 
 def pack_heartbeat(session: Session, claims: list[Claim]) -> set[str]:
     """Mark the pack's members alive in one UPDATE; returns the ids still this worker's."""
-    return _update_members(session, claims, heartbeat_at=utcnow())
+    return _update_members(session, claims, heartbeat_at=db_utcnow())
 
 
 def update_pack_progress(
@@ -102,7 +103,7 @@ def update_pack_progress(
     """Progress and heartbeat of every member still training; returns the ids still ours."""
     return _update_members(
         session, claims, step=step, steps_per_s=finite_or_none(steps_per_s),
-        eta_s=finite_or_none(eta_s), heartbeat_at=utcnow(),
+        eta_s=finite_or_none(eta_s), heartbeat_at=db_utcnow(),
     )
 
 

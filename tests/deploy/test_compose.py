@@ -1,6 +1,7 @@
 """Docker cannot run here, so the compose file is checked against the settings it feeds."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -16,7 +17,8 @@ def load_compose() -> dict:
 
 def test_compose_has_the_production_services_with_healthchecks():
     services = load_compose()["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    core = {name for name, service in services.items() if "profiles" not in service}
+    assert core == {"postgres", "redis", "migrate", "api", "worker"}
     for name in ("postgres", "redis", "api"):
         assert "healthcheck" in services[name], name
     assert services["migrate"]["restart"] == "no"
@@ -27,6 +29,8 @@ def test_compose_has_the_production_services_with_healthchecks():
 def test_compose_environment_names_only_real_settings():
     services = load_compose()["services"]
     fields = {f"GROKLAB_{name.upper()}" for name in Settings.model_fields}
+    # prometheus-client's own variable: the folder where the API processes share their samples.
+    fields.add("PROMETHEUS_MULTIPROC_DIR")
     for name in ("migrate", "api", "worker"):
         env = services[name]["environment"]
         assert {"GROKLAB_DATABASE_URL", "GROKLAB_BROKER_URL"} <= set(env)
@@ -51,3 +55,62 @@ def test_api_image_has_no_torch():
     assert not any("torch" in line for line in instructions)
     assert load_compose()["services"]["api"]["build"]["target"] == "api"
     assert ".[worker]" in dockerfile.split("FROM api AS worker")[1]
+
+
+OBSERVABILITY = ROOT / "deploy" / "observability"
+
+
+def test_observability_profile_wires_prometheus_to_the_api_and_grafana_to_prometheus():
+    services = load_compose()["services"]
+    observability = {n for n, s in services.items() if "observability" in s.get("profiles", [])}
+    assert observability == {"prometheus", "grafana"}
+
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "prometheus" in grafana["depends_on"]
+    assert "yesoreyeram-infinity-datasource" in grafana["environment"]["GF_INSTALL_PLUGINS"]
+    # Every bind-mounted file or folder is in the repository.
+    for service in (prometheus, grafana):
+        for volume in service["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+
+    config = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["api:8000"]  # the api service's port
+
+
+def test_grafana_provisioning_names_datasources_that_the_dashboard_uses():
+    provisioning = OBSERVABILITY / "grafana" / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "datasources.yml").read_text())
+    by_uid = {d["uid"]: d for d in datasources["datasources"]}
+    assert by_uid["groklab-prometheus"]["url"] == "http://prometheus:9090"
+    infinity = by_uid["groklab-api"]
+    assert infinity["type"] == "yesoreyeram-infinity-datasource"
+    assert infinity["url"] == "http://api:8000"
+    # The read token is a secret from the environment, never written in the repository.
+    assert infinity["jsonData"]["httpHeaderName1"] == "Authorization"
+    assert infinity["secureJsonData"]["httpHeaderValue1"] == "Bearer $GRAFANA_GROKLAB_READ_TOKEN"
+    grafana_env = load_compose()["services"]["grafana"]["environment"]
+    assert "GRAFANA_GROKLAB_READ_TOKEN" in grafana_env
+
+    providers = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())
+    assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboard = json.loads((OBSERVABILITY / "grafana" / "dashboards" / "groklab.json").read_text())
+    used = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert used == set(by_uid)
+    [accuracy] = [p for p in dashboard["panels"] if p["datasource"]["uid"] == "groklab-api"]
+    [target] = accuracy["targets"]
+    assert target["url"] == "/api/v1/experiments/${experiment}/metrics"
+    params = {p["key"]: p["value"] for p in target["url_options"]["params"]}
+    assert params["names"] == "train_acc,val_acc"
+    assert "experiment" in {v["name"] for v in dashboard["templating"]["list"]}
+
+
+def test_several_api_processes_share_a_fresh_metrics_folder():
+    api = load_compose()["services"]["api"]
+    folder = api["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert int(api["environment"]["GROKLAB_API_WORKERS"]) > 1
+    assert folder in api["tmpfs"]  # empty at every start, as prometheus-client requires

@@ -25,7 +25,9 @@ CHECKPOINT_STEP = 30
 SWEEPS = "/api/v1/sweeps"
 SWEEP = {"name": "seeds", "base": {k: v for k, v in TINY.items() if k != "name"},
          "grid": {"training.seed": [0, 1]}}
-OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+              "/", "/ui/{path:path}",  # the dashboard page and its static files (no data)
+              "/metrics"}  # Prometheus: counts and timings, no tenant data
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -40,6 +42,7 @@ class Route:
     per_sweep: bool = False  # {sweep_id} in the path: another owner's is 404
     params: dict | None = None
     model_checkpoint: bool = False  # it reads the model in the checkpoint, not only its bytes
+    stream: bool = False  # an event stream: called on finished (cancelled) jobs, so it ends
 
 
 # Every /api/v1 route, with what it needs. A new route fails test_every_api_route_is_in_the_matrix
@@ -57,6 +60,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", API + "/{experiment_id}/checkpoints/{step}/export"): Route(
         "read", per_experiment=True, model_checkpoint=True),
     ("GET", API + "/{experiment_id}/progress-measures"): Route("read", per_experiment=True),
+    ("GET", API + "/{experiment_id}/events"): Route("read", per_experiment=True, stream=True),
     ("POST", SWEEPS): Route("write", per_experiment=False, body=SWEEP),
     ("GET", SWEEPS): Route("read", per_experiment=False),
     ("GET", SWEEPS + "/{sweep_id}"): Route("read", per_experiment=False, per_sweep=True),
@@ -65,6 +69,7 @@ ROUTES: dict[tuple[str, str], Route] = {
         "read", per_experiment=False, per_sweep=True, params={"x": "training.seed"}
     ),
     ("GET", SWEEPS + "/{sweep_id}/members"): Route("read", per_experiment=False, per_sweep=True),
+    ("GET", "/api/v1/whoami"): Route("read", per_experiment=False),
 }
 
 
@@ -92,8 +97,9 @@ def test_every_route_outside_the_api_is_meant_to_be_open(api_app, client):
     other = {r.path for r in all_routes(api_app) if not r.path.startswith("/api/")}
     assert other == OPEN_PATHS
     anonymous = TestClient(api_app)
-    for path in OPEN_PATHS - {"/docs/oauth2-redirect"}:
+    for path in OPEN_PATHS - {"/docs/oauth2-redirect", "/ui/{path:path}"}:
         assert anonymous.get(path).status_code == 200, path
+    assert anonymous.get("/ui/app.js").status_code == 200
 
 
 def _depends_on(dependant, call) -> bool:
@@ -160,6 +166,8 @@ def test_auth_matrix(client, world, api_sessions, method, path):
         with api_sessions() as s:
             store.add_checkpoint(s, experiment_id, CHECKPOINT_STEP, blob, {})
         experiments.append(experiment_id)
+        if route.stream:
+            client.post(f"{API}/{experiment_id}/cancel", headers=bearer(world["alice_write"]))
     mine, for_admin = experiments
     if route.per_sweep:  # the sweep routes act on one of alice's sweeps instead
         mine, for_admin = (

@@ -12,11 +12,9 @@ import struct
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 
 from service import store
-from service.models import Checkpoint
-from tests.service.blobs import checkpoint_bytes
+from tests.service.blobs import checkpoint_bytes, overwrite_checkpoint_bytes
 from tests.service.specs import small_spec
 
 API = "/api/v1/experiments"
@@ -145,10 +143,7 @@ def test_verified_load_refuses_bytes_that_fail_their_sha256(session, experiment_
     stored = checkpoint_bytes(b"the weights as written")
     store.add_checkpoint(session, experiment_id, STEP, stored, {})
     flipped = checkpoint_bytes(b"the weights as written".replace(b"w", b"W", 1))
-    session.execute(
-        update(Checkpoint).where(Checkpoint.experiment_id == experiment_id).values(data=flipped)
-    )
-    session.commit()
+    overwrite_checkpoint_bytes(session, experiment_id, STEP, flipped)
     for step in (STEP, None):  # by step, and the latest (what a resumed job reads)
         with pytest.raises(store.CheckpointCorrupt) as refused:
             store.load_checkpoint_verified(session, experiment_id, step)
@@ -186,8 +181,7 @@ def test_download_refuses_bytes_that_fail_their_sha256(client, api_sessions):
     job = client.post(API, json={"name": "x", "preset": "ci-small"}).json()
     with api_sessions() as s:
         store.add_checkpoint(s, job["id"], STEP, checkpoint_bytes(b"as written"), {})
-        s.execute(update(Checkpoint).values(data=checkpoint_bytes(b"as changed")))
-        s.commit()
+        overwrite_checkpoint_bytes(s, job["id"], STEP, checkpoint_bytes(b"as changed"))
     r = client.get(f"{API}/{job['id']}/checkpoints/{STEP}")
     assert r.status_code == 409 and "sha256" in r.json()["detail"]
     assert hashlib.sha256(checkpoint_bytes(b"as written")).hexdigest() in r.json()["detail"]

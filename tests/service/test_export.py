@@ -2,22 +2,19 @@
 built from the exported config, and computes groklab's own logits on every pair."""
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load as load_tensors
-from sqlalchemy import update
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from typer.testing import CliRunner
 
 from service import store
 from service.export import ExportUnavailable, export_transformer_lens
-from service.models import Checkpoint
 from service.spec import ExperimentSpec, deep_merge, spec_from_preset
-from tests.service.blobs import checkpoint_bytes
+from tests.service.blobs import checkpoint_bytes, overwrite_checkpoint_bytes
 from worker.engine.train import Trainer
 
 API = "/api/v1/experiments"
@@ -158,9 +155,7 @@ def test_export_route_refuses_an_mlp_and_a_corrupt_checkpoint(client, api_sessio
 
     experiment_id, _ = submit_with_checkpoint(client, api_sessions, {})
     with api_sessions() as s:
-        s.execute(update(Checkpoint).where(Checkpoint.experiment_id == experiment_id)
-                  .values(data=checkpoint_bytes(b"changed")))
-        s.commit()
+        overwrite_checkpoint_bytes(s, experiment_id, None, checkpoint_bytes(b"changed"))
     r = client.get(f"{API}/{experiment_id}/checkpoints/4/export")
     assert r.status_code == 409 and "sha256" in r.json()["detail"]
 
@@ -177,9 +172,10 @@ def test_export_route_refuses_a_checkpoint_without_the_model(client, api_session
 def test_groklab_export_writes_the_file(client, api_sessions, monkeypatch, tmp_path):
     from service.cli import app
     from service.cli import client as client_module
+    from service.client import Client
 
     experiment_id, trainer = submit_with_checkpoint(client, api_sessions, CONFIGS["1 layer, no LN, relu"])
-    monkeypatch.setattr(client_module, "_client", lambda url: contextlib.nullcontext(client))
+    monkeypatch.setattr(client_module, "_client", lambda url: Client(http=client))
     out = tmp_path / "model.safetensors"
     r = CliRunner().invoke(app, ["export", experiment_id, "4", "--out", str(out)])
     assert r.exit_code == 0, r.output

@@ -5,12 +5,10 @@ backends."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import update
 
 from service import store
-from service.models import Checkpoint
 from service.spec import ExperimentSpec
-from tests.service.blobs import checkpoint_bytes
+from tests.service.blobs import checkpoint_bytes, overwrite_checkpoint_bytes
 from tests.service.specs import API, TINY
 
 STEPS = 60
@@ -126,9 +124,7 @@ def test_a_failure_is_stored_with_its_reason(client, api_sessions, api_settings,
     experiment_id = trained_experiment(client, api_sessions)
     enqueued.clear()  # the submit's own message
     with api_sessions() as s:
-        s.execute(update(Checkpoint).where(Checkpoint.experiment_id == experiment_id,
-                                           Checkpoint.step == 40).values(data=b"flipped bytes"))
-        s.commit()
+        overwrite_checkpoint_bytes(s, experiment_id, 40, b"flipped bytes")
     assert client.get(measures_url(experiment_id)).status_code == 202
     assert compute(experiment_id, 60, api_settings) == "failed"
     for _ in range(2):

@@ -21,15 +21,17 @@ def test_checkpoint_stores_sha256_and_size(session, experiment_id):
     assert checkpoint.sha256 == hashlib.sha256(blob).hexdigest()
     assert checkpoint.size == len(blob)
     again = store.get_checkpoint(session, experiment_id, 500)
-    assert bytes(again.data) == blob and again.meta == {"spec_hash": "abc"}
-    assert store.checkpoint_intact(again)
+    assert store.read_checkpoint(session, again) == blob and again.meta == {"spec_hash": "abc"}
+    assert store.checkpoint_intact(session, again)
 
 
 def test_checkpoint_is_idempotent_on_step_first_write_wins(session, experiment_id):
     first = store.add_checkpoint(session, experiment_id, 100, b"first", {})
     second = store.add_checkpoint(session, experiment_id, 100, b"second", {"late": True})
     assert second.sha256 == first.sha256
-    assert bytes(store.get_checkpoint(session, experiment_id, 100).data) == b"first"
+    assert store.read_checkpoint(session, store.get_checkpoint(session, experiment_id, 100)) == (
+        b"first"
+    )
     assert len(store.list_checkpoints(session, experiment_id)) == 1
 
 
@@ -40,25 +42,18 @@ def test_list_latest_and_missing(session, experiment_id):
     listing = store.list_checkpoints(session, experiment_id)
     assert [c.step for c in listing] == [200, 1000, 3000]
     latest = store.get_checkpoint(session, experiment_id, listing[-1].step)
-    assert latest.step == 3000 and bytes(latest.data) == b"at 3000"
+    assert latest.step == 3000 and store.read_checkpoint(session, latest) == b"at 3000"
     assert store.get_checkpoint(session, experiment_id, 999) is None
     with pytest.raises(store.ExperimentNotFound):
         store.add_checkpoint(session, "00000000-0000-0000-0000-000000000000", 1, b"x", {})
 
 
 def test_corruption_is_detected(session, experiment_id):
-    from sqlalchemy import update
-
-    from service.models import Checkpoint
+    from tests.service.blobs import overwrite_checkpoint_bytes
 
     store.add_checkpoint(session, experiment_id, 7, b"good bytes", {})
-    session.execute(
-        update(Checkpoint)
-        .where(Checkpoint.experiment_id == experiment_id, Checkpoint.step == 7)
-        .values(data=b"bad bytes!")
-    )
-    session.commit()
-    assert not store.checkpoint_intact(store.get_checkpoint(session, experiment_id, 7))
+    overwrite_checkpoint_bytes(session, experiment_id, 7, b"bad bytes!")
+    assert not store.checkpoint_intact(session, store.get_checkpoint(session, experiment_id, 7))
 
 
 def test_analysis_cache_round_trip_and_replace(session, experiment_id):

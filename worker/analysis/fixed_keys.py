@@ -10,11 +10,8 @@ from typing import Any
 
 import torch
 
-from worker.analysis.fourier import (
-    _full_grid_forward,
-    key_frequency_clusters,
-    progress_measures_all,
-)
+from worker.analysis.fourier import key_frequency_clusters, progress_measures_all
+from worker.analysis.grid import grid_mlp_acts
 
 # The measures served per checkpoint (with weight_norm, which the caller adds: it is the norm
 # of every parameter, the trainer's business).
@@ -33,7 +30,7 @@ FIXED_KEY_MEASURES: tuple[str, ...] = (
 def key_frequencies_of(model: torch.nn.Module, p: int, n_members: int) -> list[list[int]]:
     """Each member's key frequencies (fourier.key_frequency_clusters of its MLP neurons over
     the full grid). Applied to the final model, they are the paper's fixed key frequencies."""
-    _, mlp_acts = _full_grid_forward(model, p)
+    mlp_acts = grid_mlp_acts(model, p)
     return [key_frequency_clusters(mlp_acts[m], p)["key_frequencies"] for m in range(n_members)]
 
 

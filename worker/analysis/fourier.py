@@ -373,16 +373,16 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _measures_from(
-    logits: torch.Tensor,
+    stats: dict[str, Any],
     mlp_acts: torch.Tensor,
     weights: dict[str, Any],
     p: int,
-    op: str,
-    train_mask: torch.Tensor,
     key_freqs: list[int] | None = None,
 ) -> dict[str, Any]:
-    """One member's progress measures (progress_measures_all), from its full-grid logits
-    [p*p, p] and MLP acts [p*p, d_mlp]; key_freqs fixes the key frequencies (default: found
+    """One member's weight- and neuron-based progress measures (progress_measures_all), from
+    its MLP acts [p*p, d_mlp] over the full grid; `stats` holds the logit-based ones computed as
+    the grid streams (grid.streamed_measures: softmax_collapse; the losses are filled in there
+    once the key frequencies are known). key_freqs fixes the key frequencies (default: found
     from these neurons)."""
     W_E, W_U, W_out = weights["W_E"], weights["W_U"], weights.get("W_out")
     W_L = W_U if W_out is None else W_out @ W_U  # MLP arch: W_U already reads the neurons
@@ -395,7 +395,7 @@ def _measures_from(
         explained = sum(int((neuron_freq == k).sum()) for k in keys) / max(neuron_freq.numel(), 1)
     spectrum = embedding_fourier_norms(W_E, p)
 
-    result: dict[str, Any] = {
+    return {
         "restricted_loss": None,
         "excluded_loss": None,
         "full_loss": None,
@@ -406,23 +406,8 @@ def _measures_from(
         "key_frequencies": keys,
         "frac_neurons_explained": explained,
         "embedding_spectrum": [float(v) for v in spectrum],
-        "softmax_collapse": softmax_collapse_fraction(logits),
+        "softmax_collapse": stats["softmax_collapse"],
     }
-    if op in SUM_OPS:
-        labels = sum_op_labels(p, op, logits.device)
-        mask = train_mask.to(logits.device)
-        result["restricted_loss"] = restricted_loss(logits, labels, keys, p, op)
-        result["excluded_loss"] = excluded_loss(logits, labels, keys, p, op, mask)
-        result["full_loss"] = _cross_entropy(logits, labels)
-    return result
-
-
-def _full_grid_forward(model: torch.nn.Module, p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = full_grid_tokens(p, _model_device(model))
-    logits, mlp_acts = model(tokens, return_mlp_acts=True)
-    if logits.dim() != 3 or logits.shape[1] != p * p or logits.shape[2] != p:
-        raise ValueError(f"model logits must be [E, p*p={p * p}, p={p}] (got {list(logits.shape)})")
-    return logits, mlp_acts
 
 
 @torch.no_grad()
@@ -433,11 +418,13 @@ def progress_measures_all(
     train_mask: torch.Tensor,
     n_members: int,
     key_freqs: list[list[int]] | None = None,
+    chunk_pairs: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Every progress measure of every ensemble member, from one full-grid forward pass
-    (list index = member).
+    """Every progress measure of every ensemble member, from the full-grid forward pass run
+    chunk_pairs pairs at a time (default grid.chunk_pairs_for(n_members)), so that memory does
+    not grow with p^3 (list index = member).
 
-    model(tokens [p*p, 3], return_mlp_acts=True) -> (logits [E, p*p, p], mlp_acts [E, p*p, d_mlp])
+    model(tokens [n, 3], return_mlp_acts=True) -> (logits [E, n, p], mlp_acts [E, n, d_mlp])
     and model.analysis_weights(member) -> {"W_E", "W_U", "W_out" (None for the MLP arch), "W_in"}.
     train_mask: [p*p] (or [p, p]) bool over the grid, a outer, True for training pairs; or one
     per member, [E, p*p] (or [E, p, p]), when the members' training sets differ (a pack).
@@ -456,13 +443,9 @@ def progress_measures_all(
         embedding_spectrum: list[float] of length p//2 + 1 (embedding_fourier_norms)
         softmax_collapse: float in [0, 1]
     """
-    logits, mlp_acts = _full_grid_forward(model, p)
-    masks = member_train_masks(train_mask, p, n_members)
-    return [
-        _measures_from(logits[m], mlp_acts[m], model.analysis_weights(m), p, op, masks[m],
-                       None if key_freqs is None else key_freqs[m])
-        for m in range(n_members)
-    ]
+    from worker.analysis.grid import streamed_measures
+
+    return streamed_measures(model, p, op, train_mask, n_members, key_freqs, chunk_pairs)
 
 
 def member_train_masks(train_mask: torch.Tensor, p: int, n_members: int) -> list[torch.Tensor]:

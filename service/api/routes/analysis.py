@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from service import queueing, store
-from service.api.deps import OwnedExperiment, SessionDep
+from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
+from service.api.etag import json_with_etag
 from service.grokking import GrokkingThresholds
-from service.models import PROGRESS_DONE, PROGRESS_FAILED
+from service.models import ANALYSIS_DONE, ANALYSIS_FAILED, PROGRESS_DONE, PROGRESS_FAILED
 from service.schemas.analysis import THRESHOLD_DOC, fourier_view, grokking_thresholds
 from service.spec import fourier_unavailable
 from service.summary import experiment_phases, experiment_summary
@@ -17,17 +18,21 @@ from service.summary import experiment_phases, experiment_summary
 router = APIRouter(tags=["analysis"])
 
 
-@router.get("/experiments/{experiment_id}/analysis", description=THRESHOLD_DOC)
+@router.get("/experiments/{experiment_id}/analysis", description=THRESHOLD_DOC,
+            response_model=dict[str, Any],
+            responses={304: {"description": "Unchanged since the ETag in If-None-Match."}})
 def get_analysis(
     experiment: OwnedExperiment,
     session: SessionDep,
     thresholds: Annotated[GrokkingThresholds, Depends(grokking_thresholds)],
-) -> dict[str, Any]:
+    request: Request,
+) -> Response:
     """The grokking summary (every task) and the latest Fourier progress measures (modular
-    tasks): key frequencies with their share of the norm and the embedding's spectrum."""
+    tasks): key frequencies with their share of the norm and the embedding's spectrum. With
+    `If-None-Match` (the `ETag` of an earlier answer): 304 while nothing changed."""
     unavailable = fourier_unavailable(experiment.spec)
     latest = store.latest_cached_analysis(session, experiment.id) if unavailable is None else None
-    return {
+    return json_with_etag(request, {
         "experiment_id": experiment.id,
         "status": experiment.status,
         "summary": experiment_summary(session, experiment.id, thresholds),
@@ -36,46 +41,62 @@ def get_analysis(
         "fourier_unavailable": unavailable,
         # Memorization, circuit formation, cleanup (Nanda et al. 2023) from the recorded series.
         "phases": experiment_phases(session, experiment.id),
-    }
+    })
 
 
 @router.get(
     "/experiments/{experiment_id}/checkpoints/{step}/analysis",
     responses={202: {"description": "Queued for a worker; ask again shortly."},
+               409: {"description": "The analysis failed (why) and will not be retried."},
                422: {"description": "Fourier measures do not apply to this experiment."}},
 )
 def get_checkpoint_analysis(
     experiment: OwnedExperiment,
-    step: int,
+    step: Annotated[int, Path(ge=0, le=store.MAX_STEP)],
     session: SessionDep,
+    settings: SettingsDep,
 ) -> Any:
     """The Fourier progress measures of one stored checkpoint.
 
-    Computed by a worker on the first request (202 with Retry-After until it is ready; the API
-    itself never loads a model) and cached in the database after that."""
+    Computed by a worker on the `analysis` queue on the first request (202 with Retry-After
+    until it is ready; the API itself never loads a model) and cached in the database after
+    that. Concurrent requests queue one task. A failure is retried on a later request up to
+    GROKLAB_ANALYSIS_MAX_ATTEMPTS tries, then served as 409 with its reason."""
     reason = fourier_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
     cached = store.get_cached_analysis(session, experiment.id, step)
     if cached is not None:
-        if "error" in cached:
-            raise HTTPException(status_code=409, detail=cached["error"])
         return fourier_view(cached)
     if store.get_checkpoint(session, experiment.id, step) is None:
-        steps = [c.step for c in store.list_checkpoints(session, experiment.id)]
+        steps = [c.step for c in store.list_checkpoints(session, experiment.id, limit=1000)]
         raise HTTPException(
             status_code=404, detail=f"no checkpoint at step {step}; stored steps: {steps}"
         )
-    try:
-        queueing.enqueue_checkpoint_analysis(experiment.id, step, experiment.queue)
-    except Exception as exc:  # noqa: BLE001 - the broker is down: say so, never a 500
-        raise HTTPException(
-            status_code=503, detail=f"could not queue the analysis (broker unavailable: {exc})"
-        ) from exc
-    return JSONResponse(
-        {"status": "pending", "detail": f"analysis of step {step} queued for a worker; ask again"},
-        status_code=202, headers={"Retry-After": "2"},
+    found = store.request_checkpoint_analysis(
+        session, experiment.id, step, settings.analysis_max_attempts
     )
+    if found.status == ANALYSIS_DONE:
+        return fourier_view(found.data)
+    if found.status == ANALYSIS_FAILED:
+        raise HTTPException(
+            status_code=409,
+            detail=f"the analysis of step {step} failed: {found.error}",
+        )
+    if found.status == "queued":
+        try:
+            queueing.enqueue_checkpoint_analysis(experiment.id, step)
+        except Exception as exc:  # noqa: BLE001 - the broker is down: say so, never a 500
+            store.withdraw_analysis_request(session, experiment.id, step)
+            raise HTTPException(
+                status_code=503, detail=f"could not queue the analysis (broker unavailable: {exc})"
+            ) from exc
+    detail = f"analysis of step {step} queued for a worker; ask again"
+    if found.error:
+        detail += (f" (attempt {found.attempts} of {settings.analysis_max_attempts}; the "
+                   f"last one failed: {found.error})")
+    return JSONResponse({"status": "pending", "detail": detail},
+                        status_code=202, headers={"Retry-After": "2"})
 
 
 @router.get(

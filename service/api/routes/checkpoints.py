@@ -1,14 +1,16 @@
 """Checkpoints: list an experiment's, download one, verified, or export its weights."""
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response
-from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
 
 from service import export, store
-from service.api.deps import OwnedExperiment, SessionDep
+from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
 from service.api.responses import NOT_FOUND, UNAUTHORIZED
 from service.models import Checkpoint
 from service.schemas.checkpoints import CheckpointOut
@@ -17,10 +19,53 @@ from service.schemas.errors import ErrorOut, invalid
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTHORIZED)
 
 
-@router.get("/{experiment_id}/checkpoints", response_model=list[CheckpointOut], responses=NOT_FOUND)
-def list_checkpoints(experiment: OwnedExperiment, session: SessionDep) -> list[CheckpointOut]:
-    """Checkpoints by step: size, sha256, created_at and the engine's metadata."""
-    return [CheckpointOut.of(c) for c in store.list_checkpoints(session, experiment.id)]
+@router.get(
+    "/{experiment_id}/checkpoints",
+    response_model=list[CheckpointOut],
+    responses={
+        **NOT_FOUND,
+        200: {"headers": {"X-Next-Cursor": {
+            "description": "Pass as `cursor` for the next page; absent on the last page.",
+            "schema": {"type": "string"},
+        }}},
+    },
+)
+def list_checkpoints(
+    experiment: OwnedExperiment,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    limit: Annotated[int | None, Query(
+        ge=1, description="Page size (default and most: GROKLAB_MAX_PAGE_SIZE)."
+    )] = None,
+    cursor: Annotated[str | None, Query(
+        max_length=20, description="X-Next-Cursor of the previous page."
+    )] = None,
+) -> list[CheckpointOut]:
+    """Checkpoints by step, a page at a time: size, sha256, created_at and the engine's
+    metadata. The header X-Next-Cursor (and a Link rel="next") names the next page."""
+    if limit is not None and limit > settings.max_page_size:
+        raise invalid(("query", "limit"),
+                      f"limit must be at most {settings.max_page_size} (got {limit})", limit)
+    if cursor is not None and not (
+        cursor.isascii() and cursor.isdigit() and int(cursor) <= store.MAX_STEP
+    ):
+        raise invalid(("query", "cursor"),
+                      f"cursor must be the X-Next-Cursor of a previous page (got {cursor!r})",
+                      cursor)
+    limit = limit or settings.max_page_size
+    page = store.list_checkpoints(
+        session, experiment.id, after_step=None if cursor is None else int(cursor),
+        limit=limit + 1,
+    )
+    if len(page) > limit:
+        page = page[:limit]
+        response.headers["X-Next-Cursor"] = str(page[-1].step)
+        response.headers["Link"] = (
+            f'</api/v1/experiments/{experiment.id}/checkpoints?limit={limit}'
+            f'&cursor={page[-1].step}>; rel="next"'
+        )
+    return [CheckpointOut.of(c) for c in page]
 
 
 def verified_or_error(session: Session, experiment_id: str, step: int) -> Checkpoint:
@@ -54,21 +99,42 @@ def verified_or_error(session: Session, experiment_id: str, step: int) -> Checkp
 def download_checkpoint(
     experiment: OwnedExperiment,
     session: SessionDep,
+    request: Request,
     step: Annotated[int, Path(ge=0, le=store.MAX_STEP)],
 ) -> Response:
-    """Download a checkpoint. Its sha256 and its safetensors layout are verified on every
-    download; a corrupt one is refused with 409 rather than served."""
+    """Download a checkpoint, streamed a chunk at a time (the API holds one chunk, whatever the
+    size). Its sha256 and its safetensors layout are verified before the first byte is sent; a
+    corrupt one is refused with 409 rather than served. Bytes that change while they stream
+    break the connection rather than complete a download."""
     checkpoint = verified_or_error(session, experiment.id, step)
-    return Response(
-        content=checkpoint.data,
+    return StreamingResponse(
+        _verified_stream(request.app.state.sessions, checkpoint),
         media_type="application/octet-stream",
         headers={
+            "Content-Length": str(checkpoint.size),
             "X-Checksum-Sha256": checkpoint.sha256,
             "Content-Disposition": (
                 f'attachment; filename="{experiment.id}-step{step}.safetensors"'
             ),
         },
     )
+
+
+def _verified_stream(sessions: sessionmaker[Session], checkpoint: Checkpoint) -> Iterator[bytes]:
+    """The chunks of a verified checkpoint, in a session of their own (the request's is closed
+    by the time the body streams); raises before the last chunk if the bytes no longer match."""
+    digest = hashlib.sha256()
+    with sessions() as session:
+        chunks = store.checkpoint_chunks(session, checkpoint)
+        previous = next(chunks, b"")
+        for chunk in chunks:
+            digest.update(previous)
+            yield previous
+            previous = chunk
+        digest.update(previous)
+        if digest.hexdigest() != checkpoint.sha256:
+            raise store.CheckpointCorrupt(checkpoint, "its bytes changed while they streamed")
+        yield previous
 
 
 @router.get(
@@ -101,10 +167,15 @@ def export_checkpoint(
     reason = export.transformer_lens_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
-    checkpoint = verified_or_error(session, experiment.id, step)
+    try:
+        stored = store.load_checkpoint_verified(session, experiment.id, step)
+    except store.CheckpointCorrupt as exc:
+        raise HTTPException(409, str(exc)) from None
+    if stored is None:
+        raise HTTPException(404, f"experiment {experiment.id} has no checkpoint at step {step}")
     try:
         blob = export.export_transformer_lens(
-            checkpoint.data, experiment.spec, member,
+            stored, experiment.spec, member,
             metadata={"groklab_experiment_id": str(experiment.id), "groklab_step": str(step)},
         )
     except export.ExportUnavailable as exc:

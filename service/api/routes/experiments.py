@@ -4,25 +4,35 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from service import store
 from service.api.deps import (
     EnqueueDep,
-    OwnedExperiment,
+    ExperimentIdPath,
     OwnedExperimentForWrite,
     ReadPrincipal,
     SessionDep,
     SettingsDep,
     SubmittedSpec,
     WritePrincipal,
+    require_storage_quota,
     require_webhook_secret,
+    visible,
 )
+from service.api.etag import json_with_etag
+from service.auth import Principal
 from service.api.responses import FORBIDDEN, NOT_FOUND, UNAUTHORIZED
 from service.models import FINISHED_STATUSES
 from service.queueing import queue_for
+from service.quotas import require_quota
 from service.schemas.errors import ErrorOut, invalid
+from service.store.live import experiment_snapshot
 from service.schemas.experiments import (
     CancelConflict,
     ExperimentListQuery,
@@ -42,7 +52,11 @@ router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTH
     responses={
         **FORBIDDEN,
         413: {"model": ErrorOut, "description": "Body larger than GROKLAB_MAX_BODY_BYTES."},
+        507: {"model": ErrorOut, "description": "The owner's checkpoints fill its storage "
+              "quota (GROKLAB_STORAGE_QUOTA_BYTES)."},
         422: {"description": "Invalid spec: `detail` lists each field (`loc`) and the problem."},
+        429: {"model": ErrorOut, "description": "Over the owner's quota of queued + running "
+              "jobs or of submissions per minute (the detail names it); see Retry-After."},
     },
 )
 def submit_experiment(
@@ -59,6 +73,8 @@ def submit_experiment(
     `training.device` is `cuda`, otherwise on the default queue (GROKLAB_DEFAULT_QUEUE).
     """
     require_webhook_secret(session, principal.owner, [spec], ("body", "notify", "url"))
+    require_storage_quota(session, settings, principal.owner)
+    require_quota(session, settings, principal)
     queue = queue_for(spec, settings.default_queue)
     experiment = store.create_experiment(session, spec, queue, owner=principal.owner)
     try:
@@ -89,10 +105,29 @@ def list_experiments(
     return ExperimentPage(items=[ExperimentOut.of(e) for e in items], next_cursor=next_cursor)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentOut, responses=NOT_FOUND)
-def get_experiment(experiment: OwnedExperiment) -> ExperimentOut:
-    """A job's status, spec, progress, timestamps, error and summary."""
-    return ExperimentOut.of(experiment)
+@router.get(
+    "/{experiment_id}",
+    response_model=ExperimentOut,
+    responses={**NOT_FOUND, 304: {"description": "Unchanged since the ETag in If-None-Match."}},
+)
+async def get_experiment(
+    principal: ReadPrincipal, experiment_id: ExperimentIdPath, request: Request
+) -> Response:
+    """A job's status, spec, progress, timestamps, error and summary. With `If-None-Match`
+    (the `ETag` of an earlier answer): 304 while nothing changed."""
+    # The route pollers call: one thread hop reads and encodes the job (the token is usually
+    # checked already, see get_principal), and the body is not validated a second time.
+    body = await run_in_threadpool(
+        _status_body, request.app.state.sessions, principal, experiment_id
+    )
+    return json_with_etag(request, body)
+
+
+def _status_body(sessions: sessionmaker[Session], principal: Principal, experiment_id: UUID) -> bytes:
+    with sessions() as session:
+        found = experiment_snapshot(session, str(experiment_id))
+    experiment = visible(found, principal, "experiment", experiment_id)
+    return ExperimentOut.of(experiment).model_dump_json().encode()
 
 
 @router.post(

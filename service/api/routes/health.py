@@ -1,6 +1,8 @@
 """Liveness and readiness, outside /api/v1 (what orchestrators probe)."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -8,6 +10,8 @@ from sqlalchemy import text
 from service.api.deps import SettingsDep
 from service.schemas.health import Health, Readiness
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -26,7 +30,8 @@ def healthz() -> Health:
 def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     """Ready to serve: the database answers a query and the broker is reachable (Redis or
     RabbitMQ: a connection; the embedded filesystem broker: its folder exists). 503 names the
-    part that failed."""
+    part that failed, in words that say nothing of hosts, ports or paths (this route needs no
+    token); the details go to the log."""
     checks = {
         "database": _check_database(request),
         "broker": _check_broker(settings),
@@ -40,8 +45,9 @@ def _check_database(request: Request) -> str:
     try:
         with request.app.state.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready
-        return f"unreachable: {type(exc).__name__}: {exc}"[:500]
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        log.exception("readiness: the database does not answer")
+        return "database unavailable"
     return "ok"
 
 
@@ -49,7 +55,10 @@ def _check_broker(settings: Settings) -> str:
     url = settings.resolved_broker_url
     if url.startswith("filesystem://"):
         folder = settings.broker_dir
-        return "ok" if folder.is_dir() else f"broker folder {folder} does not exist"
+        if folder.is_dir():
+            return "ok"
+        log.error("readiness: the broker folder %s does not exist", folder)
+        return "broker unavailable"
     from kombu import Connection
 
     try:
@@ -57,6 +66,7 @@ def _check_broker(settings: Settings) -> str:
             connection.ensure_connection(
                 max_retries=1, interval_start=0, interval_step=0.5, interval_max=0.5, timeout=3
             )
-    except Exception as exc:  # noqa: BLE001
-        return f"unreachable: {type(exc).__name__}: {exc}"[:500]
+    except Exception:  # noqa: BLE001
+        log.exception("readiness: the broker is not reachable")
+        return "broker unavailable"
     return "ok"

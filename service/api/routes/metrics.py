@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from service import store
 from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
+from service.api.etag import etag_of, matches, not_modified
 from service.api.responses import NOT_FOUND, UNAUTHORIZED
 from service.downsample import __doc__ as DOWNSAMPLING
 from service.schemas.metrics import MetricsOut, MetricsQuery, metrics_csv
+from service.store.live import metrics_validator
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTHORIZED)
 
@@ -32,8 +34,16 @@ def get_metrics(
     session: SessionDep,
     settings: SettingsDep,
     query: Annotated[MetricsQuery, Query()],
+    request: Request,
+    response: Response,
 ) -> dict | Response:
     query.check(settings)
+    # ETag: the stored series' sizes and the query, read before the (costlier) query itself.
+    etag = etag_of(experiment.id, metrics_validator(session, experiment.id),
+                   sorted(request.query_params.multi_items()))
+    if matches(request, etag):
+        return not_modified(etag)
+    response.headers["ETag"] = etag
     names = query.name_list
     series = store.count_metric_series(session, experiment.id, names=names, member=query.member)
     data = store.query_metrics(
@@ -41,5 +51,5 @@ def get_metrics(
         max_points=query.points_per_series(series, settings), member=query.member,
     )
     if query.format == "csv":
-        return Response(metrics_csv(data), media_type="text/csv")
+        return Response(metrics_csv(data), media_type="text/csv", headers={"ETag": etag})
     return data

@@ -1,0 +1,216 @@
+"""Budgets as products: what a spec asks for in total, checked against the GROKLAB_MAX_* caps.
+
+Each cap of spec.Limits bounds one field; these bound the products of several (a checkpoint
+every step of a million-step run, a moving-average filter of window x members x parameters
+floats). Pure arithmetic on a validated spec, torch-free: the API refuses a spec over any of
+them with a 422 naming the fields (see spec.ExperimentSpec._check_products).
+
+Units: compute is members x parameters per member x examples per step x steps (a multiply-add
+per parameter per example, up to a constant); memory is bytes of float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+    from service.spec import ExperimentSpec
+
+FLOAT_BYTES = 4
+# The full-grid analysis runs the model on ANALYSIS_CHUNK_ROWS // members pairs at a time
+# (worker/analysis/grid.py says the same); per chunk it holds the logits and a few float64
+# copies for the losses, and the forward pass's activations at the 3 token positions.
+ANALYSIS_CHUNK_ROWS = 65536
+ANALYSIS_LOGIT_COPIES = 4
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One budget a spec exceeds: the fields it is made of and the sentence that says so."""
+
+    loc: tuple[str, ...]
+    msg: str
+    value: object
+
+
+def members(spec: ExperimentSpec) -> int:
+    return spec.ensemble.size
+
+
+def examples_per_step(spec: ExperimentSpec) -> int:
+    """The minibatch, or the largest member's training set for full batch."""
+    if spec.training.batch_size is not None:
+        return spec.training.batch_size
+    fractions = spec.ensemble.per_member("train_fraction", spec.task.train_fraction)
+    return max(spec.n_examples(f) for f in fractions)
+
+
+def compute(spec: ExperimentSpec) -> int:
+    """members x parameters x examples per step x steps."""
+    return members(spec) * spec.param_count() * examples_per_step(spec) * spec.training.steps
+
+
+def checkpoints(spec: ExperimentSpec) -> int:
+    """Checkpoints one run writes: one every checkpoint_every steps."""
+    return spec.training.steps // spec.training.checkpoint_every
+
+
+def evaluations(spec: ExperimentSpec) -> int:
+    return spec.training.steps // spec.training.eval_every
+
+
+def analyses(spec: ExperimentSpec) -> int:
+    """Progress-measure analyses during training (none when analysis.every is null or the
+    Fourier measures do not apply)."""
+    every = spec.analysis.every
+    if every is None or spec.fourier_unavailable() is not None:
+        return 0
+    return spec.training.steps // every
+
+
+def optimizer_states(spec: ExperimentSpec) -> int:
+    """Floats of optimizer state per parameter: Adam's two moments, SGD's momentum buffer."""
+    opt = spec.optimizer
+    if opt.name in ("adam", "adamw"):
+        return 2
+    return 1 if opt.momentum > 0 else 0
+
+
+def grad_filter_states(spec: ExperimentSpec) -> int:
+    """Floats of Grokfast filter state per parameter: the EMA, or the MA window."""
+    f = spec.optimizer.grad_filter
+    if f is None:
+        return 0
+    return f.window if f.kind == "ma" else 1
+
+
+def checkpoint_bytes(spec: ExperimentSpec) -> int:
+    """members x parameters x 4 x (weights + optimizer state + filter state)."""
+    per_param = 1 + optimizer_states(spec) + grad_filter_states(spec)
+    return members(spec) * spec.param_count() * FLOAT_BYTES * per_param
+
+
+def grad_filter_bytes(spec: ExperimentSpec) -> int:
+    """The moving-average filter's buffer: window x members x parameters x 4 (0 for EMA)."""
+    f = spec.optimizer.grad_filter
+    if f is None or f.kind != "ma":
+        return 0
+    return f.window * members(spec) * spec.param_count() * FLOAT_BYTES
+
+
+def analysis_chunk_bytes(spec: ExperimentSpec) -> int:
+    """What one chunk of the full-grid forward holds: members x chunk (ANALYSIS_CHUNK_ROWS in
+    all) x (ANALYSIS_LOGIT_COPIES
+    x p float64 logits + 3 positions x layers x (d_mlp + 4 d_model) float32 activations)."""
+    p, m = spec.task.n_elements, spec.model
+    chunk = min(max(1, ANALYSIS_CHUNK_ROWS // members(spec)), p * p)
+    per_pair = ANALYSIS_LOGIT_COPIES * p * 8 + 3 * m.n_layers * (m.d_mlp + 4 * m.d_model) * FLOAT_BYTES
+    return members(spec) * chunk * per_pair
+
+
+def analysis_bytes(spec: ExperimentSpec) -> int:
+    """One progress-measure analysis, its full-grid forward run in chunks: every member's MLP
+    activations over the grid, members x p*p x d_mlp x 4 (the neuron clustering reads them
+    whole), three [p, p] float64 tables per member, and one chunk (analysis_chunk_bytes). It
+    grows with p^2, not with the p^3 logits. 0 when no analysis runs."""
+    if analyses(spec) == 0:
+        return 0
+    p = spec.task.n_elements
+    held = members(spec) * p * p * (spec.model.d_mlp * FLOAT_BYTES + 3 * 8)
+    return held + analysis_chunk_bytes(spec)
+
+
+def time_limit_s(spec: ExperimentSpec, settings: Settings) -> float | None:
+    """The job's time limit: time_limit_floor_s + time_limit_s_per_compute x compute; None
+    when both are 0 (no limit)."""
+    if not settings.time_limit_floor_s and not settings.time_limit_s_per_compute:
+        return None
+    return settings.time_limit_floor_s + settings.time_limit_s_per_compute * compute(spec)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # unreachable
+
+
+def refusals(spec: ExperimentSpec, limits) -> list[Refusal]:  # noqa: ANN001 - spec.Limits
+    """Every product budget of `limits` (a spec.Limits) that the spec exceeds. A limit that is
+    None or 0 is not checked."""
+    out: list[Refusal] = []
+    t, e = spec.training, spec.ensemble.size
+    n = spec.param_count()
+
+    def over(limit: int | float | None, value: int | float) -> bool:
+        return bool(limit) and value > limit  # type: ignore[operator]
+
+    if over(limits.max_compute, c := compute(spec)):
+        out.append(Refusal(
+            ("training", "steps"),
+            f"compute ensemble.size x parameters x examples per step x training.steps = "
+            f"{e} x {n} x {examples_per_step(spec)} x {t.steps} = {c:.3g}; at most "
+            f"{limits.max_compute:.3g} allowed (GROKLAB_MAX_COMPUTE_PER_JOB): fewer steps, "
+            "members, a smaller model or a minibatch (training.batch_size)",
+            t.steps,
+        ))
+    if over(limits.max_checkpoints, k := checkpoints(spec)):
+        out.append(Refusal(
+            ("training", "checkpoint_every"),
+            f"training.steps / training.checkpoint_every = {t.steps} / {t.checkpoint_every} = "
+            f"{k} checkpoints; at most {limits.max_checkpoints} allowed "
+            f"(GROKLAB_MAX_CHECKPOINTS_PER_JOB): checkpoint_every must be at least "
+            f"{-(-t.steps // (limits.max_checkpoints + 1)) if t.steps > limits.max_checkpoints else 1}",
+            t.checkpoint_every,
+        ))
+    if over(limits.max_evals, k := evaluations(spec)):
+        out.append(Refusal(
+            ("training", "eval_every"),
+            f"training.steps / training.eval_every = {t.steps} / {t.eval_every} = {k} "
+            f"evaluations; at most {limits.max_evals} allowed (GROKLAB_MAX_EVALS_PER_JOB): "
+            f"eval_every must be at least {-(-t.steps // (limits.max_evals + 1))}",
+            t.eval_every,
+        ))
+    if over(limits.max_analyses, k := analyses(spec)):
+        every = spec.analysis.every
+        out.append(Refusal(
+            ("analysis", "every"),
+            f"training.steps / analysis.every = {t.steps} / {every} = {k} analyses; at most "
+            f"{limits.max_analyses} allowed (GROKLAB_MAX_ANALYSES_PER_JOB): analysis.every "
+            f"must be at least {-(-t.steps // (limits.max_analyses + 1))}, or null",
+            every,
+        ))
+    if over(limits.max_checkpoint_bytes, b := checkpoint_bytes(spec)):
+        per = 1 + optimizer_states(spec) + grad_filter_states(spec)
+        out.append(Refusal(
+            ("ensemble", "size"),
+            f"one checkpoint is ensemble.size x parameters x 4 bytes x {per} (weights, "
+            f"optimizer and gradient-filter state) = {e} x {n} x 4 x {per} = {_size(b)}; at "
+            f"most {_size(limits.max_checkpoint_bytes)} allowed (GROKLAB_MAX_CHECKPOINT_BYTES): "
+            "fewer members or a smaller model",
+            e,
+        ))
+    if over(limits.max_grad_filter_bytes, b := grad_filter_bytes(spec)):
+        window = spec.optimizer.grad_filter.window  # type: ignore[union-attr]
+        out.append(Refusal(
+            ("optimizer", "grad_filter", "window"),
+            f"the moving-average filter holds optimizer.grad_filter.window x ensemble.size x "
+            f"parameters x 4 bytes = {window} x {e} x {n} x 4 = {_size(b)}; at most "
+            f"{_size(limits.max_grad_filter_bytes)} allowed (GROKLAB_MAX_GRAD_FILTER_BYTES): a "
+            "smaller window, fewer members, or kind 'ema'",
+            window,
+        ))
+    if over(limits.max_analysis_bytes, b := analysis_bytes(spec)):
+        p = spec.task.n_elements
+        out.append(Refusal(
+            ("task", "p"),
+            f"one progress-measure analysis holds ensemble.size x p^2 x (model.d_mlp x 4 + 24) "
+            f"bytes and a chunk of {ANALYSIS_CHUNK_ROWS} member-pairs = {_size(b)} (p={p}, "
+            f"ensemble.size={e}, d_mlp={spec.model.d_mlp}); at most "
+            f"{_size(limits.max_analysis_bytes)} allowed "
+            "(GROKLAB_MAX_ANALYSIS_BYTES): a smaller p or ensemble, or analysis.every null",
+            p,
+        ))
+    return out

@@ -1,0 +1,576 @@
+// The groklab dashboard: a single page with hash routes (#/experiments, #/experiments/<id>,
+// #/sweeps, #/sweeps/<id>) over the /api/v1 API, signed in with a bearer token kept in
+// sessionStorage. A "#token=..." fragment signs in too (for scripted use); it is stored and
+// removed from the address bar. The token never goes into a query string.
+"use strict";
+
+const API = "/api/v1";
+const TOKEN_KEY = "groklab.token";
+const LIST_POLL_MS = 5000;
+const RUN_POLL_MS = 3000;
+const ACTIVE = ["queued", "running"];
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+// ---- the token, the API and the error banner ----------------------------------------------
+
+const session = { token: null, who: null };
+
+function takeFragmentToken() {
+  const hash = location.hash.replace(/^#/, "");
+  const params = new URLSearchParams(hash.includes("token=") ? hash.replace(/^.*?(?=token=)/, "") : "");
+  const token = params.get("token");
+  if (token) {
+    sessionStorage.setItem(TOKEN_KEY, token);
+    const route = hash.split(/[?&]?token=/)[0];
+    history.replaceState(null, "", location.pathname + "#" + (route.startsWith("/") ? route : "/experiments"));
+  }
+  session.token = sessionStorage.getItem(TOKEN_KEY);
+}
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+function detailOf(body) {
+  if (!body || body.detail === undefined) return null;
+  if (typeof body.detail === "string") return body.detail;
+  if (Array.isArray(body.detail)) {
+    return body.detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
+  }
+  return JSON.stringify(body.detail);
+}
+
+// fetch() on the API with the bearer token; an ApiError that says what went wrong otherwise.
+async function api(path, { method = "GET", signal, raw = false, headers = {} } = {}) {
+  let response;
+  try {
+    response = await fetch(API + path, {
+      method, signal, headers: { Authorization: `Bearer ${session.token}`, ...headers },
+    });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError(0, "server unreachable: the groklab API did not answer (is it running?)");
+  }
+  if (response.ok) return raw ? response : response.json();
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON */ }
+  const detail = detailOf(body);
+  if (response.status === 401) {
+    throw new ApiError(401, "invalid or revoked token: sign in again with a valid one");
+  }
+  if (response.status === 404) throw new ApiError(404, "not found: " + (detail || path));
+  if (response.status >= 500) {
+    throw new ApiError(response.status, `server error ${response.status}: ${detail || response.statusText}`);
+  }
+  throw new ApiError(response.status, detail || `${response.status} ${response.statusText}`);
+}
+
+function showError(message) {
+  const banner = $("#error-banner");
+  banner.textContent = message;
+  banner.hidden = false;
+}
+
+function clearError() { $("#error-banner").hidden = true; }
+
+// An error of a view: a bad token sends back to sign in; anything else stays in the banner.
+function fail(err) {
+  if (err && err.name === "AbortError") return;
+  if (err instanceof ApiError) console.warn(err.message); // expected: shown in the banner
+  else console.error(err);
+  showError(err instanceof ApiError ? err.message : `unexpected error: ${err}`);
+  if (err instanceof ApiError && err.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    session.token = null;
+    session.who = null;
+    showSignIn();
+  }
+}
+
+// ---- helpers for building the page ---------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+// Replaces el's children (null and false children are left out, as in h()).
+function put(el, ...children) {
+  el.replaceChildren();
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+}
+
+function badge(status) { return h("span", { class: `badge ${status}` }, status); }
+
+function progressBar(step, total) {
+  const pct = total > 0 ? Math.min(100, (100 * step) / total) : 0;
+  return h("div", { class: "progress", title: `${step} / ${total} steps` },
+    h("div", { class: "bar", style: `width:${pct.toFixed(1)}%` }),
+    h("span", {}, `${step} / ${total}`));
+}
+
+function when(iso) { return iso ? new Date(iso).toLocaleString() : "—"; }
+
+function fmt(v, digits = 4) {
+  if (v === null || v === undefined) return "—";
+  if (typeof v !== "number") return String(v);
+  return Number.isInteger(v) ? String(v) : v.toPrecision(digits);
+}
+
+function download(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const a = h("a", { href: url, download: filename });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// ---- routing -------------------------------------------------------------------------------
+
+let view = null; // {stop()} of the view on screen: its timers and streams
+
+function stopView() {
+  if (view) view.stop();
+  view = null;
+}
+
+function showSignIn() {
+  stopView();
+  $("#signin").hidden = false;
+  $("#view").innerHTML = "";
+  $("#whoami").textContent = "";
+  $("#sign-out").hidden = true;
+}
+
+async function route() {
+  stopView();
+  clearError();
+  if (!session.token) { showSignIn(); return; }
+  $("#signin").hidden = true;
+  $("#sign-out").hidden = false;
+  const path = location.hash.replace(/^#/, "") || "/experiments";
+  const parts = path.split("/").filter(Boolean);
+  const main = $("#view");
+  main.innerHTML = "";
+  const controller = new AbortController();
+  const timers = [];
+  view = {
+    signal: controller.signal,
+    every(ms, fn) { timers.push(setInterval(fn, ms)); },
+    stop() { controller.abort(); timers.forEach(clearInterval); },
+  };
+  try {
+    if (!session.who) {
+      session.who = await api("/whoami");
+      $("#whoami").textContent = `${session.who.owner} (${session.who.scope})`;
+    }
+    if (parts[0] === "experiments" && parts[1]) await experimentPage(main, parts[1], view);
+    else if (parts[0] === "sweeps" && parts[1]) await sweepPage(main, parts[1], view);
+    else if (parts[0] === "sweeps") await sweepList(main, view);
+    else await experimentList(main, view);
+  } catch (err) {
+    fail(err);
+  }
+}
+
+// ---- the experiments list ------------------------------------------------------------------
+
+async function experimentList(main, v) {
+  const status = h("select", { id: "filter-status" },
+    h("option", { value: "" }, "any status"), STATUSES.map((s) => h("option", { value: s }, s)));
+  const name = h("input", { id: "filter-name", type: "search", placeholder: "exact name" });
+  const body = h("tbody");
+  const more = h("button", { type: "button", id: "more", hidden: true }, "More");
+  const filters = JSON.parse(sessionStorage.getItem("groklab.filters") || "{}");
+  status.value = filters.status || "";
+  name.value = filters.name || "";
+  let pages = 1;
+
+  main.append(
+    h("h1", {}, "Experiments"),
+    h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); pages = 1; load(); } },
+      h("label", {}, "Status ", status), h("label", {}, "Name ", name),
+      h("button", { type: "submit" }, "Filter")),
+    h("table", { id: "experiments", class: "list" },
+      h("thead", {}, h("tr", {}, ["Name", "Status", "Phase", "Progress", "Created"].map((c) => h("th", {}, c)))),
+      body),
+    more,
+  );
+  status.addEventListener("change", () => { pages = 1; load(); });
+  more.addEventListener("click", () => { pages += 1; load(); });
+
+  async function load() {
+    sessionStorage.setItem("groklab.filters", JSON.stringify({ status: status.value, name: name.value }));
+    const items = [];
+    let cursor = null;
+    for (let i = 0; i < pages; i++) {
+      const q = new URLSearchParams();
+      if (status.value) q.set("status", status.value);
+      if (name.value.trim()) q.set("name", name.value.trim());
+      if (cursor) q.set("cursor", cursor);
+      const page = await api(`/experiments?${q}`, { signal: v.signal });
+      items.push(...page.items);
+      cursor = page.next_cursor;
+      if (!cursor) break;
+    }
+    more.hidden = !cursor;
+    put(body, ...items.map((e) => h("tr", { "data-id": e.id },
+      h("td", {}, h("a", { href: `#/experiments/${e.id}` }, e.name)),
+      h("td", {}, badge(e.status)),
+      h("td", {}, (e.summary && e.summary.phase) || "—"),
+      h("td", {}, progressBar(e.progress.step, e.progress.total_steps)),
+      h("td", {}, when(e.created_at)))));
+    if (items.length === 0) body.append(h("tr", {}, h("td", { colspan: 5, class: "empty" }, "no experiments")));
+    clearError();
+  }
+
+  await load();
+  v.every(LIST_POLL_MS, () => load().catch(fail));
+}
+
+// ---- one experiment ------------------------------------------------------------------------
+
+const CHARTS = [
+  { id: "chart-accuracy", title: "Accuracy", names: ["train_acc", "val_acc"], overlay: true },
+  { id: "chart-loss", title: "Loss", names: ["train_loss", "val_loss"], logY: true },
+  { id: "chart-weight-norm", title: "Weight norm", names: ["weight_norm"] },
+  { id: "chart-restricted", title: "Restricted / excluded loss",
+    names: ["restricted_loss", "excluded_loss"], logY: true },
+  { id: "chart-gini", title: "Gini of the Fourier norms", names: ["gini_embed", "gini_unembed"] },
+  { id: "chart-key-freqs", title: "Key frequencies", names: ["key_freq_count"] },
+];
+
+function seriesOf(metrics, name, member) {
+  return metrics.series.find((s) => s.name === name && s.member === member);
+}
+
+function markersOf(summary) {
+  const markers = [];
+  if (summary && summary.memorization_step != null) {
+    markers.push({ step: summary.memorization_step, label: `memorised @${summary.memorization_step}`, color: "#9333ea", row: 1 });
+  }
+  if (summary && summary.generalization_step != null) {
+    markers.push({ step: summary.generalization_step, label: `generalised @${summary.generalization_step}`, color: "#16a34a", row: 2 });
+  }
+  return markers;
+}
+
+function bandsOf(phases) {
+  if (!phases) return [];
+  const colors = { memorization: "rgba(147,51,234,0.07)", circuit_formation: "rgba(234,88,12,0.07)", cleanup: "rgba(22,163,74,0.08)" };
+  return Object.entries(colors)
+    .filter(([k]) => phases[k])
+    .map(([k, color]) => ({ start: phases[k].start_step, end: phases[k].end_step, color }));
+}
+
+async function experimentPage(main, id, v) {
+  const state = { experiment: null, metrics: null, analysis: null, member: 0, overlays: new Map() };
+  const header = h("section", { class: "card", id: "experiment-header" });
+  const charts = h("section", { class: "charts" });
+  const chartEls = {};
+  for (const c of CHARTS) {
+    const el = h("div", { class: "chart", id: c.id, "data-chart": c.id });
+    chartEls[c.id] = el;
+    charts.append(h("figure", { class: "card" }, h("figcaption", {}, c.title), el));
+  }
+  const spectrumEl = h("div", { class: "chart", id: "chart-spectrum", "data-chart": "chart-spectrum" });
+  const spectrumNote = h("p", { class: "note", id: "spectrum-note" });
+  charts.append(h("figure", { class: "card" },
+    h("figcaption", {}, "Embedding Fourier spectrum"), spectrumEl, spectrumNote));
+  const overlayBox = h("div", { class: "overlay", id: "overlay" });
+  const checkpoints = h("section", { class: "card", id: "checkpoints" });
+  const spec = h("pre", { id: "spec" });
+  main.append(header, overlayBox, charts, checkpoints,
+    h("section", { class: "card" }, h("h2", {}, "Spec"), spec));
+
+  async function loadExperiment() {
+    state.experiment = await api(`/experiments/${id}`, { signal: v.signal });
+    renderHeader();
+  }
+
+  async function loadMetrics() {
+    const member = state.experiment.spec.ensemble && state.experiment.spec.ensemble.size > 1 ? `?member=${state.member}` : "";
+    state.metrics = await api(`/experiments/${id}/metrics${member}`, { signal: v.signal });
+  }
+
+  async function loadAnalysis() {
+    try {
+      state.analysis = await api(`/experiments/${id}/analysis`, { signal: v.signal });
+    } catch (err) {
+      if (err.name === "AbortError") throw err;
+      state.analysis = null;
+      spectrumNote.textContent = `analysis unavailable: ${err.message}`;
+    }
+  }
+
+  function renderHeader() {
+    const e = state.experiment;
+    const s = e.summary || {};
+    const canCancel = session.who && session.who.scope !== "read" && ACTIVE.includes(e.status);
+    const size = (e.spec.ensemble && e.spec.ensemble.size) || 1;
+    const memberSelect = size > 1 ? h("label", {}, "Member ",
+      h("select", { id: "member", onchange: (ev) => { state.member = Number(ev.target.value); refresh().catch(fail); } },
+        Array.from({ length: size }, (_, m) => h("option", { value: m, selected: m === state.member }, m)))) : null;
+    put(header, 
+      h("h1", {}, e.name, " ", badge(e.status), e.cancel_requested && e.status === "running" ? h("span", { class: "note" }, " cancel requested") : null),
+      h("dl", { class: "facts" },
+        h("dt", {}, "id"), h("dd", {}, h("code", {}, e.id)),
+        h("dt", {}, "owner"), h("dd", {}, e.owner),
+        h("dt", {}, "phase"), h("dd", { id: "phase" }, s.phase || "—"),
+        h("dt", {}, "progress"), h("dd", {}, progressBar(e.progress.step, e.progress.total_steps),
+          e.progress.eta_s != null && ACTIVE.includes(e.status) ? ` eta ${Math.round(e.progress.eta_s)} s` : ""),
+        h("dt", {}, "memorised at"), h("dd", {}, fmt(s.memorization_step)),
+        h("dt", {}, "generalised at"), h("dd", {}, fmt(s.generalization_step)),
+        h("dt", {}, "created"), h("dd", {}, when(e.created_at)),
+        h("dt", {}, "finished"), h("dd", {}, when(e.finished_at)),
+        h("dt", {}, "worker"), h("dd", {}, e.worker || "—")),
+      e.error ? h("p", { class: "error" }, e.error) : null,
+      h("div", { class: "actions" }, memberSelect,
+        canCancel ? h("button", { type: "button", id: "cancel", class: "danger", onclick: cancel }, "Cancel") : null),
+    );
+    spec.textContent = JSON.stringify(e.spec, null, 2);
+  }
+
+  async function cancel() {
+    if (!confirm(`Cancel ${state.experiment.name}?`)) return;
+    try {
+      state.experiment = await api(`/experiments/${id}/cancel`, { method: "POST" });
+      renderHeader();
+    } catch (err) {
+      if (err.status === 403) showError("this token may only read: cancelling needs a write token");
+      else fail(err);
+    }
+  }
+
+  function renderCharts() {
+    const summary = state.analysis ? state.analysis.summary : state.experiment.summary;
+    const memberSummary = summary && summary.members ? summary.members.find((m) => m.member === state.member) || summary : summary;
+    const phases = state.analysis && state.analysis.phases;
+    const memberPhases = phases && phases.members ? phases.members.find((m) => m.member === state.member) || phases : phases;
+    const markers = markersOf(memberSummary);
+    const bands = bandsOf(memberPhases);
+    // One step axis for every chart, so that the markers and the phases line up.
+    const last = Math.max(1, ...state.metrics.series.map((x) => x.steps[x.steps.length - 1] || 1),
+                          ...[...state.overlays.values()].flatMap((o) => o.metrics.series.map((x) => x.steps[x.steps.length - 1] || 1)));
+    const xRange = [1, last];
+    for (const c of CHARTS) {
+      const series = [];
+      c.names.forEach((name, i) => {
+        const s = seriesOf(state.metrics, name, state.member);
+        if (s) series.push({ label: name, steps: s.steps, values: s.values, color: Charts.color(i) });
+      });
+      if (c.overlay) {
+        let k = 0;
+        for (const [otherId, other] of state.overlays) {
+          k += 1;
+          for (const name of c.names) {
+            const s = seriesOf(other.metrics, name, 0);
+            if (s) series.push({ label: `${other.name} ${name}`, steps: s.steps, values: s.values,
+                                 color: Charts.color(c.names.indexOf(name) + 2 * k), dash: [6, 4], id: otherId });
+          }
+        }
+      }
+      Charts.line(chartEls[c.id], { series, logY: c.logY, markers, bands, xRange });
+    }
+  }
+
+  function renderSpectrum() {
+    const f = state.analysis && state.analysis.fourier;
+    if (!f) {
+      spectrumEl.textContent = "";
+      if (state.analysis) {
+        spectrumNote.textContent = state.analysis.fourier_unavailable || "no Fourier analysis stored yet";
+      }
+      return;
+    }
+    const m = f.members.find((x) => x.member === state.member) || f.members[0];
+    const keys = m.key_frequencies.map((k) => k.frequency);
+    Charts.spectrum(spectrumEl, m.embedding_spectrum, keys);
+    put(spectrumNote, `At step ${f.step}. Key frequencies: `,
+      ...m.key_frequencies.map((k, i) => h("span", { class: "key-frequency" },
+        `${i ? ", " : ""}${k.frequency} (${(100 * k.share).toFixed(1)}%)`)));
+  }
+
+  async function renderCheckpoints() {
+    const list = await api(`/experiments/${id}/checkpoints`, { signal: v.signal });
+    put(checkpoints, h("h2", {}, "Checkpoints"),
+      list.length === 0 ? h("p", { class: "note" }, "no checkpoint stored yet") :
+        h("table", { class: "list" },
+          h("thead", {}, h("tr", {}, ["Step", "Size", "sha256", "Stored", ""].map((c) => h("th", {}, c)))),
+          h("tbody", {}, list.map((c) => h("tr", {},
+            h("td", {}, c.step), h("td", {}, `${(c.size / 1024).toFixed(1)} KiB`),
+            h("td", {}, h("code", { title: c.sha256 }, c.sha256.slice(0, 12))), h("td", {}, when(c.created_at)),
+            h("td", {}, h("a", { href: `${API}/experiments/${id}/checkpoints/${c.step}`, class: "download",
+              onclick: (ev) => { ev.preventDefault(); downloadCheckpoint(c.step); } }, "download")))))));
+  }
+
+  async function downloadCheckpoint(step) {
+    try {
+      const r = await api(`/experiments/${id}/checkpoints/${step}`, { raw: true });
+      download(await r.blob(), `${id}-step${step}.safetensors`);
+    } catch (err) { fail(err); }
+  }
+
+  async function renderOverlayPicker() {
+    const page = await api(`/experiments?limit=50`, { signal: v.signal });
+    const others = page.items.filter((e) => e.id !== id);
+    const select = h("select", { id: "overlay-select" },
+      h("option", { value: "" }, "overlay another experiment…"),
+      others.map((e) => h("option", { value: e.id }, `${e.name} (${e.status}, ${e.id.slice(0, 8)})`)));
+    const chips = h("span", { class: "chips" });
+    const drawChips = () => put(chips, ...[...state.overlays].map(([oid, o]) =>
+      h("span", { class: "chip" }, o.name, h("button", { type: "button", title: "remove",
+        onclick: () => { state.overlays.delete(oid); drawChips(); renderCharts(); } }, "×"))));
+    select.addEventListener("change", async () => {
+      const oid = select.value;
+      select.value = "";
+      if (!oid || state.overlays.has(oid)) return;
+      try {
+        const [other, metrics] = await Promise.all([
+          api(`/experiments/${oid}`), api(`/experiments/${oid}/metrics?names=train_acc,val_acc&member=0`)]);
+        state.overlays.set(oid, { name: other.name, metrics });
+        drawChips();
+        renderCharts();
+      } catch (err) { fail(err); }
+    });
+    put(overlayBox, h("label", {}, "Accuracy overlay: ", select), chips);
+  }
+
+  async function refresh() {
+    await loadExperiment();
+    await Promise.all([loadMetrics(), loadAnalysis()]);
+    renderCharts();
+    renderSpectrum();
+    await renderCheckpoints();
+  }
+
+  await refresh();
+  renderOverlayPicker().catch(fail);
+  if (ACTIVE.includes(state.experiment.status)) follow();
+
+  // Live: the SSE stream of the experiment (fetch, so the token stays in a header), or polling
+  // every few seconds when the stream is not there or breaks.
+  function follow() {
+    let polling = false;
+    const poll = () => {
+      if (polling) return;
+      polling = true;
+      v.every(RUN_POLL_MS, async () => {
+        try {
+          await refresh();
+          if (!ACTIVE.includes(state.experiment.status)) v.stop();
+        } catch (err) { fail(err); }
+      });
+    };
+    streamEvents(id, v.signal, {
+      status: (e) => { state.experiment = e; renderHeader(); },
+      metrics: (batch) => { addPoints(batch.points); renderCharts(); },
+      end: async (e) => { state.experiment = e; await refresh(); },
+    }).catch((err) => {
+      if (err.name === "AbortError") return;
+      console.warn("event stream unavailable, polling instead:", err.message);
+      poll();
+    });
+  }
+
+  function addPoints(points) {
+    for (const p of points) {
+      let s = state.metrics.series.find((x) => x.name === p.name && x.member === p.member);
+      if (!s) {
+        s = { name: p.name, member: p.member, steps: [], values: [] };
+        state.metrics.series.push(s);
+      }
+      if (s.steps.length && s.steps[s.steps.length - 1] >= p.step) continue;
+      s.steps.push(p.step);
+      s.values.push(p.value);
+    }
+  }
+}
+
+// Reads GET /experiments/{id}/events (text/event-stream) with fetch and calls handlers[event]
+// with each event's JSON data; resumes after a dropped connection with Last-Event-ID. Rejects
+// when the stream cannot be opened (404/405 where the server has none, network errors) so the
+// caller can poll instead; resolves after the "end" event.
+async function streamEvents(id, signal, handlers) {
+  let lastId = null;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const headers = { Authorization: `Bearer ${session.token}`, Accept: "text/event-stream" };
+    if (lastId !== null) headers["Last-Event-ID"] = lastId;
+    const response = await fetch(`${API}/experiments/${id}/events`, { headers, signal });
+    if (!response.ok || !response.body) throw new Error(`event stream answered ${response.status}`);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let ended = false;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let event = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith(":")) continue; // a ping
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+          if (field === "event") event = val;
+          else if (field === "data") data.push(val);
+          else if (field === "id") lastId = val;
+        }
+        if (data.length === 0) continue;
+        const handler = handlers[event];
+        if (handler) await handler(JSON.parse(data.join("\n")));
+        if (event === "end") ended = true;
+      }
+    }
+    if (ended) return;
+  }
+  throw new Error("event stream kept closing");
+}
+
+// ---- start ---------------------------------------------------------------------------------
+
+$("#signin-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const token = $("#token-input").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  session.token = token;
+  session.who = null;
+  $("#token-input").value = "";
+  route();
+});
+
+$("#sign-out").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  session.token = null;
+  session.who = null;
+  showSignIn();
+});
+
+window.addEventListener("hashchange", () => {
+  if (location.hash.includes("token=")) { takeFragmentToken(); session.who = null; }
+  route();
+});
+
+takeFragmentToken();
+route();

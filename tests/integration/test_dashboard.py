@@ -1,0 +1,115 @@
+"""The web dashboard in a real browser (Debian's headless Chromium through selenium), against the
+real stack: sign in with a #token= fragment, find the finished ci-small run in the list, open it,
+see its charts and its Fourier spectrum drawn, then a bad token and an unknown id shown as errors.
+Screenshots of each page land in the test's tmp_path."""
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+pytestmark = pytest.mark.integration
+
+# The charts of the experiment page and the series each draws for a ci-small run.
+CHART_SERIES = {
+    "chart-accuracy": 2,  # train_acc, val_acc
+    "chart-loss": 2,  # train_loss, val_loss
+    "chart-weight-norm": 1,
+    "chart-restricted": 2,  # restricted_loss, excluded_loss
+    "chart-gini": 2,  # gini_embed, gini_unembed
+    "chart-key-freqs": 1,  # key_freq_count
+}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, (
+        "the dashboard test needs Debian's chromium and chromium-driver "
+        "(apt-get install -y chromium chromium-driver; .ci/run installs them)"
+    )
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,1800"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    b = webdriver.Chrome(options=options, service=Service(driver))
+    yield b
+    b.quit()
+
+
+def wait(browser, condition, timeout: float = 30):
+    return WebDriverWait(browser, timeout).until(condition)
+
+
+def chart_drawn(chart_id: str):
+    """The chart's series count once it has drawn (uPlot's canvas in place), else False."""
+    def drawn(browser):
+        return browser.execute_script(
+            "const el = document.getElementById(arguments[0]);"
+            "return el && el.dataset.drawn && el.querySelector('canvas') ? "
+            "Number(el.dataset.seriesCount) : false;", chart_id)
+    return drawn
+
+
+def banner_text(browser) -> str | bool:
+    banner = browser.find_element(By.ID, "error-banner")
+    return banner.is_displayed() and banner.text
+
+
+def test_dashboard_shows_a_finished_run_and_its_errors(stack, grokked_run, browser, tmp_path):
+    token = stack.client.headers["Authorization"].removeprefix("Bearer ")
+    run_id = grokked_run["id"]
+    analysis = stack.client.get(f"/api/v1/experiments/{run_id}/analysis").json()
+    checkpoints = stack.client.get(f"/api/v1/experiments/{run_id}/checkpoints").json()
+
+    # Sign in with the fragment: the token is kept in sessionStorage and leaves the address bar.
+    browser.get(f"{stack.url}/#token={token}")
+    row = wait(browser, EC.visibility_of_element_located(
+        (By.CSS_SELECTOR, f'#experiments tr[data-id="{run_id}"]')))
+    assert "token" not in browser.current_url
+    assert browser.execute_script("return sessionStorage.getItem('groklab.token')") == token
+    assert grokked_run["name"] in row.text and "succeeded" in row.text
+    assert grokked_run["summary"]["phase"] in row.text
+    browser.save_screenshot(str(tmp_path / "experiments.png"))
+
+    # The run's page: every chart drawn with its series, the spectrum with its key frequencies.
+    row.find_element(By.TAG_NAME, "a").click()
+    counts = {chart: wait(browser, chart_drawn(chart)) for chart in CHART_SERIES}
+    assert counts == CHART_SERIES
+    assert wait(browser, chart_drawn("chart-spectrum")) == 2  # other and key frequencies
+    spectrum = browser.find_element(By.ID, "chart-spectrum")
+    keys = [k["frequency"] for k in analysis["fourier"]["members"][0]["key_frequencies"]]
+    assert keys, "a grokked ci-small run has key frequencies"
+    assert spectrum.get_attribute("data-key-frequencies") == ",".join(map(str, keys))
+    highlighted = browser.find_elements(By.CSS_SELECTOR, "#spectrum-note .key-frequency")
+    assert [int(e.text.lstrip(", ").split()[0]) for e in highlighted] == keys
+    summary = grokked_run["summary"]
+    assert browser.find_element(By.ID, "phase").text == summary["phase"]
+    header = browser.find_element(By.ID, "experiment-header").text
+    assert str(summary["memorization_step"]) in header
+    assert str(summary["generalization_step"]) in header
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#checkpoints a.download")) == len(checkpoints)
+    assert browser.find_elements(By.ID, "cancel") == []  # a finished run cannot be cancelled
+    browser.save_screenshot(str(tmp_path / "experiment.png"))
+
+    # An unknown id: an error in the page, not a blank screen.
+    browser.get(f"{stack.url}/#/experiments/{uuid.uuid4()}")
+    assert "not found" in wait(browser, banner_text)
+
+    # A bad token: the error in the page and the sign-in form back.
+    browser.get(f"{stack.url}/#token=not-a-groklab-token")
+    assert "invalid or revoked token" in wait(browser, banner_text)
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    browser.save_screenshot(str(tmp_path / "bad-token.png"))
+    severe = [e["message"] for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+    assert severe == [], severe
