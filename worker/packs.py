@@ -55,7 +55,9 @@ class PackRecorder:
         clock: Callable[[], float] = time.monotonic,
         alerts: list[ExperimentAlerts] | None = None,
         patience_s: float = 900.0,
+        retention: store.CheckpointRetention | None = None,
     ) -> None:
+        self.retention = retention
         self.sessions = sessions
         self.patience_s = patience_s  # how long a write waits out a database outage
         self.alerts = alerts or []  # per member, as claims
@@ -101,7 +103,8 @@ class PackRecorder:
         def add() -> object:
             with self.sessions() as s:
                 return store.add_checkpoint(
-                    s, exp_id, step, blob, stored, attempt=self.attempt_of[exp_id]
+                    s, exp_id, step, blob, stored, retention=self.retention,
+                    attempt=self.attempt_of[exp_id],
                 )
 
         if with_retries(add, f"checkpoint {step} of {exp_id}", self.patience_s) is None:
@@ -265,6 +268,7 @@ def run_pack(
     recorder = PackRecorder(
         sessions, claims, total_steps=specs[0].training.steps,
         flush_every_s=settings.metrics_flush_s, alerts=alerts, patience_s=settings.db_outage_s,
+        retention=store.CheckpointRetention.from_settings(settings),
     )
     try:
         with heartbeating(recorder.beat, settings.heartbeat_s, pack_id):

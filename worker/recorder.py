@@ -37,8 +37,10 @@ class Recorder:
         cancel_poll_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         patience_s: float = 900.0,
+        retention: store.CheckpointRetention | None = None,
     ) -> None:
         self.sessions = sessions
+        self.retention = retention
         self.patience_s = patience_s
         self._backoff = Backoff(clock)
         self.experiment_id = experiment_id
@@ -81,7 +83,8 @@ class Recorder:
         def add() -> object:
             with self.sessions() as s:
                 return store.add_checkpoint(
-                    s, self.experiment_id, step, blob, meta, attempt=self.attempt
+                    s, self.experiment_id, step, blob, meta, retention=self.retention,
+                    attempt=self.attempt,
                 )
 
         if with_retries(add, f"checkpoint {step} of {self.experiment_id}", self.patience_s) is None:

@@ -194,6 +194,7 @@ def run_experiment(
         sessions, experiment_id, attempt,
         total_steps=spec.training.steps, flush_every_s=settings.metrics_flush_s,
         patience_s=settings.db_outage_s,
+        retention=store.CheckpointRetention.from_settings(settings),
     )
     def beat() -> None:
         if recorder.lost:
@@ -268,7 +269,7 @@ def _train(
             summary["resumed_from_step"] = resume_step
             if store.finish_experiment(s, experiment_id, attempt, status, summary=summary):
                 alerts.finish(status, summary)
-            store.apply_retention(s, experiment_id)  # with the final memorisation, generalisation
+            store.apply_retention(s, experiment_id, recorder.retention)  # with the final memorisation, generalisation
         recorder.announce_status()
 
     with_retries(finish, f"finishing {experiment_id}", recorder.patience_s)

@@ -41,11 +41,11 @@ class CheckpointCorrupt(ValueError):
 
 def add_checkpoint(
     session: Session, experiment_id: str, step: int, blob: bytes, meta: dict,
-    retention: object | None = None, attempt: int | None = None,
+    retention: CheckpointRetention | None = None, attempt: int | None = None,
 ) -> Checkpoint | None:
     """Store a checkpoint with its sha256 and size, its bytes in chunks, in one transaction.
     Idempotent on (experiment, step): the first one written for a step is kept and returned.
-    Then applies the retention policy (service.store.retention; None: the settings'), which
+    Then applies the retention policy (service.store.retention; None: the default), which
     never removes the checkpoint just written. Raises ExperimentNotFound. With `attempt` (a
     worker's write): nothing is stored, and None returned, unless that attempt is running the
     job, checked in the same transaction (holds_attempt)."""

@@ -61,13 +61,12 @@ def retained_steps(
 def apply_retention(
     session: Session, experiment_id: str, policy: CheckpointRetention | None = None
 ) -> list[int]:
-    """Delete the checkpoints the policy does not keep (None: the settings' policy); the steps
-    deleted."""
-    from service.settings import get_settings
+    """Delete the checkpoints the policy does not keep (None: the default policy; a worker
+    passes CheckpointRetention.from_settings(its settings)); the steps deleted."""
     from service.store.checkpoints import delete_checkpoints
     from service.store.series_summary import first_step_reaching
 
-    policy = policy or CheckpointRetention.from_settings(get_settings())
+    policy = policy or CheckpointRetention()
     if policy.keep_last <= 0:
         return []
     steps = list(session.scalars(
