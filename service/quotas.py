@@ -2,8 +2,9 @@
 
 Both are counted in the database (the source of truth), so they hold across several API
 processes. A token may override either (api_tokens.max_active_jobs, .submissions_per_minute;
-`groklab token create --max-active-jobs N`); otherwise the settings apply. Over a quota, the
-submission is refused with 429, a Retry-After header and the limit named.
+`groklab token create --max-active-jobs N`); otherwise the settings apply, except to admin
+tokens (the operator's, and `groklab up`'s), which have no quota unless given one. Over a quota,
+the submission is refused with 429, a Retry-After header and the limit named.
 """
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ WINDOW_S = 60
 ACTIVE_RETRY_AFTER_S = 30
 
 
-def _limit(override: int | None, setting: int) -> int:
-    return setting if override is None else override
+def _limit(principal: Principal, override: int | None, setting: int) -> int:
+    """The token's override, else the setting; an admin token (the operator's) has no limit
+    unless it was given one."""
+    if override is not None:
+        return override
+    return 0 if principal.is_admin else setting
 
 
 def active_jobs(session: Session, owner: str) -> int:
@@ -59,7 +64,8 @@ def require_quota(
 ) -> None:
     """429 unless the owner may submit `new_jobs` more experiments now."""
     owner = principal.owner
-    per_minute = _limit(principal.submissions_per_minute, settings.submissions_per_minute)
+    per_minute = _limit(principal, principal.submissions_per_minute,
+                        settings.submissions_per_minute)
     if per_minute:
         count, retry = recent_submissions(session, owner)
         if count >= per_minute:
@@ -71,7 +77,7 @@ def require_quota(
                 f"{retry:.0f} s",
                 retry,
             )
-    max_active = _limit(principal.max_active_jobs, settings.max_active_jobs_per_owner)
+    max_active = _limit(principal, principal.max_active_jobs, settings.max_active_jobs_per_owner)
     if max_active:
         active = active_jobs(session, owner)
         if active + new_jobs > max_active:

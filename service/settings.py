@@ -77,14 +77,16 @@ class Settings(BaseSettings):
 
     # Quotas per owner (a token may override the first three: `groklab token create --max-...`)
     max_active_jobs_per_owner: int = Field(
-        2000, ge=0,
+        1100, ge=0,
         description="Queued + running experiments one owner may have (a sweep's members count "
-        "one each); a submission over it is refused with 429 and Retry-After. 0: no limit.",
+        "one each); a submission over it is refused with 429 and Retry-After. Admin tokens are "
+        "exempt unless given their own. 0: no limit.",
     )
     submissions_per_minute: int = Field(
-        600, ge=0,
+        120, ge=0,
         description="Submissions (experiments or sweeps) one owner may make in 60 s, counted in "
-        "the database across API processes; over it, 429 and Retry-After. 0: no limit.",
+        "the database across API processes; over it, 429 and Retry-After. Admin tokens are "
+        "exempt unless given their own. 0: no limit.",
     )
     max_compute_per_job: float = Field(
         1e16, ge=0,

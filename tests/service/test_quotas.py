@@ -71,6 +71,11 @@ def test_a_token_overrides_the_owner_quotas(quota_app):
     with _client(quota_app, "carol", max_active_jobs=10, submissions_per_minute=100) as many:
         for _ in range(6):  # over the settings' 3 active and 5 per minute
             assert many.post(API, json=TINY).status_code == 201
+    with quota_app.state.sessions() as session:
+        admin = auth.create_token(session, "ops", "admin")[1]
+    with TestClient(quota_app, headers={"Authorization": f"Bearer {admin}"}) as operator:
+        for _ in range(6):  # an admin token has no quota unless given one
+            assert operator.post(API, json=TINY).status_code == 201
     big = {**TINY, "ensemble": {"size": 64}, "training": {"steps": 20000}}
     with _client(quota_app, "dave", max_compute=1e9) as small:
         refused = small.post(API, json=big)
