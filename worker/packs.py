@@ -270,9 +270,11 @@ def run_pack(
         flush_every_s=settings.metrics_flush_s, alerts=alerts, patience_s=settings.db_outage_s,
         retention=store.CheckpointRetention.from_settings(settings),
     )
+    from worker.runner import deadline_check
+
     try:
         with heartbeating(recorder.beat, settings.heartbeat_s, pack_id):
-            return _train_pack(specs, blobs, recorder, resume_step)
+            return _train_pack(specs, blobs, recorder, resume_step, deadline_check(specs, settings))
     except Exception as exc:  # every member still training fails with the reason
         log.exception("pack %s failed", pack_id)
         try:
@@ -289,9 +291,16 @@ def run_pack(
         sender.close()
 
 
-def _train_pack(specs, blobs, recorder: PackRecorder, resume_step: int | None) -> str:
+def _train_pack(
+    specs, blobs, recorder: PackRecorder, resume_step: int | None,
+    check_deadline: Callable[[], None] = lambda: None,
+) -> str:
     from worker.engine.train import Trainer
     from worker.analysis.callback import analysis_callback
+
+    def should_stop() -> bool:
+        check_deadline()  # past the pack's time limit: raises, and its members fail with the reason
+        return recorder.should_stop()
 
     if blobs is not None:
         trainer = Trainer.from_member_checkpoints(specs, blobs)
@@ -303,7 +312,7 @@ def _train_pack(specs, blobs, recorder: PackRecorder, resume_step: int | None) -
     trainer.run(
         on_metrics=recorder.on_metrics,
         on_checkpoint=recorder.on_checkpoint,
-        should_stop=recorder.should_stop,
+        should_stop=should_stop,
         on_progress=recorder.on_progress,
         on_analysis=analysis_callback(trainer.spec, recorder.store_measures),
         members_to_stop=recorder.members_to_stop,

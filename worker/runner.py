@@ -153,12 +153,18 @@ class TimeLimitExceeded(Exception):
     """The job ran past its time limit (service.budgets.time_limit_s)."""
 
 
-def deadline_check(spec: ExperimentSpec, settings: Settings) -> Callable[[], None]:
+def deadline_check(
+    spec: ExperimentSpec | list[ExperimentSpec], settings: Settings
+) -> Callable[[], None]:
     """A check to call before each step: raises TimeLimitExceeded once the job has run past
-    its time limit (GROKLAB_TIME_LIMIT_FLOOR_S + GROKLAB_TIME_LIMIT_S_PER_COMPUTE x compute)."""
-    from service.budgets import time_limit_s
+    its time limit (GROKLAB_TIME_LIMIT_FLOOR_S + GROKLAB_TIME_LIMIT_S_PER_COMPUTE x compute).
+    A pack (a list of member specs) has one limit: the floor plus its members' compute."""
+    from service.budgets import compute, time_limit_s
 
-    limit = time_limit_s(spec, settings)
+    specs = spec if isinstance(spec, list) else [spec]
+    limit = time_limit_s(specs[0], settings)
+    if limit is not None:
+        limit += settings.time_limit_s_per_compute * sum(compute(s) for s in specs[1:])
     started = time.monotonic()
 
     def check() -> None:

@@ -195,7 +195,7 @@ def claim_experiment(session: Session, experiment_id: str, worker: str) -> Exper
             attempt=Experiment.attempt + 1,
             worker=worker,
             started_at=now,
-            heartbeat_at=now,
+            heartbeat_at=db_utcnow(),  # judged by the reaper against the database's clock
             finished_at=None,
             error=None,
         )

@@ -54,7 +54,7 @@ def claim_pack(session: Session, pack_id: str, worker: str) -> list[Experiment]:
         .where(tuple_(Experiment.id, Experiment.attempt).in_([tuple(row) for row in queued]),
                Experiment.status == QUEUED)
         .values(status=RUNNING, attempt=Experiment.attempt + 1, worker=worker, started_at=now,
-                heartbeat_at=now, finished_at=None, error=None)
+                heartbeat_at=db_utcnow(), finished_at=None, error=None)
         .execution_options(synchronize_session=False)
     )
     session.commit()

@@ -184,3 +184,22 @@ def test_a_job_past_its_time_limit_fails_with_the_reason(client, api_settings):
     failed = client.get(f"{API}/{job['id']}").json()
     assert failed["status"] == "failed"
     assert "time limit" in failed["error"] and "GROKLAB_TIME_LIMIT_FLOOR_S" in failed["error"]
+
+
+def test_a_pack_past_its_time_limit_fails_every_member_with_the_reason(client, api_settings):
+    from worker.runner import run_job
+
+    r = client.post("/api/v1/sweeps", json={
+        "base": {**TINY, "analysis": {"every": None}}, "grid": {"training.seed": [0, 1]},
+    })
+    assert r.status_code == 201, r.text
+    ids = r.json()["experiment_ids"]
+    with client.app.state.sessions() as s:
+        pack_id = store.get_experiment(s, ids[0]).pack_id
+    settings = api_settings.model_copy(update={"time_limit_floor_s": 0.0,
+                                               "time_limit_s_per_compute": 1e-30})
+    assert run_job(pack_id, "test-worker", settings=settings) == "failed"
+    for experiment_id in ids:
+        failed = client.get(f"{API}/{experiment_id}").json()
+        assert failed["status"] == "failed"
+        assert "time limit" in failed["error"]
