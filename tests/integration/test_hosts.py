@@ -21,8 +21,10 @@ from tests.integration.netns import Host, TcpForwarder, hosts
 
 pytestmark = pytest.mark.integration
 
-STEPS, EVAL_EVERY = 200, 25
-JOB = tiny_spec("host-job", steps=STEPS, eval_every=EVAL_EVERY, checkpoint_every=50)
+# Long enough (a couple of seconds each on a quiet machine, where a tiny model trains ~1,000
+# steps/s) that the test sees host 1 mid-job before it kills it.
+STEPS, EVAL_EVERY = 2000, 50
+JOB = tiny_spec("host-job", steps=STEPS, eval_every=EVAL_EVERY, checkpoint_every=250)
 N_JOBS = 10
 
 

@@ -13,7 +13,8 @@ from tests.integration.conftest import tiny_spec, wait_for_status
 pytestmark = pytest.mark.integration
 
 # A job that runs long enough to be cancelled mid-run, on a tiny model.
-LONG_TINY = tiny_spec("long-tiny", steps=500000, eval_every=50, checkpoint_every=200)
+# (1,666 checkpoints at most: within GROKLAB_MAX_CHECKPOINTS_PER_JOB.)
+LONG_TINY = tiny_spec("long-tiny", steps=500000, eval_every=50, checkpoint_every=300)
 
 
 def first_step_at(series: dict, threshold: float) -> int | None:
