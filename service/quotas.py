@@ -1,10 +1,13 @@
-"""Per-owner quotas at submit: queued + running jobs at once, and submissions per minute.
+"""Per-owner quotas at submit: stored checkpoint bytes, queued + running jobs at once, and
+submissions per minute.
 
 Both are counted in the database (the source of truth), so they hold across several API
 processes. A token may override either (api_tokens.max_active_jobs, .submissions_per_minute;
 `groklab token create --max-active-jobs N`); otherwise the settings apply, except to admin
 tokens (the operator's, and `groklab up`'s), which have no quota unless given one. Over a quota,
-the submission is refused with 429, a Retry-After header and the limit named.
+the submission is refused with 429, a Retry-After header and the limit named. The storage quota
+(GROKLAB_STORAGE_QUOTA_BYTES, every token) is a 507: no new job until checkpoints are deleted;
+jobs already running carry on.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from fastapi import HTTPException
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service import store
 from service.auth import Principal
 from service.models import QUEUED, RUNNING, Experiment, Sweep, utcnow
 from service.settings import Settings
@@ -62,8 +66,16 @@ def _too_many(detail: str, retry_after_s: float) -> HTTPException:
 def require_quota(
     session: Session, settings: Settings, principal: Principal, new_jobs: int = 1
 ) -> None:
-    """429 unless the owner may submit `new_jobs` more experiments now."""
+    """507 or 429 unless the owner may submit `new_jobs` more experiments now."""
     owner = principal.owner
+    quota = settings.storage_quota_bytes
+    if quota and (used := store.owner_checkpoint_bytes(session, owner)) >= quota:
+        session.commit()
+        raise HTTPException(
+            507, f"storage quota exceeded: owner {owner!r} stores {used} bytes of checkpoints, "
+            f"the quota (GROKLAB_STORAGE_QUOTA_BYTES) is {quota}; delete experiments to submit "
+            "new ones",
+        )
     per_minute = _limit(principal, principal.submissions_per_minute,
                         settings.submissions_per_minute)
     if per_minute:

@@ -76,18 +76,6 @@ def require_webhook_secret(
         )
 
 
-def require_storage_quota(session: Session, settings: Settings, owner: str) -> None:
-    """507 when the owner's stored checkpoints reach GROKLAB_STORAGE_QUOTA_BYTES: no new job
-    until some are deleted (jobs already running carry on)."""
-    quota = settings.storage_quota_bytes
-    if quota and (used := store.owner_checkpoint_bytes(session, owner)) >= quota:
-        raise HTTPException(
-            507, f"storage quota exceeded: owner {owner!r} stores {used} bytes of checkpoints, "
-            f"the quota (GROKLAB_STORAGE_QUOTA_BYTES) is {quota}; delete experiments to submit "
-            "new ones",
-        )
-
-
 # ---- authentication and tenancy ------------------------------------------------------------
 #
 # Every /api/v1 route takes one of these. ReadPrincipal / WritePrincipal / AdminPrincipal: the
@@ -163,21 +151,18 @@ ExperimentIdPath = Annotated[UUID, Path(description="The experiment's id (a UUID
 SweepIdPath = Annotated[UUID, Path(description="The sweep's id (a UUID).")]
 
 
-def _visible(found: Experiment | Sweep | None, principal: Principal, kind: str, id_: UUID):
+def visible(found: Experiment | Sweep | None, principal: Principal, kind: str, id_: UUID):
     """The row if this token may see it; 404 (the same for missing and another owner's)."""
     if found is None or not principal.sees(found):
         raise HTTPException(status_code=404, detail=f"{kind} {id_} not found")
     return found
 
 
-visible = _visible  # for a route that reads the row itself (the status route's snapshot)
-
-
 def get_owned_experiment(
     principal: ReadPrincipal, experiment_id: ExperimentIdPath, session: SessionDep
 ) -> Experiment:
     """The path's experiment, readable by this token; 404 when missing or another owner's."""
-    return _visible(store.get_experiment(session, str(experiment_id)), principal, "experiment",
+    return visible(store.get_experiment(session, str(experiment_id)), principal, "experiment",
                     experiment_id)
 
 
@@ -186,20 +171,20 @@ def get_owned_experiment_for_write(
 ) -> Experiment:
     """The path's experiment, changeable by this token: 403 for a read-only token (whatever
     the id), then 404 when missing or another owner's."""
-    return _visible(store.get_experiment(session, str(experiment_id)), principal, "experiment",
+    return visible(store.get_experiment(session, str(experiment_id)), principal, "experiment",
                     experiment_id)
 
 
 def get_owned_sweep(principal: ReadPrincipal, sweep_id: SweepIdPath, session: SessionDep) -> Sweep:
     """The path's sweep, readable by this token; 404 when missing or another owner's."""
-    return _visible(store.get_sweep(session, str(sweep_id)), principal, "sweep", sweep_id)
+    return visible(store.get_sweep(session, str(sweep_id)), principal, "sweep", sweep_id)
 
 
 def get_owned_sweep_for_write(
     principal: WritePrincipal, sweep_id: SweepIdPath, session: SessionDep
 ) -> Sweep:
     """The path's sweep, changeable by this token (403 for read-only, then 404)."""
-    return _visible(store.get_sweep(session, str(sweep_id)), principal, "sweep", sweep_id)
+    return visible(store.get_sweep(session, str(sweep_id)), principal, "sweep", sweep_id)
 
 
 OwnedExperiment = Annotated[Experiment, Depends(get_owned_experiment)]

@@ -18,3 +18,10 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 FORBIDDEN: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorOut, "description": "The token's scope is read; this needs write."}
 }
+QUOTA: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorOut, "description": "Over the owner's quota of queued + running jobs "
+          "(each sweep member counts) or of submissions per minute; the detail names it; see "
+          "Retry-After."},
+    507: {"model": ErrorOut, "description": "The owner's checkpoints fill its storage quota "
+          "(GROKLAB_STORAGE_QUOTA_BYTES)."},
+}

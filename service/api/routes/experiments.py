@@ -21,13 +21,12 @@ from service.api.deps import (
     SettingsDep,
     SubmittedSpec,
     WritePrincipal,
-    require_storage_quota,
     require_webhook_secret,
     visible,
 )
 from service.api.etag import json_with_etag
 from service.auth import Principal
-from service.api.responses import FORBIDDEN, NOT_FOUND, UNAUTHORIZED
+from service.api.responses import FORBIDDEN, NOT_FOUND, QUOTA, UNAUTHORIZED
 from service.models import FINISHED_STATUSES
 from service.queueing import queue_for
 from service.quotas import require_quota
@@ -52,11 +51,8 @@ router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTH
     responses={
         **FORBIDDEN,
         413: {"model": ErrorOut, "description": "Body larger than GROKLAB_MAX_BODY_BYTES."},
-        507: {"model": ErrorOut, "description": "The owner's checkpoints fill its storage "
-              "quota (GROKLAB_STORAGE_QUOTA_BYTES)."},
         422: {"description": "Invalid spec: `detail` lists each field (`loc`) and the problem."},
-        429: {"model": ErrorOut, "description": "Over the owner's quota of queued + running "
-              "jobs or of submissions per minute (the detail names it); see Retry-After."},
+        **QUOTA,
     },
 )
 def submit_experiment(
@@ -73,7 +69,6 @@ def submit_experiment(
     `training.device` is `cuda`, otherwise on the default queue (GROKLAB_DEFAULT_QUEUE).
     """
     require_webhook_secret(session, principal.owner, [spec], ("body", "notify", "url"))
-    require_storage_quota(session, settings, principal.owner)
     require_quota(session, settings, principal)
     queue = queue_for(spec, settings.default_queue)
     experiment = store.create_experiment(session, spec, queue, owner=principal.owner)

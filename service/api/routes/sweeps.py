@@ -17,10 +17,9 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
     WritePrincipal,
-    require_storage_quota,
     require_webhook_secret,
 )
-from service.api.responses import FORBIDDEN, UNAUTHORIZED
+from service.api.responses import FORBIDDEN, QUOTA, UNAUTHORIZED
 from service.models import FINISHED_STATUSES, Sweep
 from service.queueing import queue_for
 from service.quotas import require_quota
@@ -69,10 +68,7 @@ def _sweep_out(session: Session, sweep: Sweep) -> SweepOut:
     responses={
         **FORBIDDEN,
         413: {"model": ErrorOut, "description": "Body larger than GROKLAB_MAX_BODY_BYTES."},
-        507: {"model": ErrorOut, "description": "The owner's checkpoints fill its storage "
-              "quota (GROKLAB_STORAGE_QUOTA_BYTES)."},
-        429: {"model": ErrorOut, "description": "Over the owner's quota of queued + running "
-              "jobs (each member counts) or of submissions per minute; see Retry-After."},
+        **QUOTA,
         422: {"description": "Invalid grid: `detail` names each bad axis value "
               "(`grid.task.p[2]: ...`), an unknown path, an empty axis, or too many members."},
     },
@@ -90,7 +86,6 @@ def submit_sweep(
     packs = plan_sweep(body, settings, principal)
     specs = [member.spec for pack in packs for member in pack]
     require_webhook_secret(session, principal.owner, specs, ("body", "base", "notify", "url"))
-    require_storage_quota(session, settings, principal.owner)
     require_quota(session, settings, principal, new_jobs=len(specs))
     sweep, members, jobs = store.create_sweep(
         session, body, packs, lambda spec: queue_for(spec, settings.default_queue),
