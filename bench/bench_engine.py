@@ -49,7 +49,7 @@ class ReferenceRun:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas)
         )
-        self.tokens, self.labels = trainer.train_tokens, trainer.train_labels
+        self.tokens, self.labels = trainer.sets.train_tokens, trainer.sets.train_labels
 
     def step(self) -> None:
         loss = F.cross_entropy(self.model(self.tokens), self.labels)

@@ -48,7 +48,7 @@ def test_training_steps_match_the_reference(tiny_spec, config):
     opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
     for _ in range(5):
         trainer.train_step()
-        loss = cross_entropy(ref(trainer.train_tokens), trainer.train_labels)
+        loss = cross_entropy(ref(trainer.sets.train_tokens), trainer.sets.train_labels)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -69,7 +69,7 @@ def test_pack_spec_holds_every_per_member_value(tiny_spec):
 def test_full_batch_pack_members_train_exactly_as_alone(tiny_spec):
     specs = members(tiny_spec)
     trainer = Trainer.for_members(specs)
-    assert not trainer.shared_split and trainer.train_mask_grid().shape == (4, 11, 11)
+    assert not trainer.sets.shared_split and trainer.train_mask_grid().shape == (4, 11, 11)
     for e, spec in enumerate(specs):  # each member's training set is its own run's
         alone = Trainer(spec)
         assert torch.equal(trainer.train_mask_grid()[e], alone.train_mask_grid())
@@ -92,7 +92,7 @@ def test_grokfast_lambdas_per_member(tiny_spec):
 def test_a_pack_with_one_split_keeps_the_shared_fast_path(tiny_spec):
     values = [{"training": {"seed": s}, "optimizer": {"weight_decay": wd}} for s, wd in ((0, 1.0), (1, 0.0))]
     trainer = Trainer.for_members(members(tiny_spec, values))
-    assert trainer.shared_split and trainer.train_tokens.shape == (trainer.spec.n_train, 3)
+    assert trainer.sets.shared_split and trainer.sets.train_tokens.shape == (trainer.spec.n_train, 3)
     assert trainer.train_mask_grid().shape == (11, 11)
 
 
@@ -169,7 +169,7 @@ def test_members_that_grokked_leave_under_stop_on_grok(tiny_spec, monkeypatch):
     monkeypatch.setattr(trainer, "evaluate", scripted_evaluate)
     pack = record(trainer)
     assert pack["left"] == [(1, "grokked", 4), (0, "grokked", 20), (2, "grokked", 30)]
-    assert pack["summary"]["stopped"] == "members_left" and pack["summary"]["steps"] == 30
+    assert pack["summary"]["stopped"] == "grokked" and pack["summary"]["steps"] == 30
     assert [m["generalization_step"] for m in pack["summary"]["members"]] == [8, 1, 10]
     for member, step in ((1, 4), (0, 20), (2, 30)):
         assert max(r["step"] for r in pack["rows"] if r["member"] == member) == step
@@ -213,11 +213,14 @@ def test_analysis_rows_carry_original_members_and_use_each_members_mask(tiny_spe
             assert row["value"] == pytest.approx(theirs["excluded_loss"], rel=1e-4)
 
 
-def test_the_ordinary_ensemble_path_is_unchanged(tiny_spec):
-    trainer = Trainer(tiny_spec(ensemble={"size": 2}))
+def test_an_ensemble_experiment_is_one_member_holding_all_its_rows(tiny_spec):
+    spec = tiny_spec(ensemble={"size": 2})
+    trainer = Trainer(spec)
     run = record(trainer)
-    assert all("member" not in m for _, _, m in run["checkpoints"])
+    assert all(m["member"] == 0 for _, _, m in run["checkpoints"])
     assert [s for s, _, _ in run["checkpoints"]] == [20, 40] and run["left"] == []
+    blob = run["checkpoints"][0][1]
+    assert Trainer.from_checkpoint(spec, blob).n_members == 2
 
 
 def test_spec_hash_of_old_specs_is_unchanged_and_lists_are_validated():
@@ -246,7 +249,7 @@ def test_the_sync_free_attention_of_the_gpu_path_gives_the_same_logits(tiny_spec
     """On CUDA the one-layer model scores every vocab token as a query (no torch.unique, which
     would stop the GPU every step); the CPU checks that path against the default one."""
     trainer = Trainer.for_members(members(tiny_spec)[:2])
-    model, tokens = trainer.model, trainer.train_tokens
+    model, tokens = trainer.model, trainer.sets.train_tokens
     tok = model.member_tokens(tokens)
     table, index = model.first_block_inputs(tok)
     x_unique, acts_unique = model.single_block(tok, table, index, all_query_tokens=False)

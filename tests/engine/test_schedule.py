@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from service.spec import spec_from_preset
+from worker.engine.evaluate import loss_and_accuracy
 from worker.engine.train import Trainer
 
 SCHEDULE = [{"at_step": 10, "train_fraction": 0.3}, {"at_step": 20, "train_fraction": 0.1}]
@@ -24,15 +25,15 @@ def val_acc(rows: list[dict], member: int = 0) -> dict[int, float]:
 def test_the_training_set_shrinks_to_nested_seeded_subsets_and_val_stays(tiny_spec):
     spec = tiny_spec(data_schedule=SCHEDULE)  # p=11: 121 pairs, 73 for training at first
     trainer = Trainer(spec)
-    first_train = set(trainer.data.train_idx.tolist())
-    val = trainer.val_tokens.clone()
+    first_train = set(trainer.sets.data.train_idx.tolist())
+    val = trainer.sets.val_tokens.clone()
     sizes, sets = {}, {}
     for step in (0, 9, 10, 19, 20, 39):
         trainer.step = step
         trainer.next_batch()
-        sizes[step] = trainer.train_tokens.shape[0]
-        sets[step] = set(trainer.data.train_idx.tolist())
-        assert torch.equal(trainer.val_tokens, val)  # the held-out pairs, never a removed one
+        sizes[step] = trainer.sets.train_tokens.shape[0]
+        sets[step] = set(trainer.sets.data.train_idx.tolist())
+        assert torch.equal(trainer.sets.val_tokens, val)  # the held-out pairs, never a removed one
     assert sizes == {0: 73, 9: 73, 10: 36, 19: 36, 20: 12, 39: 12}
     assert sets[0] == first_train and sets[20] < sets[10] < sets[0]
     assert int(trainer.train_mask_grid().sum()) == 12
@@ -40,20 +41,22 @@ def test_the_training_set_shrinks_to_nested_seeded_subsets_and_val_stays(tiny_sp
     again = Trainer(spec)  # deterministic: the step decides the subset
     again.step = 25
     again.evaluate()
-    assert set(again.data.train_idx.tolist()) == sets[20]
+    assert set(again.sets.data.train_idx.tolist()) == sets[20]
     other_split = Trainer(tiny_spec(data_schedule=SCHEDULE, task={"split_seed": 5}))
     other_split.step = 20
     other_split.next_batch()
-    assert set(other_split.data.train_idx.tolist()) != sets[20]
+    assert set(other_split.sets.data.train_idx.tolist()) != sets[20]
 
 
 def test_train_metrics_are_those_of_the_current_training_set(tiny_spec):
     trainer = Trainer(tiny_spec(data_schedule=SCHEDULE))
     rows: list[dict] = []
     trainer.run(on_metrics=rows.extend)
-    train_loss, train_acc = trainer._loss_and_accuracy(trainer.train_tokens, trainer.train_labels)
+    train_loss, train_acc = loss_and_accuracy(
+        trainer.model, trainer.sets.train_tokens, trainer.sets.train_labels, 1, trainer.spec.optimizer
+    )
     final = rows_by_key(rows)
-    assert trainer.train_tokens.shape[0] == 12
+    assert trainer.sets.train_tokens.shape[0] == 12
     assert final[40, "train_acc"] == pytest.approx(float(train_acc[0]))
     assert final[40, "train_loss"] == pytest.approx(float(train_loss[0]))
 
@@ -90,7 +93,7 @@ def test_a_run_resumed_mid_schedule_continues_on_the_same_subset(tiny_spec, resu
     assert rows_by_key(resumed_rows) == rows_by_key(rows, after=resume_at)
     for (name, p), q in zip(whole.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(p, q), name
-    assert torch.equal(resumed.data.train_idx, whole.data.train_idx)
+    assert torch.equal(resumed.sets.data.train_idx, whole.sets.data.train_idx)
 
 
 def test_pack_members_shrink_their_own_training_sets_as_alone(tiny_spec):
@@ -102,7 +105,7 @@ def test_pack_members_shrink_their_own_training_sets_as_alone(tiny_spec):
     pack = Trainer.for_members(specs)
     pack_rows: list[dict] = []
     pack.run(on_metrics=pack_rows.extend)
-    assert not pack.shared_split
+    assert not pack.sets.shared_split
     for e, spec in enumerate(specs):
         alone = Trainer(spec)
         alone_rows: list[dict] = []
