@@ -29,8 +29,8 @@ from service import store  # noqa: E402
 from service.db import make_engine, make_sessionmaker, migrate  # noqa: E402
 from service.spec import spec_from_preset  # noqa: E402
 from worker.engine.train import Trainer  # noqa: E402
-from worker.recorder import Recorder  # noqa: E402
-from worker.runner import analysis_callback  # noqa: E402
+from worker.recorder import JobRecorder  # noqa: E402
+from worker.analysis.callback import analysis_callback  # noqa: E402
 
 
 def plain_run(spec) -> float:
@@ -44,12 +44,13 @@ def recorded_run(spec, sessions) -> float:
     with sessions() as s:
         exp = store.create_experiment(s, spec, "cpu")
         exp = store.claim_experiment(s, exp.id, "bench")
-    recorder = Recorder(sessions, exp.id, exp.attempt, total_steps=spec.training.steps)
+    recorder = JobRecorder(sessions, [(exp.id, exp.attempt)])
     trainer = Trainer(spec)
     start = time.perf_counter()
     trainer.run(
         on_metrics=recorder.on_metrics, on_checkpoint=recorder.on_checkpoint,
         should_stop=recorder.should_stop, on_progress=recorder.on_progress,
+        members_to_stop=recorder.members_to_stop, on_member_left=recorder.on_member_left,
     )
     recorder.flush()
     return time.perf_counter() - start

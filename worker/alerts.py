@@ -255,25 +255,12 @@ class ExperimentAlerts:
             self.above[member] = trainer.grok_streak[e] > 0
         self.last_step = trainer.step
 
-    def watching(self, on_metrics: Callable[[list[dict]], None]) -> Callable[[list[dict]], None]:
-        """on_metrics, followed by this watcher (on_metrics itself when alerts are off)."""
-        if not self.enabled:
-            return on_metrics
-
-        def both(rows: list[dict]) -> None:
-            on_metrics(rows)
-            self.on_metrics(rows)
-
-        return both
-
-    def on_metrics(self, rows: list[dict], member: int | None = None) -> None:
-        """Watch evaluation rows (those of engine member `member` only, as member 0, if given)."""
+    def on_metrics(self, rows: list[dict]) -> None:
+        """Watch this experiment's evaluation rows (member: the row's member of it)."""
         if not self.enabled:
             return
         for row in rows:
-            if member is not None and row["member"] != member:
-                continue
-            m, step, value = 0 if member is not None else row["member"], row["step"], row["value"]
+            m, step, value = row["member"], row["step"], row["value"]
             if row["name"] not in (TRAIN_ACC, VAL_ACC) or value is None:
                 continue
             self.last.setdefault(m, {})[row["name"]] = value

@@ -15,7 +15,7 @@ from service import store
 from service.models import PROGRESS_PENDING
 from service.settings import Settings, get_settings
 from service.spec import ExperimentSpec
-from worker.runner import sessions_for
+from worker.db import sessions_for
 
 log = logging.getLogger(__name__)
 

@@ -1,104 +1,144 @@
-"""The bridge between the engine's callbacks and the database.
+"""The bridge between the engine's callbacks and the database, for every job: one experiment or a
+pack of them.
 
-The engine reports through plain callbacks. The recorder batches metric rows and flushes them at
-least once a second (and at every checkpoint and at the end), stores checkpoints, updates
-progress and the heartbeat, and tells the engine to stop when the job was cancelled or taken
-from this worker (its attempt no longer matches). Its writes carry the attempt: a worker whose
-job was requeued and claimed again stores nothing more.
+The engine reports per ensemble row; the recorder routes each row to its (experiment, attempt,
+member): row g of the trainer is member `g - offset` of the experiment that owns it (a pack of
+single runs: member 0 of experiment g; one experiment of E rows: member g of it). It batches
+metric rows and flushes them at least every flush_every_s (and at every checkpoint, when a member
+leaves, and at the end), stores each member's checkpoints and cached analysis under its own
+experiment, updates progress and the heartbeat of the members still training in one UPDATE, and
+polls their cancel flags. Its writes carry each member's attempt: a member requeued and claimed
+again elsewhere is lost here (it leaves the batch, unfinished) and stores nothing more.
 
-Through a database outage (worker.outage) the rows wait in the buffer and training goes on; a
-checkpoint, the last flush and the final progress wait for the database, for up to patience_s.
+One outage policy (worker.outage) for every job: through a database outage the metric rows wait
+in the buffer and training goes on; a checkpoint, a member's analysis, a member's end, and the
+last flush wait for the database, for up to patience_s; only then does the job fail.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import events, store
 from service.progress import StepRate
+from service.summary import experiment_summary
+from worker.alerts import ExperimentAlerts
 from worker.outage import DATABASE_DOWN, Backoff, with_retries
+
+if TYPE_CHECKING:
+    from worker.engine.train import Trainer
 
 log = logging.getLogger(__name__)
 
+LEFT_STATUS = {"grokked": "succeeded", "nonfinite": "failed", "cancelled": "cancelled"}
 
-class Recorder:
+
+class JobRecorder:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        experiment_id: str,
-        attempt: int,
+        claims: list[tuple[str, int]],
         *,
-        total_steps: int,
+        rows_per_member: list[int] | None = None,
         flush_every_s: float = 1.0,
         progress_every_s: float = 1.0,
         cancel_poll_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        alerts: list[ExperimentAlerts] | None = None,
         patience_s: float = 900.0,
         retention: store.CheckpointRetention | None = None,
+        resumed_from_step: int | None = None,
     ) -> None:
         self.sessions = sessions
-        self.retention = retention
+        self.claims = list(claims)
+        self.ids = [exp_id for exp_id, _ in claims]
+        self.attempt_of = dict(claims)
+        self.member_of = {exp_id: member for member, exp_id in enumerate(self.ids)}
+        sizes = rows_per_member or [1] * len(claims)
+        self.route = [(m, r) for m, size in enumerate(sizes) for r in range(size)]  # row -> (member, its row)
+        self.alerts = alerts or []
         self.patience_s = patience_s
-        self._backoff = Backoff(clock)
-        self.experiment_id = experiment_id
-        self.attempt = attempt
-        self.total_steps = total_steps
+        self.retention = retention
+        self.resumed_from_step = resumed_from_step
         self.flush_every_s = flush_every_s
         self.progress_every_s = progress_every_s
         self.cancel_poll_s = cancel_poll_s
         self.clock = clock
-        self._rows: list[dict] = []
+        self.trainer: Trainer | None = None  # set by the job's run, for store_measures
+        self.active: set[int] = set(range(len(claims)))
+        self.lost: set[int] = set()
+        self.cancelled: set[int] = set()
+        self.outcomes: dict[int, str] = {}  # member -> the status it finished with
+        self._rows: dict[int, list[dict]] = {}
+        self._backoff = Backoff(clock)
+        self._rate = StepRate(clock=clock)
         now = clock()
         self._last_flush = now
         self._last_progress = -1e18
         self._last_cancel_poll = now
-        self._stop = False
-        self.lost = False
-        self._rate = StepRate(clock=clock)
-        self._events = events.publisher()  # live events: a note after each store (never fails)
+        self._events = events.publisher()  # live events, per member experiment (never fails)
+
+    def active_claims(self) -> list[tuple[str, int]]:
+        return [self.claims[m] for m in sorted(self.active - self.lost)]
 
     # ---- engine callbacks --------------------------------------------------------------
     def on_metrics(self, rows: list[dict]) -> None:
-        self._rows.extend(rows)
+        routed: dict[int, list[dict]] = {}
+        for row in rows:
+            member, member_row = self.route[row["member"]]
+            routed.setdefault(member, []).append({**row, "member": member_row})
+        for member, member_rows in routed.items():
+            self._rows.setdefault(member, []).extend(member_rows)
+            if member < len(self.alerts):
+                self.alerts[member].on_metrics(member_rows)
         if self.clock() - self._last_flush >= self.flush_every_s and self._backoff.ready():
             self._last_flush = self.clock()
             try:
                 self._store_rows()
             except DATABASE_DOWN as exc:  # keep training; the rows wait in the buffer
                 self._backoff.failed()
-                log.warning("experiment %s: database unavailable (%s); %d metric rows buffered",
-                            self.experiment_id, type(exc).__name__, len(self._rows))
+                log.warning("job of %s: database unavailable (%s); %d metric rows buffered",
+                            self.ids[0], type(exc).__name__, sum(map(len, self._rows.values())))
                 if self._backoff.down_for() > self.patience_s:
                     raise
             else:
                 self._backoff.succeeded()
 
     def on_checkpoint(self, step: int, blob: bytes, meta: dict) -> None:
+        member = int(meta.get("member", 0))
         # Metrics first: a job resumed from this checkpoint then has every point up to it.
         self.flush()
+        stored = {k: v for k, v in meta.items() if k != "member"}
+        exp_id = self.ids[member]
 
         def add() -> object:
             with self.sessions() as s:
                 return store.add_checkpoint(
-                    s, self.experiment_id, step, blob, meta, retention=self.retention,
-                    attempt=self.attempt,
+                    s, exp_id, step, blob, stored, retention=self.retention,
+                    attempt=self.attempt_of[exp_id],
                 )
 
-        if with_retries(add, f"checkpoint {step} of {self.experiment_id}", self.patience_s) is None:
-            self.lose()
+        if with_retries(add, f"checkpoint {step} of {exp_id}", self.patience_s) is None:
+            self._lose({member})
 
-    def on_measures(self, step: int, measures: list[dict]) -> None:
-        """The full progress measures of every member at an analysis step (for GET .../analysis)."""
+    def store_measures(self, step: int, measures: list[dict]) -> None:
+        """The full progress measures of every current ensemble row (in trainer.members order),
+        each member's rows under its experiment (for GET .../analysis)."""
+        by_member: dict[int, list[dict]] = {}
+        for row, measure in zip(self.trainer.members, measures):
+            by_member.setdefault(self.route[row][0], []).append(measure)
+
         def put() -> None:
             with self.sessions() as s:
-                store.put_cached_analysis(
-                    s, self.experiment_id, step, {"step": step, "members": measures}
-                )
+                for member, member_measures in by_member.items():
+                    store.put_cached_analysis(
+                        s, self.ids[member], step, {"step": step, "members": member_measures}
+                    )
 
-        with_retries(put, f"analysis {step} of {self.experiment_id}", self.patience_s)
+        with_retries(put, f"analysis {step} of job {self.ids[0]}", self.patience_s)
 
     def on_progress(self, step: int, total_steps: int) -> None:
         self._rate.observe(step)
@@ -106,65 +146,130 @@ class Recorder:
         if now - self._last_progress < self.progress_every_s and step < total_steps:
             return
         self._last_progress = now
+        claims = self.active_claims()
 
-        def update() -> bool:
+        def update() -> set[str]:
             with self.sessions() as s:
-                return store.update_progress(
-                    s, self.experiment_id, self.attempt, step=step,
-                    steps_per_s=self._rate.rate(), eta_s=self._rate.eta_s(step, total_steps),
+                return store.update_members_progress(
+                    s, claims, step=step, steps_per_s=self._rate.rate(),
+                    eta_s=self._rate.eta_s(step, total_steps),
                 )
 
         if step >= total_steps:  # the last step is recorded whatever it takes
-            still_ours = with_retries(update, f"progress of {self.experiment_id}", self.patience_s)
+            ours = with_retries(update, f"progress of job {self.ids[0]}", self.patience_s)
         else:
             try:
-                still_ours = update()
+                ours = update()
             except DATABASE_DOWN:  # the next report tries again
-                log.warning("experiment %s: progress not recorded (database unavailable)",
-                            self.experiment_id)
+                log.warning("job of %s: progress not recorded (database unavailable)", self.ids[0])
                 return
-        if not still_ours:
-            self.lose()
-        else:
-            self._events.status(self.experiment_id)
+        self._lose_all_but(claims, ours)
+        for exp_id, _ in claims:
+            if exp_id in ours:
+                self._events.status(exp_id)
 
-    def announce_status(self) -> None:
-        """Tell live watchers the job's status changed (its end, say); never fails."""
-        self._events.status(self.experiment_id)
+    def beat(self) -> None:
+        """The heartbeat of the job: every member still training, in one UPDATE."""
+        claims = self.active_claims()
+        with self.sessions() as s:
+            ours = store.members_heartbeat(s, claims)
+        self._lose_all_but(claims, ours)
 
-    def should_stop(self) -> bool:
-        if self._stop:
-            return True
+    def members_to_stop(self) -> set[int]:
+        """Members to take out of the batch now: cancelled, or no longer this worker's."""
         now = self.clock()
         if now - self._last_cancel_poll >= self.cancel_poll_s:
             self._last_cancel_poll = now
             try:
                 with self.sessions() as s:
-                    if store.cancel_requested(s, self.experiment_id):
-                        self._stop = True
+                    flagged = store.cancel_requested_members(
+                        s, [self.ids[m] for m in sorted(self.active)]
+                    )
             except DATABASE_DOWN:  # asked again at the next poll
-                pass
-        return self._stop
+                flagged = set()
+            self.cancelled |= {self.member_of[exp_id] for exp_id in flagged}
+        return (self.cancelled | self.lost) & self.active
 
-    def lose(self) -> None:
-        """The job was taken from this attempt (requeued or finished elsewhere): stop training."""
-        log.warning("experiment %s attempt %s is no longer ours; stopping", self.experiment_id, self.attempt)
-        self.lost = True
-        self._stop = True
+    def should_stop(self) -> bool:
+        """Stop the whole run: no member of it is still this worker's to train."""
+        return not (self.active - self.lost)
+
+    def on_member_left(self, member: int, reason: str, step: int) -> None:
+        """A member left the batch: store its last points and finish it with its reason."""
+        self.active.discard(member)
+        self.flush()
+        if member in self.lost:
+            return
+        if reason == "cancelled" or member in self.cancelled:
+            self.finish(member, "cancelled", stopped="cancelled")
+        elif reason == "nonfinite":
+            others = "; the other members of its job trained on" if len(self.claims) > 1 else ""
+            self.finish(member, "failed", stopped="nonfinite", error=(
+                f"the training loss became NaN or infinite by step {step}{others} "
+                "(lower optimizer.lr or model.init_scale)"
+            ))
+        else:
+            self.finish(member, LEFT_STATUS.get(reason, "succeeded"), stopped=reason)
+
+    # ---- the job's end ----------------------------------------------------------------------
+    def finish_all(self, status: str, *, stopped: str, error: str | None = None) -> None:
+        """Finish every member still training and still ours (the end of the job, or its failure)."""
+        for member in sorted(self.active - self.lost):
+            self.finish(member, status, stopped=stopped, error=error)
+        self.active.clear()
+
+    def finish(self, member: int, status: str, *, stopped: str, error: str | None = None) -> bool:
+        """Finish one member with its summary, then apply checkpoint retention to it (with its
+        final memorisation and generalisation steps)."""
+        exp_id = self.ids[member]
+
+        def end() -> tuple[bool, dict]:
+            with self.sessions() as s:
+                summary = experiment_summary(s, exp_id)
+                summary["stopped"] = stopped
+                summary["resumed_from_step"] = self.resumed_from_step
+                finished = store.finish_experiment(
+                    s, exp_id, self.attempt_of[exp_id], status, error=error, summary=summary
+                )
+                if finished:
+                    store.apply_retention(s, exp_id, self.retention)
+                return finished, summary
+
+        finished, summary = with_retries(end, f"finishing {exp_id}", self.patience_s)
+        if finished:
+            self.outcomes[member] = status
+        self._events.status(exp_id)
+        if finished and member < len(self.alerts):
+            self.alerts[member].finish(status, summary, error)
+        return finished
 
     def flush(self) -> None:
         """Store every buffered row now, waiting out a database outage."""
         self._last_flush = self.clock()
-        if self._rows:
-            with_retries(self._store_rows, f"metrics of {self.experiment_id}", self.patience_s)
+        if any(self._rows.values()):
+            with_retries(self._store_rows, f"metrics of job {self.ids[0]}", self.patience_s)
             self._backoff.succeeded()
 
+    # ---- helpers -------------------------------------------------------------------------
     def _store_rows(self) -> None:
-        """One try at storing the buffer; the rows leave it only once stored (a batch stored
+        """One try at storing the buffer; a member's rows leave it once stored (a batch stored
         twice is harmless: ingestion skips the points it has)."""
-        rows = list(self._rows)
-        with self.sessions() as s:
-            store.ingest_metrics(s, self.experiment_id, rows, attempt=self.attempt)
-        del self._rows[:len(rows)]
-        if rows:
-            self._events.metrics(self.experiment_id, max(row["step"] for row in rows))
+        for member in list(self._rows):
+            rows = self._rows[member]
+            if not rows:
+                continue
+            exp_id = self.ids[member]
+            with self.sessions() as s:
+                store.ingest_metrics(s, exp_id, rows, attempt=self.attempt_of[exp_id])
+            del self._rows[member]
+            self._events.metrics(exp_id, max(row["step"] for row in rows))
+
+    def _lose_all_but(self, claims: list[tuple[str, int]], ours: set[str]) -> None:
+        """Members of `claims` that a progress or heartbeat UPDATE no longer found ours."""
+        self._lose({self.member_of[exp_id] for exp_id, _ in claims if exp_id not in ours})
+
+    def _lose(self, members: set[int]) -> None:
+        for member in members - self.lost:
+            log.warning("job member %s attempt %s is no longer ours; it leaves the batch",
+                        self.ids[member], self.attempt_of[self.ids[member]])
+        self.lost |= members

@@ -1,9 +1,11 @@
-"""Celery tasks. Thin on purpose: the work is in worker.runner, which a test can call directly.
+"""Celery tasks. Thin on purpose: the work is in worker.jobs, which a test can call directly.
 
 Registered with shared_task, so importing this module builds no app: they join every app
 built by worker.celery_app.make_celery (the worker's is get_celery_app()).
 """
 from __future__ import annotations
+
+import os
 
 from celery import shared_task
 
@@ -12,14 +14,15 @@ from worker.celery_app import ANALYZE_CHECKPOINT, PROGRESS_MEASURES, RUN_EXPERIM
 
 @shared_task(name=RUN_EXPERIMENT, bind=True)
 def run_experiment(self, experiment_id: str) -> str:
-    from worker.runner import run_job  # torch is imported only by the worker process
+    from worker.jobs import run_job  # torch is imported only by the worker process
 
-    return run_job(experiment_id, worker_name=self.request.hostname or "worker")
+    # One name per training process: a claim is this process's, never a sibling's.
+    return run_job(experiment_id, worker_name=f"{self.request.hostname or 'worker'}/{os.getpid()}")
 
 
 @shared_task(name=ANALYZE_CHECKPOINT)
 def analyze_checkpoint(experiment_id: str, step: int) -> str:
-    from worker.runner import analyze_checkpoint as analyze
+    from worker.checkpoint_analysis import analyze_checkpoint as analyze
 
     return analyze(experiment_id, step)
 

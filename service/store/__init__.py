@@ -47,12 +47,9 @@ from service.store.retention import CheckpointRetention, apply_retention
 from service.store.experiments import (
     MAX_STEP,
     ExperimentNotFound,
-    cancel_requested,
-    claim_experiment,
     create_experiment,
     finish_experiment,
     get_experiment,
-    heartbeat,
     holds_attempt,
     job_queues,
     list_experiments,
@@ -62,17 +59,20 @@ from service.store.experiments import (
     request_cancel,
     requeue_stale_jobs,
     stale_jobs,
-    update_progress,
 )
 from service.store.metrics_ingest import MAX_NAME_LENGTH, ingest_metrics
 from service.store.metrics_query import count_metric_series, query_metrics
 from service.store.scheduling import fair_queue, job_state, next_fair_job
-from service.store.packs import (
+from service.store.jobs import (
+    Claim,
+    cancel_requested,
     cancel_requested_members,
-    claim_pack,
-    is_pack,
-    pack_heartbeat,
-    update_pack_progress,
+    claim_experiment,
+    claim_job,
+    heartbeat,
+    members_heartbeat,
+    update_members_progress,
+    update_progress,
 )
 from service.store.progress_measures import (
     PENDING_RETRY_S,
@@ -121,13 +121,13 @@ __all__ = [
     "request_checkpoint_analysis",
     "withdraw_analysis_request",
     "cancel_requested_members",
-    "claim_pack",
+    "Claim",
+    "claim_job",
+    "members_heartbeat",
+    "update_members_progress",
     "fair_queue",
     "job_state",
     "next_fair_job",
-    "is_pack",
-    "pack_heartbeat",
-    "update_pack_progress",
     "PENDING_RETRY_S",
     "fail_progress_measures",
     "get_progress_measures",

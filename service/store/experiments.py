@@ -157,56 +157,6 @@ def list_experiments(
     return newest_first_page(session, query, Experiment, limit, cursor)
 
 
-def claim_experiment(session: Session, experiment_id: str, worker: str) -> Experiment | None:
-    """Move a queued job to 'running' for this worker, or return None if it can't be claimed.
-
-    A compare-and-swap: UPDATE ... WHERE status='queued' AND attempt=<the attempt just read>.
-    Of two workers holding the same (redelivered) message exactly one wins; a job that is
-    already running, finished or cancelled is never started again. A queued job that has used up
-    max_attempts is marked failed instead of being started.
-    """
-    experiment = get_experiment(session, experiment_id)
-    if experiment is None or experiment.status != QUEUED:
-        return None
-    now = utcnow()
-    is_current = and_(
-        Experiment.id == experiment.id,
-        Experiment.status == QUEUED,
-        Experiment.attempt == experiment.attempt,
-    )
-    if experiment.attempt >= experiment.max_attempts:
-        session.execute(
-            update(Experiment)
-            .where(is_current)
-            .values(
-                status=FAILED,
-                finished_at=now,
-                error=f"gave up after {experiment.attempt} attempts (max_attempts)",
-            )
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
-        return None
-    result = session.execute(
-        update(Experiment)
-        .where(is_current)
-        .values(
-            status=RUNNING,
-            attempt=Experiment.attempt + 1,
-            worker=worker,
-            started_at=now,
-            heartbeat_at=db_utcnow(),  # judged by the reaper against the database's clock
-            finished_at=None,
-            error=None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    if result.rowcount != 1:
-        return None
-    return get_experiment(session, experiment.id)
-
-
 def _update_running(session: Session, experiment_id: str, attempt: int, **values: Any) -> bool:
     """CAS on (status='running', attempt): a stale worker of an earlier attempt changes nothing."""
     result = session.execute(
@@ -236,42 +186,6 @@ def holds_attempt(session: Session, experiment_id: str, attempt: int) -> bool:
     if row is None:
         raise ExperimentNotFound(str(experiment_id))
     return row.status == RUNNING and row.attempt == attempt
-
-
-def update_progress(
-    session: Session,
-    experiment_id: str,
-    attempt: int,
-    *,
-    step: int,
-    steps_per_s: float | None,
-    eta_s: float | None,
-) -> bool:
-    """Record progress and the heartbeat. False (nothing changed) unless running this attempt."""
-    return _update_running(
-        session,
-        experiment_id,
-        attempt,
-        step=step,
-        steps_per_s=finite_or_none(steps_per_s),
-        eta_s=finite_or_none(eta_s),
-        heartbeat_at=db_utcnow(),
-    )
-
-
-def heartbeat(session: Session, experiment_id: str, attempt: int) -> bool:
-    """Mark this attempt alive, by the database's clock (a worker's skew does not matter).
-    False when the job is no longer running this attempt."""
-    return _update_running(session, experiment_id, attempt, heartbeat_at=db_utcnow())
-
-
-def cancel_requested(session: Session, experiment_id: str) -> bool:
-    """Whether someone asked to cancel this job (the worker polls this and stops cooperatively)."""
-    flag = session.scalar(
-        select(Experiment.cancel_requested).where(Experiment.id == str(experiment_id))
-    )
-    session.commit()
-    return bool(flag)
 
 
 def request_cancel(session: Session, experiment_id: str) -> Experiment | None:

@@ -5,7 +5,7 @@ among the queued jobs of the message's queue (a job is a pack, or an experiment 
 the owner with the fewest running jobs first, then the owner who least recently started one
 (so that one worker alternates between owners), then the oldest job. One owner's 500 queued
 jobs therefore never starve another owner's one. The claim itself stays the compare-and-swap
-of claim_experiment / claim_pack: of two workers that pick the same job, one wins and the other
+of claim_job: of two workers that pick the same job, one wins and the other
 picks again.
 """
 from __future__ import annotations

@@ -191,7 +191,7 @@ def test_cancelled_members_leave_with_a_last_evaluation_and_checkpoint(tiny_spec
 
 
 def test_analysis_rows_carry_original_members_and_use_each_members_mask(tiny_spec):
-    from worker.runner import analysis_callback, member_measures
+    from worker.analysis.callback import analysis_callback, member_measures
 
     specs = members(tiny_spec, analysis={"every": 20})[:3]
     stored: list[tuple[int, list[int]]] = []

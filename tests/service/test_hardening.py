@@ -152,7 +152,7 @@ def test_the_sqlite_files_are_readable_by_their_owner_only(tmp_path):
 
 # ---- one-line job errors -------------------------------------------------------------------
 def test_a_failed_job_tells_its_user_one_line_and_logs_the_traceback(api_settings, caplog):
-    from worker.runner import run_job
+    from worker.jobs import run_job
 
     engine = make_engine(api_settings.resolved_database_url)
     from service.db import make_sessionmaker
@@ -160,7 +160,7 @@ def test_a_failed_job_tells_its_user_one_line_and_logs_the_traceback(api_setting
     with make_sessionmaker(engine)() as session:
         exp = store.create_experiment(session, small_spec(), "cpu")
         store.add_checkpoint(session, exp.id, 10, b"not a checkpoint\n at all", {})
-    with caplog.at_level(logging.ERROR, logger="worker.runner"):
+    with caplog.at_level(logging.ERROR, logger="worker.jobs"):
         assert run_job(exp.id, "test-worker", settings=api_settings) == "failed"
     with make_sessionmaker(engine)() as session:
         error = store.get_experiment(session, exp.id).error
@@ -168,7 +168,7 @@ def test_a_failed_job_tells_its_user_one_line_and_logs_the_traceback(api_setting
     assert error.startswith("CheckpointCorrupt: checkpoint at step 10")
     assert "\n" not in error and "Traceback" not in error and ".py" not in error
     assert len(error) <= 500
-    assert "Traceback" in caplog.text and "runner.py" in caplog.text
+    assert "Traceback" in caplog.text and "jobs.py" in caplog.text
 
 
 # ---- 413 beyond the drain bound ------------------------------------------------------------

@@ -102,7 +102,7 @@ UNGROKS = {
 
 
 def run_in_process(experiment_id: str, settings: Settings) -> str:
-    from worker.runner import run_job
+    from worker.jobs import run_job
 
     return run_job(experiment_id, "test-worker", settings=settings)
 
@@ -292,15 +292,20 @@ def test_a_pack_member_and_a_resumed_run_report_only_their_own_news():
 
     from service.spec import NotifySpec
     from worker.alerts import ExperimentAlerts
+    from worker.recorder import JobRecorder
 
     sender = Collecting()
     notify = NotifySpec(url="http://example.org/", events=["grokked", "ungrokked"])
     second = ExperimentAlerts(notify, "member-1", "m1", "s", sender)
     second.resume(SimpleNamespace(memorization_step=[50, 40], generalization_step=[None, 300],
                                   grok_streak=[0, 2], step=400, n_members=2), rows=[1])
-    second.on_metrics(rows(450, 1.0, 1.0, member=0) + rows(450, 1.0, 1.0, member=1), member=1)
+    first = ExperimentAlerts(None, "member-0", "m0", None, sender)
+    # The job's recorder routes each engine row to its member's alerts (sessions unused: no flush).
+    recorder = JobRecorder(None, [("member-0", 1), ("member-1", 1)], alerts=[first, second],
+                           flush_every_s=1e9)
+    recorder.on_metrics(rows(450, 1.0, 1.0, member=0) + rows(450, 1.0, 1.0, member=1))
     assert sender.sent == []
-    second.on_metrics(rows(500, 1.0, 1.0, member=0) + rows(500, 1.0, 0.4, member=1), member=1)
+    recorder.on_metrics(rows(500, 1.0, 1.0, member=0) + rows(500, 1.0, 0.4, member=1))
     assert [(p["event"], p["experiment_id"], p["member"]) for p in sender.sent] == [
         ("ungrokked", "member-1", 0)
     ]

@@ -175,7 +175,7 @@ def test_fair_order_prefers_the_owner_with_fewer_running_jobs(session):
 
 
 def test_a_job_past_its_time_limit_fails_with_the_reason(client, api_settings):
-    from worker.runner import run_job
+    from worker.jobs import run_job
 
     job = client.post(API, json={**TINY, "analysis": {"every": None}}).json()
     settings = api_settings.model_copy(update={"time_limit_floor_s": 0.0,
@@ -187,7 +187,7 @@ def test_a_job_past_its_time_limit_fails_with_the_reason(client, api_settings):
 
 
 def test_a_pack_past_its_time_limit_fails_every_member_with_the_reason(client, api_settings):
-    from worker.runner import run_job
+    from worker.jobs import run_job
 
     r = client.post("/api/v1/sweeps", json={
         "base": {**TINY, "analysis": {"every": None}}, "grid": {"training.seed": [0, 1]},

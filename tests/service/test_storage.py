@@ -210,7 +210,7 @@ def test_checkpoint_lists_come_in_pages(client, api_sessions):
 
 
 def test_analysis_requests_are_deduplicated_and_failures_cached(client, api_sessions, enqueued):
-    from worker.runner import analyze_checkpoint
+    from worker.checkpoint_analysis import analyze_checkpoint
 
     settings = client.app.state.settings
     job = submit(client)
