@@ -200,6 +200,15 @@ class JobRecorder:
         self.flush()
         if member in self.lost:
             return
+        claim = [self.claims[member]]
+
+        def record_step() -> set[str]:  # the step it left at, not the last one reported
+            with self.sessions() as s:
+                return store.update_members_progress(s, claim, step=step, steps_per_s=None, eta_s=None)
+
+        if not with_retries(record_step, f"progress of {self.ids[member]}", self.patience_s):
+            self._lose({member})
+            return
         if reason == "cancelled" or member in self.cancelled:
             self.finish(member, "cancelled", stopped="cancelled")
         elif reason == "nonfinite":

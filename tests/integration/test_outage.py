@@ -82,7 +82,22 @@ def eval_steps() -> list[int]:
     return sorted({0, *early, *range(EVAL_EVERY, STEPS + 1, EVAL_EVERY), STEPS})
 
 
-def test_a_postgres_restart_mid_job_loses_no_point_and_no_step(redis_databases, tmp_path):
+def submit(client, kind: str) -> list[str]:
+    """One experiment, or a sweep whose two members train as one pack: the same job path."""
+    if kind == "experiment":
+        r = client.post("/api/v1/experiments", json=JOB)
+        assert r.status_code == 201, r.text
+        return [r.json()["id"]]
+    body = {"name": "outage-pack", "base": {k: v for k, v in JOB.items() if k != "name"},
+            "grid": {"training.seed": [0, 1]}}
+    r = client.post("/api/v1/sweeps", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["n_packs"] == 1
+    return r.json()["experiment_ids"]
+
+
+@pytest.mark.parametrize("kind", ["experiment", "pack"])
+def test_a_postgres_restart_mid_job_loses_no_point_and_no_step(redis_databases, tmp_path, kind):
     server = PrivatePostgres()
     try:
         server.start()
@@ -91,9 +106,8 @@ def test_a_postgres_restart_mid_job_loses_no_point_and_no_step(redis_databases, 
             # Long enough that the reaper does not requeue the job while the database is away.
             GROKLAB_HEARTBEAT_TIMEOUT_S="60", GROKLAB_DB_OUTAGE_S="120",
         ) as stack:
-            r = stack.client.post("/api/v1/experiments", json=JOB)
-            assert r.status_code == 201, r.text
-            exp_id = r.json()["id"]
+            ids = submit(stack.client, kind)
+            exp_id = ids[0]
             deadline = time.monotonic() + 60
             while stack.client.get(f"/api/v1/experiments/{exp_id}").json()["progress"]["step"] == 0:
                 assert time.monotonic() < deadline, "the job never started training"
@@ -103,18 +117,19 @@ def test_a_postgres_restart_mid_job_loses_no_point_and_no_step(redis_databases, 
             time.sleep(OUTAGE_S)
             server.start()
 
-            job = wait_for_status(stack.client, exp_id, timeout=120)
-            assert job["status"] == "succeeded", job.get("error")
-            assert job["attempt"] == 1  # ridden out by the worker, not requeued
-            assert job["progress"]["step"] == STEPS
-            points = raw_metrics(stack.client, exp_id)  # asserts no duplicated point too
-            names = {name for name, _, _ in points}
-            expected = eval_steps()
-            lost = {
-                name: sorted(set(expected) - {s for n, _, s in points if n == name})
-                for name in names
-            }
-            assert names and not any(lost.values()), f"points lost: {lost}"
+            for exp_id in ids:
+                job = wait_for_status(stack.client, exp_id, timeout=120)
+                assert job["status"] == "succeeded", job.get("error")
+                assert job["attempt"] == 1  # ridden out by the worker, not requeued
+                assert job["progress"]["step"] == STEPS
+                points = raw_metrics(stack.client, exp_id)  # asserts no duplicated point too
+                names = {name for name, _, _ in points}
+                expected = eval_steps()
+                lost = {
+                    name: sorted(set(expected) - {s for n, _, s in points if n == name})
+                    for name in names
+                }
+                assert names and not any(lost.values()), f"points lost in {exp_id}: {lost}"
             logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-*.log"))
             assert "database unavailable" in logs  # the worker did see the outage
     finally:
