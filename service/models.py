@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    false,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -32,7 +33,9 @@ RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
-STATUSES: tuple[str, ...] = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+# Checkpointed and off its worker, keeping its place until resumed (then queued again).
+PAUSED = "paused"
+STATUSES: tuple[str, ...] = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, PAUSED)
 FINISHED_STATUSES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 # Token scopes, each including the ones before it: admin ⊇ write ⊇ read.
@@ -123,11 +126,12 @@ class Experiment(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker: Mapped[str | None] = mapped_column(String(255))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     summary: Mapped[dict[str, Any] | None]
 
     # Sweep members: the sweep, the member's place in the grid and its axis values, and the pack
     # it trains in. A pack is the unit of work: its id is the job id on the queue, and its
-    # members are claimed, beat and resumed together (see service.store.packs).
+    # members are claimed, beat and resumed together (see service.store.jobs).
     sweep_id: Mapped[str | None] = mapped_column(String(36))
     sweep_index: Mapped[int | None] = mapped_column(Integer)
     sweep_point: Mapped[dict[str, Any] | None]

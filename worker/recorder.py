@@ -70,7 +70,7 @@ class JobRecorder:
         self.trainer: Trainer | None = None  # set by the job's run, for store_measures
         self.active: set[int] = set(range(len(claims)))
         self.lost: set[int] = set()
-        self.cancelled: set[int] = set()
+        self.stop_reason: dict[int, str] = {}  # member -> "cancelled" | "paused", as asked
         self.outcomes: dict[int, str] = {}  # member -> the status it finished with
         self._rows: dict[int, list[dict]] = {}
         self._backoff = Backoff(clock)
@@ -175,20 +175,24 @@ class JobRecorder:
             ours = store.members_heartbeat(s, claims)
         self._lose_all_but(claims, ours)
 
-    def members_to_stop(self) -> set[int]:
-        """Members to take out of the batch now: cancelled, or no longer this worker's."""
+    def members_to_stop(self) -> dict[int, str]:
+        """Members to take out of the batch now, with why: "cancelled", "paused" (both asked
+        through the API, polled every cancel_poll_s), or "lost" (no longer this worker's)."""
         now = self.clock()
         if now - self._last_cancel_poll >= self.cancel_poll_s:
             self._last_cancel_poll = now
             try:
                 with self.sessions() as s:
-                    flagged = store.cancel_requested_members(
-                        s, [self.ids[m] for m in sorted(self.active)]
-                    )
+                    asked = store.stop_requests(s, [self.ids[m] for m in sorted(self.active)])
             except DATABASE_DOWN:  # asked again at the next poll
-                flagged = set()
-            self.cancelled |= {self.member_of[exp_id] for exp_id in flagged}
-        return (self.cancelled | self.lost) & self.active
+                asked = {}
+            for exp_id, reason in asked.items():
+                self.stop_reason.setdefault(self.member_of[exp_id], reason)
+                if reason == "cancelled":  # a cancel overrides an earlier pause request
+                    self.stop_reason[self.member_of[exp_id]] = reason
+        wanted = {m: "lost" for m in self.lost}
+        wanted.update({m: r for m, r in self.stop_reason.items() if m not in self.lost})
+        return {m: r for m, r in wanted.items() if m in self.active}
 
     def should_stop(self) -> bool:
         """Stop the whole run: no member of it is still this worker's to train."""
@@ -209,7 +213,15 @@ class JobRecorder:
         if not with_retries(record_step, f"progress of {self.ids[member]}", self.patience_s):
             self._lose({member})
             return
-        if reason == "cancelled" or member in self.cancelled:
+        if reason == "paused":
+            def pause() -> bool:
+                with self.sessions() as s:
+                    return store.pause_member(s, self.ids[member], self.attempt_of[self.ids[member]], step)
+
+            if with_retries(pause, f"pausing {self.ids[member]}", self.patience_s):
+                self.outcomes[member] = "paused"
+            self._events.status(self.ids[member])
+        elif reason == "cancelled":
             self.finish(member, "cancelled", stopped="cancelled")
         elif reason == "nonfinite":
             others = "; the other members of its job trained on" if len(self.claims) > 1 else ""

@@ -71,9 +71,12 @@ from service.store.jobs import (
     claim_job,
     heartbeat,
     members_heartbeat,
+    pause_member,
+    stop_requests,
     update_members_progress,
     update_progress,
 )
+from service.store.pausing import NotPausable, request_pause, request_resume
 from service.store.progress_measures import (
     PENDING_RETRY_S,
     fail_progress_measures,
@@ -124,6 +127,11 @@ __all__ = [
     "Claim",
     "claim_job",
     "members_heartbeat",
+    "pause_member",
+    "stop_requests",
+    "NotPausable",
+    "request_pause",
+    "request_resume",
     "update_members_progress",
     "fair_queue",
     "job_state",

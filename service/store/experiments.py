@@ -21,6 +21,7 @@ from service.models import (
     CANCELLED,
     FAILED,
     FINISHED_STATUSES,
+    PAUSED,
     LOCAL_OWNER,
     QUEUED,
     RUNNING,
@@ -189,14 +190,14 @@ def holds_attempt(session: Session, experiment_id: str, attempt: int) -> bool:
 
 
 def request_cancel(session: Session, experiment_id: str) -> Experiment | None:
-    """Cancel a job: queued -> 'cancelled' at once; running -> cancel_requested=True (the worker
-    finishes it 'cancelled'); finished -> unchanged. None for an unknown id."""
+    """Cancel a job: queued or paused -> 'cancelled' at once; running -> cancel_requested=True
+    (the worker finishes it 'cancelled'); finished -> unchanged. None for an unknown id."""
     for _ in range(5):  # a claim may slip in between the read and the CAS: read again
         experiment = get_experiment(session, experiment_id)
         if experiment is None or experiment.status in FINISHED_STATUSES:
             return experiment
         now = utcnow()
-        if experiment.status == QUEUED:
+        if experiment.status in (QUEUED, PAUSED):
             values: dict[str, Any] = {
                 "status": CANCELLED, "cancel_requested": True, "finished_at": now,
             }

@@ -15,7 +15,7 @@ from sqlalchemy import and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from service.finite import finite_or_none
-from service.models import FAILED, QUEUED, RUNNING, Experiment, utcnow
+from service.models import FAILED, PAUSED, QUEUED, RUNNING, Experiment, utcnow
 from service.store.clock import db_utcnow
 
 Claim = tuple[str, int]  # (experiment id, attempt)
@@ -126,6 +126,37 @@ def update_progress(
     return bool(update_members_progress(
         session, [(str(experiment_id), attempt)], step=step, steps_per_s=steps_per_s, eta_s=eta_s
     ))
+
+
+def stop_requests(session: Session, experiment_ids: list[str]) -> dict[str, str]:
+    """The members asked to leave the batch, with why: "cancelled" (a cancel, which wins) or
+    "paused" (a pause request)."""
+    if not experiment_ids:
+        return {}
+    rows = session.execute(
+        select(Experiment.id, Experiment.cancel_requested)
+        .where(Experiment.id.in_(experiment_ids),
+               or_(Experiment.cancel_requested.is_(True), Experiment.pause_requested.is_(True)))
+    ).all()
+    session.commit()
+    return {row.id: "cancelled" if row.cancel_requested else "paused" for row in rows}
+
+
+def pause_member(session: Session, experiment_id: str, attempt: int, step: int) -> bool:
+    """A member that left its batch paused (its checkpoint stored): 'paused' at `step`, off
+    this worker. A pause is not a failure: max_attempts grows by one, so pausing never uses up
+    the job's retries (each claim still counts a new attempt, which keeps stale writers out).
+    False unless it still runs this attempt."""
+    result = session.execute(
+        update(Experiment)
+        .where(Experiment.id == str(experiment_id), Experiment.status == RUNNING,
+               Experiment.attempt == attempt)
+        .values(status=PAUSED, pause_requested=False, step=step, steps_per_s=None, eta_s=None,
+                worker=None, max_attempts=Experiment.max_attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
 
 
 def cancel_requested_members(session: Session, experiment_ids: list[str]) -> set[str]:

@@ -180,7 +180,7 @@ def test_cancelled_members_leave_with_a_last_evaluation_and_checkpoint(tiny_spec
     specs = members(tiny_spec)[:3]
     trainer = Trainer.for_members(specs)
     progress = {"step": 0}
-    stop = lambda: {2} if progress["step"] >= 13 else set()  # noqa: E731
+    stop = lambda: {2: "cancelled"} if progress["step"] >= 13 else {}  # noqa: E731
     pack = record(trainer, members_to_stop=stop, on_progress=lambda s, t: progress.update(step=s))
     assert pack["left"] == [(2, "cancelled", 13)]
     assert max(r["step"] for r in pack["rows"] if r["member"] == 2) == 13
@@ -199,7 +199,7 @@ def test_analysis_rows_carry_original_members_and_use_each_members_mask(tiny_spe
     progress = {"step": 0}
     pack = record(
         trainer, on_analysis=analysis_callback(trainer.spec, lambda s, ms: stored.append((s, list(trainer.members)))),
-        members_to_stop=lambda: {0} if progress["step"] >= 5 else set(),
+        members_to_stop=lambda: {0: "cancelled"} if progress["step"] >= 5 else {},
         on_progress=lambda s, t: progress.update(step=s),
     )
     assert stored == [(0, [0, 1, 2]), (20, [1, 2]), (40, [1, 2])]

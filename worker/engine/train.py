@@ -254,7 +254,7 @@ class Trainer:
         on_progress: Callable[[int, int], None] | None = None,
         on_analysis: AnalysisCallback | None = None,
         until_step: int | None = None,
-        members_to_stop: Callable[[], set[int]] | None = None,
+        members_to_stop: Callable[[], dict[int, str]] | None = None,
         on_member_left: MemberLeftCallback | None = None,
     ) -> dict[str, Any]:
         """Train from self.step to until_step (default training.steps).
@@ -271,7 +271,10 @@ class Trainer:
         step and its last checkpoint) when an evaluation finds the train loss of every one of
         its rows NaN or infinite ("nonfinite"), when all its rows have grokked under
         training.stop_on_grok ("grokked"), or when members_to_stop(), polled before every step,
-        names it ("cancelled"); the others train on, and the run ends when none is left.
+        names it (member -> reason, e.g. "cancelled", "paused"); the others train on, and the
+        run ends when none is left. A member that leaves "paused" gets its checkpoint but no
+        extra evaluation: resumed from that checkpoint, it records exactly the points of a run
+        that was never paused.
         Returns the summary (see summary()).
         """
         t = self.spec.training
@@ -289,9 +292,9 @@ class Trainer:
                 break
             if members_to_stop is not None:
                 wanted = members_to_stop()
-                cancelled = {m: "cancelled" for m in self.job_members() if m in wanted}
-                if cancelled:
-                    self._leave(run, cancelled)
+                stopping = {m: wanted[m] for m in self.job_members() if m in wanted}
+                if stopping:
+                    self._leave(run, stopping)
                     continue
             self.train_step()
             if on_progress is not None:
@@ -360,8 +363,9 @@ class Trainer:
         """Members `leaving` (member -> reason) leave the batch: their rows of this step (if not
         sent yet) and last checkpoint first, then on_member_left; then the ensemble shrinks."""
         rows = sorted(e for member in leaving for e in self.rows_of(member))
-        if run.last_eval != self.step:
-            eval_rows = self._eval_rows(only=rows)
+        evaluated = [e for e in rows if leaving[self.row_owner[self.members[e]]] != "paused"]
+        if run.last_eval != self.step and evaluated:
+            eval_rows = self._eval_rows(only=evaluated)
             if eval_rows and run.on_metrics is not None:
                 run.on_metrics(eval_rows)
         if run.last_checkpoint != self.step:

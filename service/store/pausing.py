@@ -1,0 +1,82 @@
+"""Pause and resume. A paused job is checkpointed and off its worker; it keeps its place (its
+age in the fair order) and, resumed, is queued again and continues from that checkpoint.
+
+    queued  --pause-->  paused            at once (no worker holds it)
+    running --pause-->  pause_requested   its worker checkpoints it and marks it paused
+                                          (worker side: service.store.jobs.pause_member)
+    paused  --resume--> queued            the caller enqueues its job again
+    running, pause_requested --resume-->  running (the request is withdrawn)
+
+Every change is a compare-and-swap on (status, attempt). A finished job can be neither paused
+nor resumed (NotPausable, which the API answers with 409).
+"""
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from service.models import FINISHED_STATUSES, PAUSED, QUEUED, RUNNING, Experiment
+from service.store.experiments import get_experiment
+
+CAS_TRIES = 5  # a claim may slip in between the read and the CAS: read again
+
+
+class NotPausable(Exception):
+    """The job is in a state the request does not apply to (finished, or not paused)."""
+
+    def __init__(self, experiment: Experiment, action: str) -> None:
+        self.status = experiment.status
+        super().__init__(
+            f"experiment {experiment.id} is {experiment.status}: only a queued or running job "
+            "can be paused" if action == "pause" else
+            f"experiment {experiment.id} is {experiment.status}: only a paused job (or a running "
+            "one whose pause was requested) can be resumed"
+        )
+
+
+def _swap(session: Session, experiment: Experiment, **values) -> bool:
+    result = session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment.id, Experiment.status == experiment.status,
+               Experiment.attempt == experiment.attempt)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def request_pause(session: Session, experiment_id: str) -> Experiment | None:
+    """Pause a job (see the module doc); a paused job stays paused. None for an unknown id;
+    NotPausable for a finished one."""
+    for _ in range(CAS_TRIES):
+        experiment = get_experiment(session, experiment_id)
+        if experiment is None or experiment.status == PAUSED:
+            return experiment
+        if experiment.status in FINISHED_STATUSES:
+            raise NotPausable(experiment, "pause")
+        if experiment.status == QUEUED:
+            values = {"status": PAUSED, "steps_per_s": None, "eta_s": None}
+        else:
+            values = {"pause_requested": True}
+        if _swap(session, experiment, **values):
+            return get_experiment(session, experiment.id)
+    raise RuntimeError(f"experiment {experiment_id} kept changing state while pausing")
+
+
+def request_resume(session: Session, experiment_id: str) -> tuple[Experiment | None, bool]:
+    """Resume a job: (the job, whether it was queued again and so needs a queue message).
+    None for an unknown id; NotPausable unless it is paused or its pause was requested."""
+    for _ in range(CAS_TRIES):
+        experiment = get_experiment(session, experiment_id)
+        if experiment is None:
+            return None, False
+        if experiment.status == RUNNING and experiment.pause_requested:
+            if _swap(session, experiment, pause_requested=False):
+                return get_experiment(session, experiment.id), False
+            continue
+        if experiment.status != PAUSED:
+            raise NotPausable(experiment, "resume")
+        if _swap(session, experiment, status=QUEUED, pause_requested=False):
+            return get_experiment(session, experiment.id), True
+    raise RuntimeError(f"experiment {experiment_id} kept changing state while resuming")
