@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 FLOAT_BYTES = 4
 # The full-grid analysis runs the model on ANALYSIS_CHUNK_ROWS // members pairs at a time
-# (worker/analysis/grid.py says the same); per chunk it holds the logits and a few float64
+# (worker/analysis/grid.py reads it from here); per chunk it holds the logits and a few float64
 # copies for the losses, and the forward pass's activations at the 3 token positions.
 ANALYSIS_CHUNK_ROWS = 65536
 ANALYSIS_LOGIT_COPIES = 4
