@@ -8,6 +8,7 @@ every member. Torch-free and pydantic-free: plain data the API server and the en
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,8 +75,6 @@ def value_at(spec: Any, path: str) -> Any:
 def without_per_member(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of a spec dumped as JSON less every PER_MEMBER_PATHS value: what the members of
     one pack must share."""
-    import copy
-
     shape = copy.deepcopy(data)
     for path in PER_MEMBER_PATHS:
         *sections, leaf = path.split(".")

@@ -228,7 +228,7 @@ class _Ensemble(_Section):
     size: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _check_lengths(self, info: ValidationInfo) -> "EnsembleSpec":
+    def _check_lists(self, info: ValidationInfo) -> "_Ensemble":
         limit = _limits(info).max_ensemble
         if limit is not None and self.size > limit:
             raise ValueError(f"size must be at most {limit} (GROKLAB_MAX_ENSEMBLE) (got {self.size})")
@@ -242,7 +242,7 @@ class _Ensemble(_Section):
             values = getattr(self, field.name)
             if values is not None and field.check is not None and not all(map(field.check, values)):
                 raise ValueError(f"{field.name} entries must be in {field.allowed} (got {values})")
-        return self  # type: ignore[return-value]
+        return self
 
     def per_member(self, name: str, default: Any) -> list[Any]:
         """The list `name`, or [default] * size when it is not given."""
@@ -251,13 +251,13 @@ class _Ensemble(_Section):
 
 
 # The per-member lists are those of service/members.py's table, in its order:
-# ensemble.<name>: list[kind] | None, range-checked by _Ensemble._check_lengths.
-EnsembleSpec = create_model(  # type: ignore[call-overload]
+# ensemble.<name>: list[kind] | None, checked by _Ensemble._check_lists.
+EnsembleSpec = create_model(
     "EnsembleSpec",
     __base__=_Ensemble,
     __doc__=_Ensemble.__doc__,
     __module__=__name__,
-    **{f.name: (list[f.kind] | None, Field(None, description=f.description))  # type: ignore[name-defined]
+    **{f.name: (list[f.kind] | None, Field(None, description=f.description))
        for f in PER_MEMBER_FIELDS},
 )
 
