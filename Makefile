@@ -21,9 +21,10 @@ up: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Everything but the tests that need PostgreSQL, Redis and worker processes.
+# Everything but the tests that need PostgreSQL, Redis and worker processes, and the slow ones
+# that train the ci-small preset to grokking.
 test-fast: install
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/bench_engine.py

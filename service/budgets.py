@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 FLOAT_BYTES = 4
 # The full-grid analysis runs the model on ANALYSIS_CHUNK_ROWS // members pairs at a time
-# (worker/analysis/grid.py says the same); per chunk it holds the logits and a few float64
+# (worker/analysis/grid.py reads it from here); per chunk it holds the logits and a few float64
 # copies for the losses, and the forward pass's activations at the 3 token positions.
 ANALYSIS_CHUNK_ROWS = 65536
 ANALYSIS_LOGIT_COPIES = 4
@@ -42,7 +42,7 @@ def examples_per_step(spec: ExperimentSpec) -> int:
     """The minibatch, or the largest member's training set for full batch."""
     if spec.training.batch_size is not None:
         return spec.training.batch_size
-    fractions = spec.ensemble.per_member("train_fraction", spec.task.train_fraction)
+    fractions = spec.member_values("train_fraction")
     return max(spec.n_examples(f) for f in fractions)
 
 
@@ -85,10 +85,76 @@ def grad_filter_states(spec: ExperimentSpec) -> int:
     return f.window if f.kind == "ma" else 1
 
 
+def activation_floats(spec: ExperimentSpec) -> int:
+    """Floats of the forward pass's activations per example: at the 3 token positions, per layer
+    the residual stream, q, k, v (4 d_model) and the MLP's hidden layer (d_mlp)."""
+    m = spec.model
+    return 3 * m.n_layers * (4 * m.d_model + m.d_mlp)
+
+
+@dataclass(frozen=True)
+class MemberMemory:
+    """What one member of an ensemble holds, in bytes: the one memory model that both the
+    budgets (checkpoint, Grokfast filter, analysis) and the packer (sweeps.default_pack_size:
+    how many members share a GPU) read.
+
+    weights, gradients, optimizer_state (Adam's two moments, SGD's momentum), grad_filter (the
+    Grokfast EMA, or the MA window): float32, one of each per parameter. activations: a training
+    step's forward and backward over its examples (the full grid for full batch), the hidden
+    activations and the logits with their gradients. analysis: this member's share of one
+    progress-measure analysis (its MLP activations over the grid, its [p, p] float64 tables and
+    its rows of a chunk), 0 when no analysis runs."""
+
+    weights: int
+    gradients: int
+    optimizer_state: int
+    grad_filter: int
+    activations: int
+    analysis: int
+
+    @property
+    def checkpoint(self) -> int:
+        """What a checkpoint stores of the member: weights, optimizer and filter state."""
+        return self.weights + self.optimizer_state + self.grad_filter
+
+    @property
+    def training(self) -> int:
+        """What the member holds while it trains."""
+        return self.weights + self.gradients + self.optimizer_state + self.grad_filter + self.activations
+
+
+def analysis_chunk_pairs(spec: ExperimentSpec) -> int:
+    """Pairs per chunk of the full-grid forward: ANALYSIS_CHUNK_ROWS member-pairs shared among
+    the members (worker/analysis/grid.py: chunk_pairs_for), at most the whole grid."""
+    p = spec.task.n_elements
+    return min(max(1, ANALYSIS_CHUNK_ROWS // members(spec)), p * p)
+
+
+def member_memory(spec: ExperimentSpec) -> MemberMemory:
+    """One member's memory (MemberMemory) under this spec."""
+    param_bytes = spec.param_count() * FLOAT_BYTES
+    p, m = spec.task.n_elements, spec.model
+    rows = spec.n_pairs if spec.training.batch_size is None else spec.training.batch_size
+    # per example the hidden activations, the logits and their probabilities; x2: the backward
+    activations = FLOAT_BYTES * rows * (activation_floats(spec) + 2 * p) * 2
+    analysis = 0
+    if analyses(spec):
+        held = p * p * (m.d_mlp * FLOAT_BYTES + 3 * 8)
+        per_pair = ANALYSIS_LOGIT_COPIES * p * 8 + activation_floats(spec) * FLOAT_BYTES
+        analysis = held + analysis_chunk_pairs(spec) * per_pair
+    return MemberMemory(
+        weights=param_bytes,
+        gradients=param_bytes,
+        optimizer_state=optimizer_states(spec) * param_bytes,
+        grad_filter=grad_filter_states(spec) * param_bytes,
+        activations=activations,
+        analysis=analysis,
+    )
+
+
 def checkpoint_bytes(spec: ExperimentSpec) -> int:
     """members x parameters x 4 x (weights + optimizer state + filter state)."""
-    per_param = 1 + optimizer_states(spec) + grad_filter_states(spec)
-    return members(spec) * spec.param_count() * FLOAT_BYTES * per_param
+    return members(spec) * member_memory(spec).checkpoint
 
 
 def grad_filter_bytes(spec: ExperimentSpec) -> int:
@@ -96,29 +162,16 @@ def grad_filter_bytes(spec: ExperimentSpec) -> int:
     f = spec.optimizer.grad_filter
     if f is None or f.kind != "ma":
         return 0
-    return f.window * members(spec) * spec.param_count() * FLOAT_BYTES
-
-
-def analysis_chunk_bytes(spec: ExperimentSpec) -> int:
-    """What one chunk of the full-grid forward holds: members x chunk (ANALYSIS_CHUNK_ROWS in
-    all) x (ANALYSIS_LOGIT_COPIES
-    x p float64 logits + 3 positions x layers x (d_mlp + 4 d_model) float32 activations)."""
-    p, m = spec.task.n_elements, spec.model
-    chunk = min(max(1, ANALYSIS_CHUNK_ROWS // members(spec)), p * p)
-    per_pair = ANALYSIS_LOGIT_COPIES * p * 8 + 3 * m.n_layers * (m.d_mlp + 4 * m.d_model) * FLOAT_BYTES
-    return members(spec) * chunk * per_pair
+    return members(spec) * member_memory(spec).grad_filter
 
 
 def analysis_bytes(spec: ExperimentSpec) -> int:
     """One progress-measure analysis, its full-grid forward run in chunks: every member's MLP
     activations over the grid, members x p*p x d_mlp x 4 (the neuron clustering reads them
-    whole), three [p, p] float64 tables per member, and one chunk (analysis_chunk_bytes). It
-    grows with p^2, not with the p^3 logits. 0 when no analysis runs."""
-    if analyses(spec) == 0:
-        return 0
-    p = spec.task.n_elements
-    held = members(spec) * p * p * (spec.model.d_mlp * FLOAT_BYTES + 3 * 8)
-    return held + analysis_chunk_bytes(spec)
+    whole), three [p, p] float64 tables per member, and one chunk of members x
+    analysis_chunk_pairs pairs, each with ANALYSIS_LOGIT_COPIES x p float64 logits and its
+    activations. It grows with p^2, not with the p^3 logits. 0 when no analysis runs."""
+    return members(spec) * member_memory(spec).analysis
 
 
 def time_limit_s(spec: ExperimentSpec, settings: Settings) -> float | None:

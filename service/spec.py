@@ -18,11 +18,13 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from service.members import OPTIONAL_PER_MEMBER, PER_MEMBER_FIELDS, member_values
 from service.presets import PRESETS
 from service.notify import NOTIFY_EVENTS, parse_allowed_hosts, url_host_port, url_refusal
 
@@ -213,58 +215,51 @@ class OptimizerSpec(_Section):
         return v
 
 
-# Per-member ensemble lists with a range: (allowed range as text, check), as for the scalars.
-ENSEMBLE_RANGES: dict[str, tuple[str, Any]] = {
-    "lr": ("(0, 10]", lambda x: 0 < x <= 10),
-    "weight_decay": ("[0, 100]", lambda x: 0 <= x <= 100),
-    "init_scale": ("(0, 1000]", lambda x: 0 < x <= 1000),
-    "train_fraction": ("(0, 1)", lambda x: 0 < x < 1),
-    "grad_filter_lamb": ("[0, 1000]", lambda x: 0 <= x <= 1000),
-}
-# Per-member lists added after specs were first stored: left out of spec_hash while None.
-OPTIONAL_PER_MEMBER: tuple[str, ...] = ("init_scale", "train_fraction", "split_seed", "grad_filter_lamb")
 # Sections added after specs were first stored: left out of spec_hash while None.
 OPTIONAL_SECTIONS: tuple[str, ...] = ("data_schedule", "notify")
 
 
-class EnsembleSpec(_Section):
+class _Ensemble(_Section):
     """E runs trained as one batched computation, each with its own parameters.
 
     Every list has one entry per member; None means the scalar of the model/task/optimizer
     section for every member. A sweep's pack (service/sweeps.py: pack_spec) fills all of them."""
 
     size: int = Field(1, ge=1)
-    seeds: list[int] | None = Field(None, description="Per-member seeds; default training.seed + i.")
-    lr: list[float] | None = Field(None, description="Per-member learning rates.")
-    weight_decay: list[float] | None = Field(None, description="Per-member weight decays.")
-    init_scale: list[float] | None = Field(None, description="Per-member model.init_scale.")
-    train_fraction: list[float] | None = Field(None, description="Per-member task.train_fraction.")
-    split_seed: list[int] | None = Field(None, description="Per-member task.split_seed.")
-    grad_filter_lamb: list[float] | None = Field(
-        None, description="Per-member optimizer.grad_filter.lamb (needs a grad_filter)."
-    )
 
     @model_validator(mode="after")
-    def _check_lengths(self, info: ValidationInfo) -> "EnsembleSpec":
+    def _check_lists(self, info: ValidationInfo) -> "_Ensemble":
         limit = _limits(info).max_ensemble
         if limit is not None and self.size > limit:
             raise ValueError(f"size must be at most {limit} (GROKLAB_MAX_ENSEMBLE) (got {self.size})")
-        for name in ("seeds", "lr", "weight_decay", *OPTIONAL_PER_MEMBER):
-            values = getattr(self, name)
+        for field in PER_MEMBER_FIELDS:
+            values = getattr(self, field.name)
             if values is not None and len(values) != self.size:
                 raise ValueError(
-                    f"{name} must have one entry per member: {self.size} (got {len(values)})"
+                    f"{field.name} must have one entry per member: {self.size} (got {len(values)})"
                 )
-        for name, (allowed, ok) in ENSEMBLE_RANGES.items():
-            values = getattr(self, name)
-            if values is not None and not all(ok(x) for x in values):
-                raise ValueError(f"{name} entries must be in {allowed} (got {values})")
+        for field in PER_MEMBER_FIELDS:
+            values = getattr(self, field.name)
+            if values is not None and field.check is not None and not all(map(field.check, values)):
+                raise ValueError(f"{field.name} entries must be in {field.allowed} (got {values})")
         return self
 
     def per_member(self, name: str, default: Any) -> list[Any]:
         """The list `name`, or [default] * size when it is not given."""
         values = getattr(self, name)
         return list(values) if values is not None else [default] * self.size
+
+
+# The per-member lists are those of service/members.py's table, in its order:
+# ensemble.<name>: list[kind] | None, checked by _Ensemble._check_lists.
+EnsembleSpec = create_model(
+    "EnsembleSpec",
+    __base__=_Ensemble,
+    __doc__=_Ensemble.__doc__,
+    __module__=__name__,
+    **{f.name: (list[f.kind] | None, Field(None, description=f.description))
+       for f in PER_MEMBER_FIELDS},
+)
 
 
 class TrainingSpec(_Section):
@@ -390,7 +385,7 @@ class ExperimentSpec(_Section):
         """Steps strictly increase inside (0, training.steps); fractions strictly shrink, below
         the training fraction of every member; each stage keeps at least one example (and a
         minibatch's worth)."""
-        fractions = self.ensemble.per_member("train_fraction", self.task.train_fraction)
+        fractions = self.member_values("train_fraction")
         before, before_name = min(fractions), (
             "task.train_fraction" if self.ensemble.train_fraction is None
             else "every member's ensemble.train_fraction"
@@ -458,6 +453,11 @@ class ExperimentSpec(_Section):
         d, h = m.d_model, m.d_mlp
         total = vocab * d + (2 * d) * h + h + (m.n_layers - 1) * (h * h + h) + h * n + n
         return total
+
+    def member_values(self, name: str) -> list[Any]:
+        """Each member's value of the per-member field `name` (service/members.py): the list
+        ensemble.<name>, or the single-run value at the field's path for every member."""
+        return member_values(self, name)
 
     def fourier_unavailable(self) -> str | None:
         return fourier_unavailable(self.model_dump(mode="json"))

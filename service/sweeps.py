@@ -6,7 +6,8 @@ A sweep is `{"name", "base": <spec>, "grid": {"optimizer.weight_decay": [0, 1], 
 point of the Cartesian product of the grid (axes in the order given, the last one varying
 fastest) is one member: the base spec with each axis path set to the point's value, validated as
 an ordinary spec. Members whose shapes agree are trained together as one batched ensemble, a
-**pack** (see plan_packs); the values that may differ inside a pack are PER_MEMBER_PATHS.
+**pack** (see plan_packs); the values that may differ inside a pack are the per-member fields
+(service/members.py: PER_MEMBER_PATHS), everything else fixes the shapes and the schedule.
 """
 from __future__ import annotations
 
@@ -20,21 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from service.budgets import member_memory
+from service.members import PER_MEMBER_PATHS, ensemble_lists, without_per_member
 from service.spec import ExperimentSpec, Limits
 
-# What may differ between the members of one pack: each member gets its own value of these
-# (per-member seeds, learning rates, weight decays, init scales, training sets, Grokfast lambda).
-# Everything else in the spec fixes the shapes and the schedule, so it must agree.
-PER_MEMBER_PATHS: tuple[str, ...] = (
-    "name",
-    "training.seed",
-    "optimizer.lr",
-    "optimizer.weight_decay",
-    "model.init_scale",
-    "task.train_fraction",
-    "task.split_seed",
-    "optimizer.grad_filter.lamb",
-)
 CPU_PACK_SIZE = 8
 
 
@@ -219,42 +209,17 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
-def _without_per_member(spec_json: dict[str, Any]) -> dict[str, Any]:
-    shape = copy.deepcopy(spec_json)
-    for path in PER_MEMBER_PATHS:
-        *sections, leaf = path.split(".")
-        node: Any = shape
-        for section in sections:
-            node = node.get(section) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return shape
-
-
 def pack_key(spec: ExperimentSpec) -> str:
     """What members of one pack must share: the spec less its per-member values."""
-    return json.dumps(_without_per_member(spec.model_dump(mode="json")), sort_keys=True)
-
-
-def bytes_per_member(spec: ExperimentSpec) -> int:
-    """A generous estimate of one member's GPU memory in a pack: fp32 parameters, gradients,
-    two AdamW moments and a Grokfast buffer, plus the activations of a full-grid forward and
-    backward (logits and MLP activations of every pair)."""
-    params = spec.param_count()
-    state = 4 * params * (4 + (spec.optimizer.grad_filter.window
-                               if spec.optimizer.grad_filter and spec.optimizer.grad_filter.kind == "ma"
-                               else 1 if spec.optimizer.grad_filter else 0))
-    rows = spec.n_pairs if spec.training.batch_size is None else spec.training.batch_size
-    m = spec.model
-    width = 3 * (4 * m.d_model + m.d_mlp) * m.n_layers + 2 * spec.task.n_elements
-    return state + 4 * rows * width * 2
+    return json.dumps(without_per_member(spec.model_dump(mode="json")), sort_keys=True)
 
 
 def default_pack_size(spec: ExperimentSpec, memory_bytes: int, max_ensemble: int) -> int:
-    """8 on the CPU; on a GPU as many members as fit in memory_bytes (at most max_ensemble)."""
+    """8 on the CPU; on a GPU as many members as fit in memory_bytes (at most max_ensemble),
+    each holding budgets.member_memory(spec).training."""
     if spec.training.device == "cpu":
         return min(CPU_PACK_SIZE, max_ensemble)
-    return max(1, min(max_ensemble, memory_bytes // max(1, bytes_per_member(spec))))
+    return max(1, min(max_ensemble, memory_bytes // max(1, member_memory(spec).training)))
 
 
 def plan_packs(
@@ -289,15 +254,8 @@ def pack_spec(member_specs: list[ExperimentSpec]) -> ExperimentSpec:
             )
     data = member_specs[0].model_dump(mode="json")
     data["name"] = "pack"
-    filters = [s.optimizer.grad_filter for s in member_specs]
     data["ensemble"] = {
         "size": len(member_specs),
-        "seeds": [s.training.seed for s in member_specs],
-        "lr": [s.optimizer.lr for s in member_specs],
-        "weight_decay": [s.optimizer.weight_decay for s in member_specs],
-        "init_scale": [s.model.init_scale for s in member_specs],
-        "train_fraction": [s.task.train_fraction for s in member_specs],
-        "split_seed": [s.task.split_seed for s in member_specs],
-        "grad_filter_lamb": None if filters[0] is None else [f.lamb for f in filters],
+        **ensemble_lists([spec.model_dump(mode="json") for spec in member_specs]),
     }
     return ExperimentSpec.model_validate(data)

@@ -102,3 +102,28 @@ def test_no_module_is_longer_than_one_concern():
         if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     ]
     assert long == []
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module of ours that `path` imports, at load time or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_the_analysis_modules_import_one_way():
+    """fourier holds the quantities, grid streams them, callback and fixed_keys use grid: no
+    analysis module imports one that imports it back, not even inside a function."""
+    folder = ROOT / "worker" / "analysis"
+    modules = {f"worker.analysis.{path.stem}": path for path in folder.glob("*.py")
+               if path.stem != "__init__"}
+    imports = {name: _imported_modules(path) & set(modules) for name, path in modules.items()}
+    circles = sorted(
+        f"{a} <-> {b}" for a in imports for b in imports[a] if a < b and a in imports[b]
+    )
+    assert circles == []

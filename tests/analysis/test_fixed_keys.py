@@ -14,7 +14,7 @@ from worker.analysis.fixed_keys import (
     measure_series,
     measures_with_fixed_key_freqs,
 )
-from worker.analysis.fourier import progress_measures_all
+from worker.analysis.grid import progress_measures_all
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from worker.analysis.callback import measure_rows
 from worker.analysis.fourier import (
     embedding_fourier_norms,
     excluded_loss,
@@ -20,12 +21,11 @@ from worker.analysis.fourier import (
     key_frequency_clusters,
     key_frequency_energy,
     make_fourier_basis,
-    measure_rows,
-    progress_measures_all,
     restricted_loss,
     softmax_collapse_fraction,
     sum_op_labels,
 )
+from worker.analysis.grid import progress_measures_all
 
 P = 67  # prime, and 31 <= p // 2, so frequency 31 is not aliased onto p - 31
 FREQS = (5, 17, 31)

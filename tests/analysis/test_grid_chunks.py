@@ -12,16 +12,15 @@ from tests.analysis.test_fourier import (
     random_train_mask,
 )
 from worker.analysis.fourier import (
-    _cross_entropy,
+    mean_cross_entropy as _cross_entropy,
     full_grid_tokens,
     key_frequency_clusters,
-    progress_measures_all,
     restricted_loss,
     excluded_loss,
     softmax_collapse_fraction,
     sum_op_labels,
 )
-from worker.analysis.grid import grid_mlp_acts
+from worker.analysis.grid import grid_mlp_acts, progress_measures_all
 
 
 @torch.no_grad()

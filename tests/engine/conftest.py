@@ -8,10 +8,12 @@ from typing import Any, Callable
 import pytest
 
 from service.spec import ExperimentSpec, deep_merge, spec_from_preset
+from tests import builders
 
-TINY: dict[str, Any] = {
+# The engine's tiny run on the one test builder (tests/builders.py): p=11, d_model 32 with 4
+# heads, 40 steps on the CPU, no progress measures.
+TINY_RUN: dict[str, Any] = {
     "task": {"p": 11},
-    "model": {"d_model": 32, "n_heads": 4, "d_mlp": 64},
     "training": {"steps": 40, "eval_every": 10, "checkpoint_every": 20, "device": "cpu"},
     "analysis": {"every": None},
 }
@@ -22,7 +24,7 @@ def tiny_spec() -> Callable[..., ExperimentSpec]:
     """tiny_spec(**overrides): the ci-small preset shrunk to p=11 and d_model 32, 40 steps."""
 
     def make(**overrides: Any) -> ExperimentSpec:
-        return spec_from_preset("ci-small", **deep_merge(TINY, overrides))
+        return builders.tiny_spec(width=32, heads=4, **deep_merge(TINY_RUN, overrides))
 
     return make
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from worker.analysis.fourier import PROGRESS_MEASURE_NAMES
+from worker.analysis.callback import PROGRESS_MEASURE_NAMES
 from worker.engine.local import train_local
 
 

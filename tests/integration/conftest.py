@@ -19,21 +19,6 @@ from tests.support import create_pg_database, drop_pg_database
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
-def tiny_spec(
-    name: str, *, p: int = 11, width: int = 16, steps: int = 60, eval_every: int = 20,
-    checkpoint_every: int = 30, analysis_every: int | None = None, **training,
-) -> dict:
-    """A submit body: ci-small's recipe on a tiny transformer (d_model=width, 2 heads)."""
-    return {
-        "name": name,
-        "preset": "ci-small",
-        "task": {"p": p},
-        "model": {"d_model": width, "n_heads": 2 if width > 8 else 1, "d_mlp": 2 * width},
-        "training": {"steps": steps, "eval_every": eval_every, "checkpoint_every": checkpoint_every, **training},
-        "analysis": {"every": analysis_every},
-    }
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,8 @@ import uuid
 import pytest
 
 from service.client import Client, GroklabError
-from tests.integration.conftest import FINISHED, tiny_spec
+from tests.builders import tiny_job
+from tests.integration.conftest import FINISHED
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def cli(stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def test_submit_and_wait_while_groklab_watch_follows_live(stack, groklab, capsys):
-    job = groklab.submit(tiny_spec("client-tiny"), training={"steps": 40})
+    job = groklab.submit(tiny_job("client-tiny"), training={"steps": 40})
     assert job["status"] == "queued"
     assert job["spec"]["training"]["steps"] == 40
     assert job["spec"]["training"]["eval_every"] == 20  # the rest of the section is kept
@@ -138,7 +139,7 @@ def test_errors_carry_the_status_and_the_servers_detail(groklab, grokked_run):
 
 
 def test_sweep_phase_diagram_and_members(groklab):
-    base = {k: v for k, v in tiny_spec("s", steps=40).items() if k != "name"}
+    base = {k: v for k, v in tiny_job("s", steps=40).items() if k != "name"}
     created = groklab.submit_sweep(
         {"name": "client-sweep", "base": base, "grid": {"training.seed": [0, 1]}}
     )

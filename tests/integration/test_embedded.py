@@ -11,11 +11,12 @@ import sys
 import httpx
 import pytest
 
-from tests.integration.conftest import free_port, tiny_spec, wait_for_status, wait_http
+from tests.builders import tiny_job
+from tests.integration.conftest import free_port, wait_for_status, wait_http
 
 pytestmark = pytest.mark.integration
 
-TINY = tiny_spec("tiny", steps=60, eval_every=20, checkpoint_every=30, analysis_every=30)
+TINY = tiny_job("tiny", steps=60, eval_every=20, checkpoint_every=30, analysis_every=30)
 
 
 def test_groklab_up_end_to_end(tmp_path):

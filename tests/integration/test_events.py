@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.integration.conftest import tiny_spec, wait_for_status
+from tests.builders import tiny_job
+from tests.integration.conftest import wait_for_status
 from tests.service.test_events import iter_events
 
 pytestmark = pytest.mark.integration
@@ -21,8 +22,8 @@ def stream_points(events: list[dict]) -> list[tuple[str, int, int]]:
 
 def test_a_watcher_sees_a_job_live_and_resumes_after_a_drop_without_loss_or_repeat(stack):
     client = stack.client
-    job = client.post(API, json=tiny_spec("watched", steps=200, eval_every=50,
-                                          checkpoint_every=100)).json()
+    job = client.post(API, json=tiny_job("watched", steps=200, eval_every=50,
+                                         checkpoint_every=100)).json()
     url = f"{API}/{job['id']}/events"
 
     first: list[dict] = []

@@ -6,7 +6,8 @@ import pytest
 
 from service import auth
 from service.db import make_engine, make_sessionmaker
-from tests.integration.conftest import wait_for_status, tiny_spec
+from tests.builders import tiny_job
+from tests.integration.conftest import wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +27,11 @@ def test_a_worker_serves_the_second_owner_before_the_first_owners_backlog(stack)
     with owner_client(stack, "fair-a") as a, owner_client(stack, "fair-b") as b:
         a_ids = []
         for i, steps in enumerate((200, 10, 10, 10)):  # the first keeps the worker busy
-            r = a.post("/api/v1/experiments", json=tiny_spec(f"a{i}", steps=steps,
-                                                            checkpoint_every=steps))
+            r = a.post("/api/v1/experiments", json=tiny_job(f"a{i}", steps=steps,
+                                                           checkpoint_every=steps))
             assert r.status_code == 201, r.text
             a_ids.append(r.json()["id"])
-        r = b.post("/api/v1/experiments", json=tiny_spec("b0", steps=10, checkpoint_every=10))
+        r = b.post("/api/v1/experiments", json=tiny_job("b0", steps=10, checkpoint_every=10))
         assert r.status_code == 201, r.text
         b_id = r.json()["id"]
         done = {i: wait_for_status(stack.client, i, timeout=120) for i in [*a_ids, b_id]}

@@ -16,7 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from tests.integration.conftest import raw_metrics, running_stack, tiny_spec, wait_for_status
+from tests.builders import tiny_job
+from tests.integration.conftest import raw_metrics, running_stack, wait_for_status
 from tests.integration.netns import Host, TcpForwarder, hosts
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.integration
 # Long enough (a couple of seconds each on a quiet machine, where a tiny model trains ~1,000
 # steps/s) that the test sees host 1 mid-job before it kills it.
 STEPS, EVAL_EVERY = 2000, 50
-JOB = tiny_spec("host-job", steps=STEPS, eval_every=EVAL_EVERY, checkpoint_every=250)
+JOB = tiny_job("host-job", steps=STEPS, eval_every=EVAL_EVERY, checkpoint_every=250)
 N_JOBS = 10
 
 

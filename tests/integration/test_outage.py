@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import tiny_job
 from tests.integration.conftest import (
     free_port,
     raw_metrics,
     running_stack,
-    tiny_spec,
     wait_for_status,
 )
 
 pytestmark = pytest.mark.integration
 
 STEPS, EVAL_EVERY = 120, 10
-JOB = tiny_spec("outage", steps=STEPS, eval_every=EVAL_EVERY, checkpoint_every=60)
+JOB = tiny_job("outage", steps=STEPS, eval_every=EVAL_EVERY, checkpoint_every=60)
 OUTAGE_S = 5
 
 

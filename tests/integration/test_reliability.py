@@ -10,14 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tests.integration.conftest import raw_metrics, running_stack, tiny_spec, wait_for_status
+from tests.builders import tiny_job
+from tests.integration.conftest import raw_metrics, running_stack, wait_for_status
 
 pytestmark = pytest.mark.integration
 
 # Long enough to be killed twice at different points, small enough to train fast.
-RESUMABLE = tiny_spec("resumable", p=23, width=32, steps=3000, eval_every=25,
-                      checkpoint_every=100, analysis_every=1000)
-TINY = tiny_spec("tiny", p=7, width=8, steps=4, eval_every=2, checkpoint_every=4)
+RESUMABLE = tiny_job("resumable", p=23, width=32, steps=3000, eval_every=25,
+                     checkpoint_every=100, analysis_every=1000)
+TINY = tiny_job("tiny", p=7, width=8, steps=4, eval_every=2, checkpoint_every=4)
 REDIS_START = (
     'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
     "--dir /var/lib/redis --logfile /var/log/redis/ci.log"

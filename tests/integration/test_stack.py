@@ -8,13 +8,14 @@ from datetime import datetime, timezone
 import pytest
 import redis
 
-from tests.integration.conftest import tiny_spec, wait_for_status
+from tests.builders import tiny_job
+from tests.integration.conftest import wait_for_status
 
 pytestmark = pytest.mark.integration
 
 # A job that runs long enough to be cancelled mid-run, on a tiny model.
 # (1,666 checkpoints at most: within GROKLAB_MAX_CHECKPOINTS_PER_JOB.)
-LONG_TINY = tiny_spec("long-tiny", steps=500000, eval_every=50, checkpoint_every=300)
+LONG_TINY = tiny_job("long-tiny", steps=500000, eval_every=50, checkpoint_every=300)
 
 
 def first_step_at(series: dict, threshold: float) -> int | None:
@@ -229,7 +230,7 @@ def test_progress_measures_with_fixed_key_frequencies_through_a_worker(stack, gr
 
 
 def test_fourier_measures_are_refused_for_s5_but_the_summary_works(stack):
-    s5 = tiny_spec("s5", steps=10, eval_every=5, checkpoint_every=10)
+    s5 = tiny_job("s5", steps=10, eval_every=5, checkpoint_every=10)
     s5["task"] = {"kind": "permutation", "op": "x*y"}
     job = stack.client.post("/api/v1/experiments", json=s5).json()
     done = wait_for_status(stack.client, job["id"], timeout=120)

@@ -14,7 +14,7 @@ import pytest
 from service import store
 from service.db import make_engine, make_sessionmaker
 from tests.service.blobs import checkpoint_bytes
-from tests.service.specs import small_spec
+from tests.builders import tiny_spec
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def test_parallel_downloads_of_a_large_checkpoint_stream_in_bounded_memory(stack
     try:
         with make_sessionmaker(engine)() as s:
             # Owned by the stack's admin token's owner, on a queue no worker consumes.
-            experiment = store.create_experiment(s, small_spec(), "storage-test", owner="it")
+            experiment = store.create_experiment(s, tiny_spec(), "storage-test", owner="it")
             store.add_checkpoint(s, experiment.id, 100, blob, {})
     finally:
         engine.dispose()

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import FINISHED, raw_metrics, tiny_spec, wait_for_status
+from tests.builders import tiny_job
+from tests.integration.conftest import FINISHED, raw_metrics, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +128,7 @@ def test_the_phase_diagram_separates_memorisation_from_grokking(stack, ci_small_
 def test_a_member_that_diverges_fails_alone(stack):
     body = {
         "name": "diverging",
-        "base": {**tiny_spec("d", p=11, width=16, steps=80, eval_every=10, checkpoint_every=40),
+        "base": {**tiny_job("d", p=11, width=16, steps=80, eval_every=10, checkpoint_every=40),
                  "optimizer": {"name": "sgd", "weight_decay": 0, "warmup_steps": 0}},
         "grid": {"optimizer.lr": [0.05, 10.0], "model.init_scale": [1.0, 30.0]},
     }
@@ -148,7 +149,7 @@ def test_a_member_that_diverges_fails_alone(stack):
 
 def test_cancelling_a_running_sweep_cancels_every_member(stack):
     body = {"name": "to-cancel",
-            "base": {k: v for k, v in tiny_spec("c", p=23, width=32, steps=20000).items()
+            "base": {k: v for k, v in tiny_job("c", p=23, width=32, steps=20000).items()
                      if k != "name"},
             "grid": {"training.seed": [0, 1, 2]}}
     created = stack.client.post("/api/v1/sweeps", json=body).json()
@@ -167,8 +168,8 @@ def test_kill_9_of_a_packs_worker_resumes_the_pack_with_identical_metrics(bare_s
     from worker.engine.train import Trainer
 
     client = bare_stack.client
-    base = {k: v for k, v in tiny_spec("k", p=23, width=32, steps=1500, eval_every=25,
-                                          checkpoint_every=100).items() if k != "name"}
+    base = {k: v for k, v in tiny_job("k", p=23, width=32, steps=1500, eval_every=25,
+                                         checkpoint_every=100).items() if k != "name"}
     body = {"name": "killed", "base": base,
             "grid": {"optimizer.weight_decay": [0.3, 1.0], "training.seed": [0, 1]}}
     created = client.post("/api/v1/sweeps", json=body).json()

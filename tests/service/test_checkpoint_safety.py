@@ -15,7 +15,7 @@ import pytest
 
 from service import store
 from tests.service.blobs import checkpoint_bytes, overwrite_checkpoint_bytes
-from tests.service.specs import small_spec
+from tests.builders import tiny_spec
 
 API = "/api/v1/experiments"
 STEP = 20
@@ -77,7 +77,7 @@ def marker(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def engine_spec():
-    return small_spec(task={"p": 11}, training={"steps": 5})
+    return tiny_spec(task={"p": 11}, training={"steps": 5})
 
 
 def test_the_engine_loads_its_own_checkpoints(engine_spec):
@@ -127,7 +127,7 @@ def test_the_engine_refuses_tensors_that_do_not_fit_their_bytes(engine_spec):
 
 @pytest.fixture
 def experiment_id(session) -> str:
-    return store.create_experiment(session, small_spec(), "cpu").id
+    return store.create_experiment(session, tiny_spec(), "cpu").id
 
 
 def test_verified_load_returns_intact_bytes_and_none_when_missing(session, experiment_id):

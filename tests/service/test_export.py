@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from service import store
 from service.export import ExportUnavailable, export_transformer_lens
-from service.spec import ExperimentSpec, deep_merge, spec_from_preset
+from service.spec import ExperimentSpec, deep_merge
+from tests.builders import tiny_spec
 from tests.service.blobs import checkpoint_bytes, overwrite_checkpoint_bytes
 from worker.engine.train import Trainer
 
@@ -29,18 +30,19 @@ TOLERANCE = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
 
 
-def tiny_spec(model: dict, **overrides) -> ExperimentSpec:
-    return spec_from_preset(
-        "ci-small",
-        **deep_merge({
-            "task": {"p": P},
-            "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32, **model},
-            # A large lr, so that a few steps move every weight (LN gains, biases) off its init.
-            "optimizer": {"lr": 3e-2},
-            "training": {"steps": 10, "device": "cpu"},
-            "analysis": {"every": None},
-        }, overrides),
-    )
+# The run whose checkpoint is exported: p=13, 10 steps on the CPU, with a large lr, so that a few
+# steps move every weight (LN gains, biases) off its init.
+EXPORT_RUN = {
+    "task": {"p": P},
+    "optimizer": {"lr": 3e-2},
+    "training": {"steps": 10, "device": "cpu"},
+    "analysis": {"every": None},
+}
+
+
+def export_spec(model: dict, **overrides) -> ExperimentSpec:
+    """The test builder's tiny transformer (d_model 16, 2 heads) with these model fields."""
+    return tiny_spec(model=model, **deep_merge(EXPORT_RUN, overrides))
 
 
 def trained_checkpoint(spec: ExperimentSpec, steps: int = 4) -> tuple[Trainer, bytes]:
@@ -78,7 +80,7 @@ def max_logit_difference(model: HookedTransformer, trainer: Trainer, member: int
 
 @pytest.mark.parametrize("model", CONFIGS.values(), ids=CONFIGS.keys())
 def test_the_export_computes_groklabs_logits_in_transformer_lens(model):
-    spec = tiny_spec(model, ensemble={"size": 2})
+    spec = export_spec(model, ensemble={"size": 2})
     trainer, blob = trained_checkpoint(spec)
     spec_json = spec.model_dump(mode="json")
     for member in (0, 1):
@@ -94,18 +96,18 @@ def test_the_export_computes_groklabs_logits_in_transformer_lens(model):
 
 
 def test_s5_transformers_export_too():
-    spec = tiny_spec({}, task={"kind": "permutation", "op": "x*y", "p": None})
+    spec = export_spec({}, task={"kind": "permutation", "op": "x*y", "p": None})
     _, blob = trained_checkpoint(spec, steps=1)
     hooked, cfg = load_hooked_transformer(export_transformer_lens(blob, spec.model_dump(mode="json"), 0))
     assert cfg["d_vocab"] == 121 and cfg["d_vocab_out"] == 120
 
 
 def test_no_export_for_an_mlp_or_a_member_it_lacks():
-    mlp = tiny_spec({"arch": "mlp", "n_layers": 1})
+    mlp = export_spec({"arch": "mlp", "n_layers": 1})
     _, blob = trained_checkpoint(mlp, steps=1)
     with pytest.raises(ExportUnavailable, match="arch 'transformer'.*'mlp'"):
         export_transformer_lens(blob, mlp.model_dump(mode="json"), 0)
-    spec = tiny_spec({})
+    spec = export_spec({})
     _, blob = trained_checkpoint(spec, steps=1)
     with pytest.raises(ExportUnavailable, match=r"member must be in \[0, 0\].*got 1"):
         export_transformer_lens(blob, spec.model_dump(mode="json"), 1)

@@ -17,7 +17,7 @@ from service.app import create_app
 from service.db import make_engine, migrate
 from service.models import Checkpoint, Experiment, utcnow
 from service.settings import Settings
-from tests.service.specs import small_spec
+from tests.builders import tiny_spec
 from tests.service.test_lifecycle import running_job
 
 POINT = [{"step": 5, "member": 0, "name": "train_loss", "value": 1.0}]
@@ -95,7 +95,7 @@ def test_a_stale_attempt_stores_no_metric_and_no_checkpoint(session):
 # ---- bounded reconciler scans ------------------------------------------------------------
 def test_queued_jobs_reads_at_most_the_oldest_rows(session):
     for _ in range(4):
-        store.create_experiment(session, small_spec(), "cpu")
+        store.create_experiment(session, tiny_spec(), "cpu")
     page = store.queued_jobs(session, older_than_s=-60, limit=3)
     everything = store.queued_jobs(session, older_than_s=-60)
     assert len(page) == 3 and page == everything[:3]
@@ -122,8 +122,8 @@ def test_the_reconciler_reads_a_bounded_part_of_a_long_redis_queue(
     assert lifecycle.broker_job_ids(url, ["gpu"], limit=1000) is None
     assert decoded == []  # a length check, not a read of 10^5 messages
 
-    lost = store.create_experiment(session, small_spec(), "cpu")
-    gpu_job = store.create_experiment(session, small_spec(), "gpu")
+    lost = store.create_experiment(session, tiny_spec(), "cpu")
+    gpu_job = store.create_experiment(session, tiny_spec(), "gpu")
     settings = Settings(data_dir=tmp_path, database_url=db_url, broker_url=url,
                         reconcile_after_s=0, reconcile_scan_limit=1000)
     enqueued: list = []
@@ -158,7 +158,7 @@ def test_a_failed_job_tells_its_user_one_line_and_logs_the_traceback(api_setting
     from service.db import make_sessionmaker
 
     with make_sessionmaker(engine)() as session:
-        exp = store.create_experiment(session, small_spec(), "cpu")
+        exp = store.create_experiment(session, tiny_spec(), "cpu")
         store.add_checkpoint(session, exp.id, 10, b"not a checkpoint\n at all", {})
     with caplog.at_level(logging.ERROR, logger="worker.jobs"):
         assert run_job(exp.id, "test-worker", settings=api_settings) == "failed"

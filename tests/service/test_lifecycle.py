@@ -9,11 +9,11 @@ from sqlalchemy import update
 from service import lifecycle, store
 from service.models import Experiment, utcnow
 from service.settings import Settings
-from tests.service.specs import small_spec
+from tests.builders import tiny_spec
 
 
 def running_job(session, *, beat_age_s: float, attempt_cap: int = 3, cancel: bool = False) -> Experiment:
-    exp = store.create_experiment(session, small_spec(), "cpu")
+    exp = store.create_experiment(session, tiny_spec(), "cpu")
     exp = store.claim_experiment(session, exp.id, "w1")
     session.execute(
         update(Experiment).where(Experiment.id == exp.id).values(
@@ -59,8 +59,8 @@ def test_reconciler_enqueues_only_jobs_missing_from_the_broker(session, tmp_path
 
     settings = Settings(data_dir=tmp_path, database_url=db_url, reconcile_after_s=0)
     app = make_celery(settings)
-    waiting = store.create_experiment(session, small_spec(), "cpu")
-    lost = store.create_experiment(session, small_spec(), "cpu")
+    waiting = store.create_experiment(session, tiny_spec(), "cpu")
+    lost = store.create_experiment(session, tiny_spec(), "cpu")
     app.send_task("worker.tasks.run_experiment", args=[waiting.id], queue="cpu")
     assert lifecycle.broker_job_ids(settings.resolved_broker_url, ["cpu"], settings.broker_dir) == {waiting.id}
 

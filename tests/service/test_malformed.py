@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from service import auth, store
 from service.app import create_app
 from service.settings import Settings
-from tests.service.specs import small_spec
+from tests.builders import tiny_spec
 
 HUGE = str(10**20)
 BAD_VALUES = [HUGE, "-1", "-" + HUGE, "abc", "ü✓", "1.5", "0x10", "nan"]
@@ -54,7 +54,7 @@ def malformed_client(backend: str, db_url: str, tmp_path, enqueued) -> Iterator[
 
 def _good_values(client: TestClient) -> dict[str, str]:
     with client.app.state.sessions() as session:
-        exp = store.create_experiment(session, small_spec(), "cpu", owner="malformed")
+        exp = store.create_experiment(session, tiny_spec(), "cpu", owner="malformed")
     sweep = client.post("/api/v1/sweeps", json={
         "name": "malformed", "base": {"preset": "ci-small", "model": {"d_model": 16, "n_heads": 2}},
         "grid": {"optimizer.weight_decay": [0.5, 1.0]},

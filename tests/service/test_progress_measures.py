@@ -186,9 +186,9 @@ def test_the_analysis_shows_the_phases_of_the_recorded_series(client, api_sessio
 
 
 def test_requests_are_deduplicated_retried_when_stale_and_finished_once(session):
-    from tests.service.specs import small_spec
+    from tests.builders import tiny_spec
 
-    experiment_id = store.create_experiment(session, small_spec(), "cpu").id
+    experiment_id = store.create_experiment(session, tiny_spec(), "cpu").id
     assert store.get_progress_measures(session, experiment_id) is None
     assert store.request_progress_measures(session, experiment_id, 20)
     assert not store.request_progress_measures(session, experiment_id, 20)

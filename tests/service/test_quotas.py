@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from service import auth, store
 from service.app import create_app
 from service.models import Experiment, utcnow
-from tests.service.specs import API, TINY, small_spec
+from tests.builders import tiny_spec
+from tests.service.specs import API, TINY
 
 SWEEPS = "/api/v1/sweeps"
 
@@ -147,7 +148,7 @@ def _names() -> tuple[str, str, str]:
 def test_fair_order_serves_a_second_owner_before_the_first_owners_backlog(session):
     """Owner A queues many, owner B one after them: a worker (taking the fair next job each
     time) runs A's first job, then B's, then A's others."""
-    spec = small_spec()
+    spec = tiny_spec()
     queue, a, b = _names()
     a_jobs = [store.create_experiment(session, spec, queue, owner=a).id for _ in range(5)]
     b_job = store.create_experiment(session, spec, queue, owner=b).id
@@ -164,7 +165,7 @@ def test_fair_order_serves_a_second_owner_before_the_first_owners_backlog(sessio
 
 
 def test_fair_order_prefers_the_owner_with_fewer_running_jobs(session):
-    spec = small_spec()
+    spec = tiny_spec()
     queue, a, b = _names()
     a1, a2 = (store.create_experiment(session, spec, queue, owner=a).id for _ in range(2))
     b1 = store.create_experiment(session, spec, queue, owner=b).id

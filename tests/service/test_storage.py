@@ -18,7 +18,8 @@ from service.models import CHECKPOINT_CHUNK_BYTES, CheckpointChunk
 from service.settings import Settings
 from service.store.retention import CheckpointRetention, retained_steps
 from tests.service.blobs import checkpoint_bytes, overwrite_checkpoint_bytes
-from tests.service.specs import API, TINY, small_spec
+from tests.builders import tiny_spec
+from tests.service.specs import API, TINY
 
 QUOTA = 3 * CHECKPOINT_CHUNK_BYTES
 # A checkpoint of three chunks, the last one partial.
@@ -36,7 +37,7 @@ def api_settings(tmp_path, db_url) -> Settings:
 
 @pytest.fixture
 def experiment_id(session) -> str:
-    return store.create_experiment(session, small_spec(), "cpu").id
+    return store.create_experiment(session, tiny_spec(), "cpu").id
 
 
 def submit(client, body=None) -> dict:

@@ -7,12 +7,12 @@ import os
 import pytest
 
 from service import store
-from tests.service.specs import small_spec
+from tests.builders import tiny_spec
 
 
 @pytest.fixture
 def experiment_id(session) -> str:
-    return store.create_experiment(session, small_spec(), "cpu").id
+    return store.create_experiment(session, tiny_spec(), "cpu").id
 
 
 def test_checkpoint_stores_sha256_and_size(session, experiment_id):

@@ -8,11 +8,11 @@ from datetime import timezone
 import pytest
 
 from service import store
-from tests.service.specs import small_spec
+from tests.builders import tiny_spec
 
 
 def test_create_stores_a_queued_job_with_its_resolved_spec(session):
-    spec = small_spec(name="create-me", training={"steps": 123})
+    spec = tiny_spec(name="create-me", training={"steps": 123})
     job = store.create_experiment(session, spec, "cpu")
     uuid.UUID(job.id)
     got = store.get_experiment(session, job.id)
@@ -32,8 +32,8 @@ def test_unknown_id_is_none(session):
 
 def test_list_is_newest_first_paged_and_filtered(session):
     name = f"page-{uuid.uuid4().hex[:8]}"
-    ids = [store.create_experiment(session, small_spec(name=name), "cpu").id for _ in range(7)]
-    other = store.create_experiment(session, small_spec(name=name + "-other"), "cpu")
+    ids = [store.create_experiment(session, tiny_spec(name=name), "cpu").id for _ in range(7)]
+    other = store.create_experiment(session, tiny_spec(name=name + "-other"), "cpu")
     seen, cursor = [], None
     while True:
         page, cursor = store.list_experiments(session, name=name, limit=3, cursor=cursor)
@@ -51,9 +51,9 @@ def test_list_is_newest_first_paged_and_filtered(session):
 
 def test_pages_stay_stable_while_new_jobs_arrive(session):
     name = f"stable-{uuid.uuid4().hex[:8]}"
-    ids = [store.create_experiment(session, small_spec(name=name), "cpu").id for _ in range(4)]
+    ids = [store.create_experiment(session, tiny_spec(name=name), "cpu").id for _ in range(4)]
     first, cursor = store.list_experiments(session, name=name, limit=2)
-    store.create_experiment(session, small_spec(name=name), "cpu")  # newer than the cursor
+    store.create_experiment(session, tiny_spec(name=name), "cpu")  # newer than the cursor
     second, _ = store.list_experiments(session, name=name, limit=2, cursor=cursor)
     assert [e.id for e in first + second] == ids[::-1]
 
@@ -66,7 +66,7 @@ def test_bad_cursor_and_status_are_value_errors(session):
 
 
 def test_claim_is_a_compare_and_swap(session):
-    job = store.create_experiment(session, small_spec(), "cpu")
+    job = store.create_experiment(session, tiny_spec(), "cpu")
     first = store.claim_experiment(session, job.id, "worker-a")
     assert first is not None
     assert (first.status, first.attempt, first.worker) == ("running", 1, "worker-a")
@@ -85,7 +85,7 @@ def test_two_threads_claim_and_exactly_one_wins(sessions):
 
     for _ in range(3):  # a few rounds, each on a fresh job
         with sessions() as s:
-            job_id = store.create_experiment(s, small_spec(), "cpu").id
+            job_id = store.create_experiment(s, tiny_spec(), "cpu").id
         barrier, results = threading.Barrier(4), []
         threads = [
             threading.Thread(target=claim, args=(job_id, f"w{i}", barrier, results))
@@ -103,7 +103,7 @@ def test_two_threads_claim_and_exactly_one_wins(sessions):
 
 
 def test_progress_only_from_the_running_attempt(session):
-    job = store.create_experiment(session, small_spec(), "cpu")
+    job = store.create_experiment(session, tiny_spec(), "cpu")
     assert not store.update_progress(session, job.id, 0, step=1, steps_per_s=1.0, eta_s=1.0)
     claimed = store.claim_experiment(session, job.id, "w")
     assert store.update_progress(
@@ -118,7 +118,7 @@ def test_progress_only_from_the_running_attempt(session):
 
 
 def test_cancel_queued_job_is_final_and_never_claimable(session):
-    job = store.create_experiment(session, small_spec(), "cpu")
+    job = store.create_experiment(session, tiny_spec(), "cpu")
     cancelled = store.request_cancel(session, job.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     assert store.claim_experiment(session, job.id, "w") is None
@@ -127,7 +127,7 @@ def test_cancel_queued_job_is_final_and_never_claimable(session):
 
 
 def test_cancel_running_job_is_cooperative(session):
-    job = store.create_experiment(session, small_spec(), "cpu")
+    job = store.create_experiment(session, tiny_spec(), "cpu")
     claimed = store.claim_experiment(session, job.id, "w")
     assert not store.cancel_requested(session, job.id)
     asked = store.request_cancel(session, job.id)
@@ -139,7 +139,7 @@ def test_cancel_running_job_is_cooperative(session):
 
 
 def test_cancel_of_a_finished_job_changes_nothing(session):
-    job = store.create_experiment(session, small_spec(), "cpu")
+    job = store.create_experiment(session, tiny_spec(), "cpu")
     claimed = store.claim_experiment(session, job.id, "w")
     store.finish_experiment(session, job.id, claimed.attempt, "succeeded", summary={"a": 1})
     after = store.request_cancel(session, job.id)
@@ -147,7 +147,7 @@ def test_cancel_of_a_finished_job_changes_nothing(session):
 
 
 def test_finish_is_a_compare_and_swap_on_the_attempt(session):
-    job = store.create_experiment(session, small_spec(), "cpu")
+    job = store.create_experiment(session, tiny_spec(), "cpu")
     claimed = store.claim_experiment(session, job.id, "w")
     summary = {"memorization_step": 300, "generalization_step": 2100, "final": {"val_acc": 1.0}}
     assert not store.finish_experiment(session, job.id, claimed.attempt + 1, "failed", error="x")
@@ -165,7 +165,7 @@ def test_a_job_out_of_attempts_fails_instead_of_starting(session):
 
     from service.models import Experiment
 
-    job = store.create_experiment(session, small_spec(), "cpu")
+    job = store.create_experiment(session, tiny_spec(), "cpu")
     session.execute(update(Experiment).where(Experiment.id == job.id).values(attempt=3))
     session.commit()
     assert store.claim_experiment(session, job.id, "w") is None
@@ -174,7 +174,7 @@ def test_a_job_out_of_attempts_fails_instead_of_starting(session):
 
 
 def test_non_finite_numbers_in_a_summary_are_stored_as_null(session):
-    job = store.create_experiment(session, small_spec(), "cpu")
+    job = store.create_experiment(session, tiny_spec(), "cpu")
     claimed = store.claim_experiment(session, job.id, "w")
     summary = {"final": {"train_loss": float("nan"), "val_loss": float("inf")}, "steps": [1.0]}
     assert store.finish_experiment(session, job.id, claimed.attempt, "failed", summary=summary)

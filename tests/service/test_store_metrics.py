@@ -13,12 +13,12 @@ from service import store
 from service.store import metrics_ingest
 from service.downsample import minmax_downsample
 from service.models import MetricSeries
-from tests.service.specs import small_spec
+from tests.builders import tiny_spec
 
 
 @pytest.fixture
 def experiment_id(session) -> str:
-    return store.create_experiment(session, small_spec(), "cpu").id
+    return store.create_experiment(session, tiny_spec(), "cpu").id
 
 
 def rows_of(name: str, steps, values, member: int = 0) -> list[dict]:

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from worker.analysis.fourier import key_frequency_clusters, progress_measures_all
-from worker.analysis.grid import grid_mlp_acts
+from worker.analysis.fourier import key_frequency_clusters
+from worker.analysis.grid import grid_mlp_acts, progress_measures_all
 
 # The measures served per checkpoint (with weight_norm, which the caller adds: it is the norm
 # of every parameter, the trainer's business).
@@ -45,7 +45,7 @@ def measures_with_fixed_key_freqs(
     unless op is x+y or x-y); gini_embed, gini_unembed = Gini of the Fourier norms of W_E and of
     W_L = W_out W_U; key_freq_energy = the key frequencies' share of W_E's squared Fourier
     norm; frac_neurons_explained = share of MLP neurons explained by a key frequency. The
-    other keys are those of fourier.progress_measures_all.
+    other keys are those of grid.progress_measures_all.
     """
     return progress_measures_all(model, p, op, train_mask, len(key_freqs), key_freqs=key_freqs)
 

@@ -9,6 +9,11 @@ restricted loss (keep only the key frequencies) and the excluded loss (remove th
 
 Conventions: inputs range over the full grid (a, b) in Z_p x Z_p, flattened row-major (a outer,
 b inner: index a*p + b); logits are [p, p, p] over (a, b, c) or the same flattened to [p*p, p].
+
+Pure functions on tensors, one per quantity. The logit-based ones are built from sums over pairs
+(collapsed_counts, cross_entropy_sums, logit_totals_by_sum) and the Fourier filter of the mean
+logits per sum (sum_frequency_filter): grid.py runs these same functions over chunks of the grid,
+so that a run's measures never hold the p^3 logits.
 """
 from __future__ import annotations
 
@@ -228,10 +233,142 @@ def key_frequency_energy(norms: torch.Tensor, key_freqs: list[int]) -> float:
     return float(squares[keys].sum()) / total if keys else 0.0
 
 
+def circuit_measures(
+    mlp_acts: torch.Tensor, weights: dict[str, Any], p: int, key_freqs: list[int] | None = None
+) -> dict[str, Any]:
+    """The progress measures one member's weights and MLP neurons give (Nanda et al. 2023,
+    Sec. 5.1), everything but the logit-based losses.
+
+    mlp_acts [p*p, d_mlp] over the grid; weights {"W_E", "W_U", "W_out" (None for the MLP
+    arch, whose W_U already reads the neurons)}. key_freqs fixes the key frequencies (default:
+    key_frequency_clusters of these neurons). Returns {gini_embed, gini_unembed (of
+    W_L = W_out W_U), key_freq_count, key_freq_energy, key_frequencies,
+    frac_neurons_explained (by the key frequencies), embedding_spectrum
+    (embedding_fourier_norms, as a list)}.
+    """
+    W_E, W_U, W_out = weights["W_E"], weights["W_U"], weights.get("W_out")
+    W_L = W_U if W_out is None else W_out @ W_U
+    clusters = key_frequency_clusters(mlp_acts, p)
+    if key_freqs is None:
+        keys, explained = clusters["key_frequencies"], clusters["frac_neurons_explained"]
+    else:  # fixed frequencies: the share of the neurons that they explain
+        keys = sorted({int(k) for k in key_freqs})
+        neuron_freq = clusters["neuron_freq"]
+        explained = sum(int((neuron_freq == k).sum()) for k in keys) / max(neuron_freq.numel(), 1)
+    spectrum = embedding_fourier_norms(W_E, p)
+    return {
+        "gini_embed": gini(spectrum[1:]),
+        "gini_unembed": gini_unembed(W_L, p),
+        "key_freq_count": len(keys),
+        "key_freq_energy": key_frequency_energy(spectrum, keys),
+        "key_frequencies": keys,
+        "frac_neurons_explained": explained,
+        "embedding_spectrum": [float(v) for v in spectrum],
+    }
+
+
+# ---- the logits over the grid: sums over pairs, so that grid.py can stream them ----------------
+
+def full_grid_tokens(p: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """All p*p inputs as [p*p, 3] tokens (a, b, '='), a outer; token p is '='."""
+    a = torch.arange(p, device=device)
+    pairs = torch.cartesian_prod(a, a)
+    equals = torch.full((p * p, 1), p, dtype=pairs.dtype, device=device)
+    return torch.cat([pairs, equals], dim=1)
+
+
 def _check_sum_op(op: str, what: str) -> int:
     if op not in SUM_OPS:
         raise ValueError(f"{what} needs op x+y or x-y (got {op!r})")
     return SUM_OPS[op]
+
+
+def sum_op_labels(p: int, op: str, device: torch.device | str | None = None) -> torch.Tensor:
+    """s = (a + b) mod p or (a - b) mod p over the grid: [p*p] long, a outer. It is both the
+    answer of every pair and the sum its logits are grouped by (sum_frequency_component)."""
+    sign = _check_sum_op(op, "sum_op_labels")
+    a = torch.arange(p, device=device)
+    return ((a[:, None] + sign * a[None, :]) % p).flatten()
+
+
+def collapsed_counts(logits: torch.Tensor) -> torch.Tensor:
+    """How many samples of logits [..., n, classes] have a softmax, in the logits' own dtype,
+    that is exactly one-hot: [...] long (softmax_collapse_fraction's numerator)."""
+    probs = torch.softmax(logits, dim=-1)
+    one_hot = (probs.max(dim=-1).values == 1.0) & ((probs == 0).sum(dim=-1) == logits.shape[-1] - 1)
+    return one_hot.sum(dim=-1)
+
+
+def softmax_collapse_fraction(logits: torch.Tensor) -> float:
+    """Share of samples whose softmax, in the logits' own dtype, is exactly one-hot.
+
+    Prieto et al. 2025, "Grokking at the edge of numerical stability": once a logit gap exceeds
+    what float32 can resolve, softmax rounds to 1.0 for the top class and 0.0 elsewhere, the
+    gradient of the loss vanishes for that sample and learning stalls ("Softmax Collapse").
+    logits [..., n_classes]; every leading index is a sample.
+    """
+    flat = logits.detach().reshape(-1, logits.shape[-1])
+    if flat.shape[0] == 0:
+        return 0.0
+    return int(collapsed_counts(flat)) / flat.shape[0]
+
+
+def cross_entropy_sums(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The summed cross-entropy of logits [..., n, classes] against labels [n] (the same for
+    every leading index), over the samples where mask [..., n] is True (all by default):
+    [...] float64. Float64 because float32 log_softmax bottoms out at ~1e-7 per sample."""
+    *lead, n, classes = logits.shape
+    targets = labels.long().reshape(n).expand(*lead, n).reshape(-1)
+    losses = F.cross_entropy(logits.double().reshape(-1, classes), targets, reduction="none")
+    losses = losses.reshape(*lead, n)
+    if mask is not None:
+        losses = torch.where(mask.bool(), losses, torch.zeros_like(losses))
+    return losses.sum(dim=-1)
+
+
+def mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean float64 cross-entropy of logits [n, classes] against labels [n]."""
+    return float(cross_entropy_sums(logits, labels)) / labels.numel()
+
+
+def logit_totals_by_sum(
+    logits: torch.Tensor, sums: torch.Tensor, p: int, totals: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The logits [..., n, p] of n pairs added up per sum s of the pair (sums [n], e.g. a slice
+    of sum_op_labels): [..., s, c], in the logits' dtype (float32 for others), so that a
+    [p, p, p] grid is never copied to float64. Over the whole grid each s has p pairs; divided
+    by p, these are the mean logits per s that sum_frequency_filter reads. Given totals (a
+    chunk's predecessors' sums), the logits are added into it, in place."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    if totals is None:
+        totals = torch.zeros(*logits.shape[:-2], p, logits.shape[-1], dtype=logits.dtype,
+                             device=logits.device)
+    return totals.index_add_(totals.dim() - 2, sums, logits.to(totals.dtype))
+
+
+def sum_frequency_filter(
+    means: torch.Tensor, freqs: list[int], p: int, include_constant: bool = False
+) -> torch.Tensor:
+    """The mean logits per sum s, means [s, c], kept to frequencies freqs of s: [s, c] float64.
+
+    B^T B means, B the rows of make_fourier_basis(p) of frequency k in freqs (cos(w_k s) and
+    sin(w_k s)) and the constant row if include_constant. It is the logits' component along
+    the directions the Fourier multiplication algorithm writes to, as a function of s
+    (sum_frequency_component).
+    """
+    device = means.device
+    basis, _ = make_fourier_basis(p, device)
+    basis = basis.double()
+    row_freq = basis_frequencies(p, device)
+    wanted = {int(k) for k in freqs if 1 <= int(k) <= p // 2}
+    if include_constant:
+        wanted.add(0)
+    keep = torch.tensor([int(f) in wanted for f in row_freq.tolist()], device=device)
+    B = basis[keep]  # [kept rows, s]
+    return B.T @ (B @ means.double())
 
 
 def _as_grid_logits(logits: torch.Tensor, p: int) -> torch.Tensor:
@@ -251,37 +388,15 @@ def sum_frequency_component(
     cos(w_k s), sin(w_k s) for k in freqs (and the constant, if include_constant). These are the
     directions of Nanda et al.'s get_component_cos_xpy / _sin_xpy: the only ones the Fourier
     multiplication algorithm writes to. Since they depend on (a, b) only through s, the
-    projection is the 1-D Fourier filter of the mean logit over the pairs that share s.
-    Returns a [p, p, p] tensor (a, b, c).
+    projection is the 1-D Fourier filter (sum_frequency_filter) of the mean logit over the
+    pairs that share s. Returns a [p, p, p] tensor (a, b, c).
     """
-    sign = _check_sum_op(op, "sum_frequency_component")
+    _check_sum_op(op, "sum_frequency_component")
     grid = _as_grid_logits(logits, p)
-    if grid.dtype not in (torch.float32, torch.float64):
-        grid = grid.float()
-    device = grid.device
-    a = torch.arange(p, device=device)
-    s = (a[:, None] + sign * a[None, :]) % p  # [a, b]
-    # Each s occurs p times on the grid, so projecting onto u_f(a, b) = B[f, s] (norm^2 = p)
-    # needs the per-s sums of the logits divided by p: the per-s mean. Summing in the logits'
-    # dtype keeps the [p, p, p] grid from being copied to float64.
-    per_s = torch.zeros(p, p, dtype=grid.dtype, device=device)
-    per_s.index_add_(0, s.flatten(), grid.reshape(p * p, p))
-    per_s = per_s.double() / p  # [s, c]
-    basis, _ = make_fourier_basis(p, device)
-    basis = basis.double()
-    row_freq = basis_frequencies(p, device)
-    wanted = {int(k) for k in freqs if 1 <= int(k) <= p // 2}
-    if include_constant:
-        wanted.add(0)
-    keep = torch.tensor([int(f) in wanted for f in row_freq.tolist()], device=device)
-    B = basis[keep]  # [kept rows, s]
-    filtered = B.T @ (B @ per_s)  # [s, c]
-    return filtered[s].to(logits.dtype)
-
-
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean cross-entropy in float64: float32 log_softmax bottoms out at ~1e-7 per sample."""
-    return float(F.cross_entropy(logits.double(), labels.long()))
+    s = sum_op_labels(p, op, grid.device)
+    means = logit_totals_by_sum(grid.reshape(p * p, p), s, p).double() / p  # [s, c]
+    filtered = sum_frequency_filter(means, freqs, p, include_constant)
+    return filtered[s].reshape(p, p, p).to(logits.dtype)
 
 
 def restricted_loss(
@@ -296,7 +411,7 @@ def restricted_loss(
     """
     _check_sum_op(op, "restricted loss")
     restricted = sum_frequency_component(logits, key_freqs, p, op, include_constant=True)
-    return _cross_entropy(restricted.reshape(p * p, p), labels.reshape(p * p))
+    return mean_cross_entropy(restricted.reshape(p * p, p), labels.reshape(p * p))
 
 
 def excluded_loss(
@@ -318,158 +433,14 @@ def excluded_loss(
     grid = _as_grid_logits(logits, p)
     excluded = grid - sum_frequency_component(grid, key_freqs, p, op)
     mask = train_mask.reshape(p * p).bool()
-    if not bool(mask.any()):
+    pairs = training_pairs(mask)
+    return float(cross_entropy_sums(excluded.reshape(p * p, p), labels.reshape(p * p), mask)) / pairs
+
+
+def training_pairs(train_mask: torch.Tensor) -> int:
+    """How many pairs train_mask marks for training: the excluded loss's denominator, which
+    must not be 0."""
+    pairs = int(train_mask.bool().sum())
+    if pairs == 0:
         raise ValueError("excluded loss needs at least one training pair (train_mask is all False)")
-    return _cross_entropy(excluded.reshape(p * p, p)[mask], labels.reshape(p * p)[mask])
-
-
-def softmax_collapse_fraction(logits: torch.Tensor) -> float:
-    """Share of samples whose softmax, in the logits' own dtype, is exactly one-hot.
-
-    Prieto et al. 2025, "Grokking at the edge of numerical stability": once a logit gap exceeds
-    what float32 can resolve, softmax rounds to 1.0 for the top class and 0.0 elsewhere, the
-    gradient of the loss vanishes for that sample and learning stalls ("Softmax Collapse").
-    logits [..., n_classes]; every leading index is a sample.
-    """
-    flat = logits.detach().reshape(-1, logits.shape[-1])
-    if flat.shape[0] == 0:
-        return 0.0
-    probs = torch.softmax(flat, dim=-1)
-    one_hot = (probs.max(dim=-1).values == 1.0) & ((probs == 0).sum(dim=-1) == flat.shape[-1] - 1)
-    return float(one_hot.float().mean())
-
-
-# ---- glue: a model in, progress measures out ---------------------------------------------------
-
-PROGRESS_MEASURE_NAMES: tuple[str, ...] = (
-    "restricted_loss",
-    "excluded_loss",
-    "gini_embed",
-    "gini_unembed",
-    "key_freq_count",
-    "key_freq_energy",
-)
-
-
-def full_grid_tokens(p: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """All p*p inputs as [p*p, 3] tokens (a, b, '='), a outer; token p is '='."""
-    a = torch.arange(p, device=device)
-    pairs = torch.cartesian_prod(a, a)
-    equals = torch.full((p * p, 1), p, dtype=pairs.dtype, device=device)
-    return torch.cat([pairs, equals], dim=1)
-
-
-def sum_op_labels(p: int, op: str, device: torch.device | str | None = None) -> torch.Tensor:
-    """The answers (a + b) mod p or (a - b) mod p over the grid: [p*p] long, a outer."""
-    sign = _check_sum_op(op, "sum_op_labels")
-    a = torch.arange(p, device=device)
-    return ((a[:, None] + sign * a[None, :]) % p).flatten()
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _measures_from(
-    stats: dict[str, Any],
-    mlp_acts: torch.Tensor,
-    weights: dict[str, Any],
-    p: int,
-    key_freqs: list[int] | None = None,
-) -> dict[str, Any]:
-    """One member's weight- and neuron-based progress measures (progress_measures_all), from
-    its MLP acts [p*p, d_mlp] over the full grid; `stats` holds the logit-based ones computed as
-    the grid streams (grid.streamed_measures: softmax_collapse; the losses are filled in there
-    once the key frequencies are known). key_freqs fixes the key frequencies (default: found
-    from these neurons)."""
-    W_E, W_U, W_out = weights["W_E"], weights["W_U"], weights.get("W_out")
-    W_L = W_U if W_out is None else W_out @ W_U  # MLP arch: W_U already reads the neurons
-    clusters = key_frequency_clusters(mlp_acts, p)
-    if key_freqs is None:
-        keys, explained = clusters["key_frequencies"], clusters["frac_neurons_explained"]
-    else:  # fixed frequencies: the share of the neurons that they explain
-        keys = sorted({int(k) for k in key_freqs})
-        neuron_freq = clusters["neuron_freq"]
-        explained = sum(int((neuron_freq == k).sum()) for k in keys) / max(neuron_freq.numel(), 1)
-    spectrum = embedding_fourier_norms(W_E, p)
-
-    return {
-        "restricted_loss": None,
-        "excluded_loss": None,
-        "full_loss": None,
-        "gini_embed": gini(spectrum[1:]),
-        "gini_unembed": gini_unembed(W_L, p),
-        "key_freq_count": len(keys),
-        "key_freq_energy": key_frequency_energy(spectrum, keys),
-        "key_frequencies": keys,
-        "frac_neurons_explained": explained,
-        "embedding_spectrum": [float(v) for v in spectrum],
-        "softmax_collapse": stats["softmax_collapse"],
-    }
-
-
-@torch.no_grad()
-def progress_measures_all(
-    model: torch.nn.Module,
-    p: int,
-    op: str,
-    train_mask: torch.Tensor,
-    n_members: int,
-    key_freqs: list[list[int]] | None = None,
-    chunk_pairs: int | None = None,
-) -> list[dict[str, Any]]:
-    """Every progress measure of every ensemble member, from the full-grid forward pass run
-    chunk_pairs pairs at a time (default grid.chunk_pairs_for(n_members)), so that memory does
-    not grow with p^3 (list index = member).
-
-    model(tokens [n, 3], return_mlp_acts=True) -> (logits [E, n, p], mlp_acts [E, n, d_mlp])
-    and model.analysis_weights(member) -> {"W_E", "W_U", "W_out" (None for the MLP arch), "W_in"}.
-    train_mask: [p*p] (or [p, p]) bool over the grid, a outer, True for training pairs; or one
-    per member, [E, p*p] (or [E, p, p]), when the members' training sets differ (a pack).
-    Key frequencies are found afresh at each call from the current neurons, so early in training
-    there may be none; key_freqs (one list per member) fixes them instead, as the paper does
-    with those of the final model (progress_measures.measures_with_fixed_key_freqs).
-
-    Each member's measures are a JSON-serialisable dict:
-        restricted_loss, excluded_loss, full_loss: float | None (None unless op is x+y or x-y;
-            full_loss is the unmodified loss over all pairs, for comparison with restricted_loss)
-        gini_embed, gini_unembed: float in [0, 1], the Gini of the Fourier norms of the
-            embedding and of the neuron-logit map (gini_unembed) over k = 1..p//2; the
-            constant row, the same shift for every input, says nothing about sparsity
-        key_freq_count: int; key_frequencies: list[int]; key_freq_energy: float in [0, 1]
-        frac_neurons_explained: float, share of MLP neurons explained by a key frequency
-        embedding_spectrum: list[float] of length p//2 + 1 (embedding_fourier_norms)
-        softmax_collapse: float in [0, 1]
-    """
-    from worker.analysis.grid import streamed_measures
-
-    return streamed_measures(model, p, op, train_mask, n_members, key_freqs, chunk_pairs)
-
-
-def member_train_masks(train_mask: torch.Tensor, p: int, n_members: int) -> list[torch.Tensor]:
-    """Each member's [p*p] training mask from one shared mask ([p*p] or [p, p]) or per-member
-    masks ([E, p*p] or [E, p, p], row m = member m's)."""
-    if train_mask.numel() == p * p:
-        return [train_mask.reshape(p * p)] * n_members
-    if train_mask.numel() == n_members * p * p and train_mask.shape[0] == n_members:
-        return list(train_mask.reshape(n_members, p * p))
-    raise ValueError(
-        f"train_mask must be [p*p], [p, p], [E, p*p] or [E, p, p] with p={p}, E={n_members} "
-        f"(got {list(train_mask.shape)})"
-    )
-
-
-def measure_rows(step: int, measures: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Metric rows {"step", "member", "name", "value"} for PROGRESS_MEASURE_NAMES.
-
-    Measures that do not apply (restricted/excluded loss for ops other than x+y and x-y) are
-    left out rather than stored as None.
-    """
-    return [
-        {"step": int(step), "member": member, "name": name, "value": float(m[name])}
-        for member, m in enumerate(measures)
-        for name in PROGRESS_MEASURE_NAMES
-        if m[name] is not None
-    ]
+    return pairs

@@ -124,8 +124,8 @@ class Trainer:
         self.spec = spec
         self.n_members = spec.ensemble.size
         self.seeds = member_seeds(spec)
-        self.lrs = spec.ensemble.per_member("lr", spec.optimizer.lr)
-        self.weight_decays = spec.ensemble.per_member("weight_decay", spec.optimizer.weight_decay)
+        self.lrs = spec.member_values("lr")
+        self.weight_decays = spec.member_values("weight_decay")
         self.sets = training_sets(spec, self.device)
 
         self.model = build_model(spec, self.device, init=init)
