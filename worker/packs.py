@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import events, store
-from service.progress import StepRate
-from service.spec import ExperimentSpec
-from service.summary import experiment_summary
+from service import store
+from service.infra import events
+from service.science.progress import StepRate
+from service.contract.spec import ExperimentSpec
+from service.store.summary import experiment_summary
 from worker.alerts import ExperimentAlerts, WebhookSender, experiment_alerts
 from worker.outage import DATABASE_DOWN, with_retries
 

@@ -17,8 +17,9 @@ from typing import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import events, store
-from service.progress import StepRate
+from service import store
+from service.infra import events
+from service.science.progress import StepRate
 from worker.outage import DATABASE_DOWN, Backoff, with_retries
 
 log = logging.getLogger(__name__)

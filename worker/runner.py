@@ -11,10 +11,10 @@ from typing import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.db import make_engine, make_sessionmaker
-from service.settings import Settings, get_settings
-from service.spec import ExperimentSpec
-from service.summary import experiment_summary
+from service.infra.db import make_engine, make_sessionmaker
+from service.contract.settings import Settings, get_settings
+from service.contract.spec import ExperimentSpec
+from service.store.summary import experiment_summary
 from worker.analysis.callback import analysis_callback, member_measures
 from worker.alerts import ExperimentAlerts, WebhookSender, experiment_alerts
 from worker.outage import DATABASE_DOWN, with_retries
@@ -159,7 +159,7 @@ def deadline_check(
     """A check to call before each step: raises TimeLimitExceeded once the job has run past
     its time limit (GROKLAB_TIME_LIMIT_FLOOR_S + GROKLAB_TIME_LIMIT_S_PER_COMPUTE x compute).
     A pack (a list of member specs) has one limit: the floor plus its members' compute."""
-    from service.budgets import compute, time_limit_s
+    from service.contract.budgets import compute, time_limit_s
 
     specs = spec if isinstance(spec, list) else [spec]
     limit = time_limit_s(specs[0], settings)

@@ -1,13 +1,13 @@
 """Celery tasks. Thin on purpose: the work is in worker.runner, which a test can call directly.
 
 Registered with shared_task, so importing this module builds no app: they join every app
-built by worker.celery_app.make_celery (the worker's is get_celery_app()).
+built by service.infra.celery_app.make_celery (the worker's is get_celery_app()).
 """
 from __future__ import annotations
 
 from celery import shared_task
 
-from worker.celery_app import ANALYZE_CHECKPOINT, PROGRESS_MEASURES, RUN_EXPERIMENT
+from service.infra.celery_app import ANALYZE_CHECKPOINT, PROGRESS_MEASURES, RUN_EXPERIMENT
 
 
 @shared_task(name=RUN_EXPERIMENT, bind=True)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pytest
 
-from service.spec import ExperimentSpec, deep_merge, spec_from_preset
+from service.contract.spec import ExperimentSpec, deep_merge, spec_from_preset
 
 TINY: dict[str, Any] = {
     "task": {"p": 11},

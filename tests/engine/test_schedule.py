@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.spec import spec_from_preset
+from service.contract.spec import spec_from_preset
 from worker.engine.train import Trainer
 
 SCHEDULE = [{"at_step": 10, "train_fraction": 0.3}, {"at_step": 20, "train_fraction": 0.1}]

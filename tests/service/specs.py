@@ -1,7 +1,7 @@
 """Specs for the service tests."""
 from __future__ import annotations
 
-from service.spec import ExperimentSpec, spec_from_preset
+from service.contract.spec import ExperimentSpec, spec_from_preset
 
 
 def small_spec(**overrides) -> ExperimentSpec:

@@ -20,7 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.spec import ExperimentSpec, Limits
+from service.contract.limits import Limits
+from service.contract.spec import ExperimentSpec
 
 # What may differ between the members of one pack: each member gets its own value of these
 # (per-member seeds, learning rates, weight decays, init scales, training sets, Grokfast lambda).
