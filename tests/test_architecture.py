@@ -241,6 +241,45 @@ def test_the_import_graph_sees_circles():
     assert [_chain(graph, group) for group in _circles(graph)] == ["a -> b.c -> b -> a"]
 
 
+# ---- what each part of the service may import ------------------------------------------------
+
+# The README's Architecture table, last column: the parts of service/ each part may import (its
+# own modules always). service.app and service.cli sit on top and may import every part; the
+# CLI alone reaches worker/, inside its commands.
+SERVICE_PARTS_MAY_IMPORT = {
+    "contract": set(),
+    "science": {"contract"},
+    "store": {"contract", "science"},
+    "access": {"contract", "store"},
+    "schemas": {"contract", "science", "store", "access"},
+    "infra": {"contract", "store", "schemas"},
+    "api": {"contract", "science", "store", "access", "schemas", "infra"},
+    "client": {"contract"},
+}
+
+
+def _part(module: str) -> str:
+    """service.<part>.x -> <part>; worker.x -> worker."""
+    parts = module.split(".")
+    return "worker" if parts[0] == "worker" else parts[1] if len(parts) > 1 else "service"
+
+
+def test_each_part_of_the_service_imports_only_the_parts_below_it():
+    """contract <- science <- store <- access <- schemas <- infra <- api, and the client on the
+    contract alone (it runs beside a notebook): at any level, as the import graph counts
+    (annotations under TYPE_CHECKING aside)."""
+    graph = _import_graph()
+    offenders = [
+        f"{module} -> {target}"
+        for module, targets in sorted(graph.items())
+        if module.startswith("service.") and _part(module) in SERVICE_PARTS_MAY_IMPORT
+        for target in sorted(targets)
+        if _part(target) != _part(module)
+        and _part(target) not in SERVICE_PARTS_MAY_IMPORT[_part(module)]
+    ]
+    assert offenders == []
+
+
 # ---- SQL in the store, HTTP errors in the API ------------------------------------------------
 
 # What builds or runs SQL; outside the store a module of ours imports from SQLAlchemy only

@@ -1,7 +1,7 @@
 """Alerts: watch an experiment's metric rows and POST the events its spec's notify asks for.
 
-Events (service/contract/notify.py: NOTIFY_EVENTS), per ensemble member (member 0 for a single run and
-for each member of a pack, which is its own experiment):
+Events (service/contract/notify.py: NOTIFY_EVENTS), per ensemble member (member 0 for a single
+run and for each member of a pack, which is its own experiment):
     memorized   the first evaluation with train_acc >= ACC_THRESHOLD
     grokked     the first evaluation with val_acc >= ACC_THRESHOLD
     ungrokked   an evaluation with val_acc below it again, after grokking (again after each

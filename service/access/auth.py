@@ -1,4 +1,5 @@
-"""Bearer tokens: create, revoke, and authenticate a request's token (their rows: service.store.tokens).
+"""Bearer tokens: create, revoke, and authenticate a request's token (the rows:
+service.store.tokens).
 
 A token is `glk_` followed by 43 URL-safe characters from `secrets` (256 random bits). Only its
 sha256 is stored: the secret is shown once, when the token is created. Authenticating hashes the

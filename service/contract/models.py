@@ -186,9 +186,9 @@ class ApiToken(Base):
 
 
 class WebhookSecret(Base):
-    """The secret an owner's alert webhooks are signed with (HMAC-SHA256, service/contract/notify.py).
-    Stored as is, unlike an API token's hash: the worker needs it to sign. It is printed once,
-    by `groklab webhook-secret set`, and never served by the API."""
+    """The secret an owner's alert webhooks are signed with (HMAC-SHA256,
+    service/contract/notify.py). Stored as is, unlike an API token's hash: the worker needs it to
+    sign. It is printed once, by `groklab webhook-secret set`, and never served by the API."""
 
     __tablename__ = "webhook_secrets"
 

@@ -175,7 +175,8 @@ class EnsembleSpec(_Section):
     """E runs trained as one batched computation, each with its own parameters.
 
     Every list has one entry per member; None means the scalar of the model/task/optimizer
-    section for every member. A sweep's pack (service/science/sweeps.py: pack_spec) fills all of them."""
+    section for every member. A sweep's pack (service/science/sweeps.py: pack_spec) fills all
+    of them."""
 
     size: int = Field(1, ge=1)
     seeds: list[int] | None = Field(None, description="Per-member seeds; default training.seed + i.")

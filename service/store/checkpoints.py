@@ -13,7 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.contract.checkpoint_format import check_checkpoint, header_length
-from service.contract.models import CHECKPOINT_CHUNK_BYTES, Checkpoint, CheckpointChunk, Experiment, utcnow
+from service.contract.models import (
+    CHECKPOINT_CHUNK_BYTES,
+    Checkpoint,
+    CheckpointChunk,
+    Experiment,
+    utcnow,
+)
 from service.store.dialect import upsert_insert
 from service.store.experiments import MAX_STEP, holds_attempt, require_experiment
 from service.store.retention import CheckpointRetention, apply_retention

@@ -2,8 +2,8 @@
 
 State changes that race (claim, progress, heartbeat, cancel, finish, and the reaper's requeue)
 are compare-and-swap UPDATEs on (status, attempt): the database, not the broker, decides which
-worker runs a job. service.infra.lifecycle runs the reaper and the reconciler; the rows they read and
-write are read and written here.
+worker runs a job. service.infra.lifecycle runs the reaper and the reconciler; the rows they
+read and write are read and written here.
 """
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ from service.store.series_summary import first_step_reaching, last_finite_point,
 
 FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm")
 # The phases are read from each series downsampled to at most this many points (min/max per
-# bucket, service.science.downsample): every point of a run evaluated fewer times, a bounded read of a
-# longer one.
+# bucket, service.science.downsample): every point of a run evaluated fewer times, a bounded
+# read of a longer one.
 PHASE_MAX_POINTS = 2048
 
 
@@ -37,8 +37,8 @@ def experiment_summary(
     own under "members" (one entry per ensemble member).
 
     The same answer as service.science.grokking.grokking_summary on the whole series, read in a
-    bounded number of small queries whatever the length of the run (series_summary: the last points from metric_series, the threshold crossings from the
-    rollups)."""
+    bounded number of small queries whatever the length of the run (series_summary: the last
+    points from metric_series, the threshold crossings from the rollups)."""
     thresholds = thresholds or GrokkingThresholds()
     by_member: dict[int, dict[str, MetricSeries]] = {}
     for series in series_of(session, experiment_id, FINAL_METRICS):
@@ -94,10 +94,11 @@ def _finite(value: float | None) -> bool:
 def experiment_phases(
     session: Session, experiment_id: str, measure_series: list[dict] | None = None
 ) -> dict | None:
-    """The three phases of grokking of every member (service.science.phases), from the stored series:
-    train_acc, val_loss and weight_norm of the evaluations, and the excluded_loss the worker
-    recorded during training, or the one of measure_series (metric-shaped series, such as the
-    progress measures with fixed key frequencies) in its place. None without those series."""
+    """The three phases of grokking of every member (service.science.phases), from the stored
+    series: train_acc, val_loss and weight_norm of the evaluations, and the excluded_loss the
+    worker recorded during training, or the one of measure_series (metric-shaped series, such
+    as the progress measures with fixed key frequencies) in its place. None without those
+    series."""
     if not measure_series and not count_metric_series(
         session, experiment_id, names=[EXCLUDED_LOSS], member=None
     ):

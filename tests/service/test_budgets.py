@@ -1,4 +1,5 @@
-"""service/contract/budgets.py: the products a spec asks for, and the limits they are checked against."""
+"""service/contract/budgets.py: the products a spec asks for, and the limits they are checked
+against."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
-"""Alembic: `upgrade head` on an empty database builds exactly the tables of service.contract.models."""
+"""Alembic: `upgrade head` on an empty database builds exactly the tables of
+service.contract.models."""
 from __future__ import annotations
 
 import pytest

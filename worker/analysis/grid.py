@@ -7,7 +7,7 @@ the cross-entropy sums, and the per-(a+b) sums of the logits that the restricted
 losses are filtered from (fourier.sum_frequency_component). The excluded loss needs the key
 frequencies, which need every pair's MLP activations, so it takes a second pass over the chunks.
 What stays whole is E x p*p x d_mlp activations (the neuron clustering reads the full grid) and
-E x p x p sums; service/contract/budgets.py:analysis_bytes counts the same.
+E x p x p sums; service/budgets.py:analysis_bytes counts the same.
 
 The results equal those of one full-grid pass, up to the order of floating-point sums.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# Member-pairs per forward chunk: ANALYSIS_CHUNK_ROWS // E pairs of E members (service/contract/budgets.py
+# Member-pairs per forward chunk: ANALYSIS_CHUNK_ROWS // E pairs of E members (service/budgets.py
 # counts the same).
 ANALYSIS_CHUNK_ROWS = 65536
 
