@@ -33,10 +33,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service import auth, store  # noqa: E402
-from service.db import make_engine, make_sessionmaker, migrate  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from service.spec import spec_from_preset  # noqa: E402
+from service import store  # noqa: E402
+from service.access import auth  # noqa: E402
+from service.contract.settings import Settings  # noqa: E402
+from service.contract.spec import spec_from_preset  # noqa: E402
+from service.infra.db import make_engine, make_sessionmaker, migrate  # noqa: E402
 
 TINY = {"model": {"d_model": 16, "n_heads": 2, "d_mlp": 32}, "training": {"steps": 100_000}}
 
@@ -169,7 +170,7 @@ async def polling(port: int, path: str, headers: dict, clients: int, seconds: fl
 def write_like_a_worker(settings: Settings, experiment_id: str, stop) -> int:
     """Claim the job and store 4 metrics per step and the progress, ~20 steps a second, with
     the recorder's publisher: what a running worker does (run in a process of its own)."""
-    from service import events
+    from service.infra import events
 
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     publisher = events.publisher_for(settings)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from bench.bench_metrics import drop_postgres, postgres_url  # noqa: E402
-from service.db import make_engine, migrate  # noqa: E402
+from service.infra.db import make_engine, migrate  # noqa: E402
 from service.store.metrics_ingest import _COPY_SQL, _Points, copy_points  # noqa: E402
 
 NAMES = ("train_loss", "val_loss", "train_acc", "val_acc", "weight_norm")

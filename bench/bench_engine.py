@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from service.spec import spec_from_preset  # noqa: E402
+from service.contract.spec import spec_from_preset  # noqa: E402
 from tests.engine.reference import reference_from_engine  # noqa: E402
 from worker.engine.train import Trainer  # noqa: E402
 

@@ -39,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from service import auth, store  # noqa: E402
-from service.db import make_engine, make_sessionmaker, migrate  # noqa: E402
-from service.spec import spec_from_preset  # noqa: E402
+from service import store  # noqa: E402
+from service.access import auth  # noqa: E402
+from service.contract.spec import spec_from_preset  # noqa: E402
+from service.infra.db import make_engine, make_sessionmaker, migrate  # noqa: E402
 
 STEPS = 40_000
 NAMES = ("train_loss", "val_loss", "train_acc", "val_acc", "weight_norm", "lr")

@@ -26,8 +26,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from service import store  # noqa: E402
-from service.db import make_engine, make_sessionmaker, migrate  # noqa: E402
-from service.spec import spec_from_preset  # noqa: E402
+from service.contract.spec import spec_from_preset  # noqa: E402
+from service.infra.db import make_engine, make_sessionmaker, migrate  # noqa: E402
 from worker.engine.train import Trainer  # noqa: E402
 from worker.recorder import JobRecorder  # noqa: E402
 from worker.analysis.callback import analysis_callback  # noqa: E402

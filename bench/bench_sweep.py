@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from service.spec import ExperimentSpec, spec_from_preset  # noqa: E402
+from service.contract.spec import ExperimentSpec, spec_from_preset  # noqa: E402
 from worker.engine.train import Trainer  # noqa: E402
 
 WEIGHT_DECAYS = (0.0, 0.1, 0.3, 1.0)

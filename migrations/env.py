@@ -1,7 +1,7 @@
 """Alembic environment. The URL comes, in this order, from:
 
 1. config.attributes["connection"]: an open Connection (tests, programmatic use);
-2. config.attributes["url"]: set by service.db.migrate(url);
+2. config.attributes["url"]: set by service.infra.db.migrate(url);
 3. `alembic -x url=...` on the command line;
 4. the settings: GROKLAB_DATABASE_URL, or SQLite under GROKLAB_DATA_DIR.
 """
@@ -13,9 +13,9 @@ from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 
-from service.db import make_engine
-from service.models import Base
-from service.settings import get_settings
+from service.contract.models import Base
+from service.contract.settings import get_settings
+from service.infra.db import make_engine
 
 config = context.config
 if config.config_file_name and not config.attributes.get("url") and not config.attributes.get(

@@ -19,11 +19,11 @@ from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit
 from service.api.routes import analysis, checkpoints, experiments, health, metrics, sweeps
 from service.api.routes import events, web
-from service.db import make_engine, make_sessionmaker
-from service.finite import without_non_finite
-from service.lifecycle import LifecycleLoop
-from service import observability
-from service.settings import Settings, get_settings
+from service.contract.finite import without_non_finite
+from service.contract.settings import Settings, get_settings
+from service.infra import observability
+from service.infra.db import make_engine, make_sessionmaker
+from service.infra.lifecycle import LifecycleLoop
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         loop = None
         if settings.reaper_interval_s > 0:
-            # The reaper and the reconciler live in the API process (see service.lifecycle).
+            # The reaper and the reconciler live in the API process (see service.infra.lifecycle).
             loop = LifecycleLoop(app.state.sessions, settings, get_enqueue())
             loop.start()
         yield

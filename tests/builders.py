@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.spec import ExperimentSpec, deep_merge
+from service.contract.spec import ExperimentSpec, deep_merge
 
 
 def tiny_body(

@@ -1,7 +1,7 @@
 """Alerts: watch an experiment's metric rows and POST the events its spec's notify asks for.
 
-Events (service/notify.py: NOTIFY_EVENTS), per ensemble member (member 0 for a single run and
-for each member of a pack, which is its own experiment):
+Events (service/contract/notify.py: NOTIFY_EVENTS), per ensemble member (member 0 for a single
+run and for each member of a pack, which is its own experiment):
     memorized   the first evaluation with train_acc >= ACC_THRESHOLD
     grokked     the first evaluation with val_acc >= ACC_THRESHOLD
     ungrokked   an evaluation with val_acc below it again, after grokking (again after each
@@ -46,9 +46,8 @@ from tenacity import (
 from sqlalchemy.orm import Session
 
 from service import store
-from service.grokking import ACC_THRESHOLD, TRAIN_ACC, VAL_ACC
-from service.models import Experiment
-from service.notify import (
+from service.contract.models import Experiment
+from service.contract.notify import (
     SIGNATURE_HEADER,
     host_allowed,
     parse_allowed_hosts,
@@ -56,7 +55,8 @@ from service.notify import (
     url_host_port,
     url_refusal,
 )
-from service.spec import ExperimentSpec, NotifySpec
+from service.contract.spec import ExperimentSpec, NotifySpec
+from service.science.grokking import ACC_THRESHOLD, TRAIN_ACC, VAL_ACC
 
 if TYPE_CHECKING:
     from worker.engine.train import Trainer

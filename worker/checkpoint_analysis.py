@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from service import store
-from service.settings import Settings, get_settings
-from service.spec import ExperimentSpec
+from service.contract.settings import Settings, get_settings
+from service.contract.spec import ExperimentSpec
 from worker.analysis.callback import member_measures
 from worker.db import sessions_for
 

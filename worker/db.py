@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import make_engine, make_sessionmaker
-from service.settings import Settings
+from service.infra.db import make_engine, make_sessionmaker
+from service.contract.settings import Settings
 
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
 

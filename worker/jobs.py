@@ -19,8 +19,8 @@ from typing import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.settings import Settings, get_settings
-from service.spec import ExperimentSpec
+from service.contract.settings import Settings, get_settings
+from service.contract.spec import ExperimentSpec
 from worker.alerts import WebhookSender, experiment_alerts
 from worker.analysis.callback import analysis_callback
 from worker.db import sessions_for
@@ -68,14 +68,14 @@ def heartbeating(beat: Callable[[], None], every_s: float, name: str):
 
 
 class TimeLimitExceeded(Exception):
-    """The job ran past its time limit (service.budgets.time_limit_s)."""
+    """The job ran past its time limit (service.contract.budgets.time_limit_s)."""
 
 
 def deadline_check(specs: list[ExperimentSpec], settings: Settings) -> Callable[[], None]:
     """A check to call before each step: raises TimeLimitExceeded once the job has run past
     its time limit: GROKLAB_TIME_LIMIT_FLOOR_S + GROKLAB_TIME_LIMIT_S_PER_COMPUTE x the compute
     of its members (one limit for the whole job)."""
-    from service.budgets import compute, time_limit_s
+    from service.contract.budgets import compute, time_limit_s
 
     limit = time_limit_s(specs[0], settings)
     if limit is not None:

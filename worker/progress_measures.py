@@ -12,9 +12,9 @@ import logging
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.models import PROGRESS_PENDING
-from service.settings import Settings, get_settings
-from service.spec import ExperimentSpec
+from service.contract.models import PROGRESS_PENDING
+from service.contract.settings import Settings, get_settings
+from service.contract.spec import ExperimentSpec
 from worker.db import sessions_for
 
 log = logging.getLogger(__name__)

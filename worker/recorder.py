@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import events, store
-from service.progress import StepRate
-from service.summary import experiment_summary
+from service import store
+from service.infra import events
+from service.science.progress import StepRate
+from service.store.summary import experiment_summary
 from worker.alerts import ExperimentAlerts
 from worker.outage import DATABASE_DOWN, Backoff, with_retries
 

@@ -1,7 +1,7 @@
 """Celery tasks. Thin on purpose: the work is in worker.jobs, which a test can call directly.
 
 Registered with shared_task, so importing this module builds no app: they join every app
-built by worker.celery_app.make_celery (the worker's is get_celery_app()).
+built by service.infra.celery_app.make_celery (the worker's is get_celery_app()).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 
 from celery import shared_task
 
-from worker.celery_app import ANALYZE_CHECKPOINT, PROGRESS_MEASURES, RUN_EXPERIMENT
+from service.infra.celery_app import ANALYZE_CHECKPOINT, PROGRESS_MEASURES, RUN_EXPERIMENT
 
 
 @shared_task(name=RUN_EXPERIMENT, bind=True)

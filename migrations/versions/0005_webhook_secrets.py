@@ -14,7 +14,7 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-UTC_DATETIME = sa.DateTime(timezone=True)  # service.models.UTCDateTime's storage type
+UTC_DATETIME = sa.DateTime(timezone=True)  # service.contract.models.UTCDateTime's storage type
 
 
 def upgrade() -> None:

@@ -19,7 +19,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-CHUNK_BYTES = 1 << 20  # service.models.CHECKPOINT_CHUNK_BYTES when this was written
+CHUNK_BYTES = 1 << 20  # service.contract.models.CHECKPOINT_CHUNK_BYTES when this was written
 
 
 def upgrade() -> None:

@@ -11,13 +11,17 @@ from pydantic import WrapValidator
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service import auth, queueing, store
-from service.auth import Principal
-from service.models import Experiment, Sweep
+from service import store
+from service.access import auth
+from service.access.auth import Principal
+from service.access.quotas import QuotaExceeded, StorageQuotaExceeded, check_quota
+from service.contract.limits import Limits
+from service.contract.models import Experiment, Sweep
+from service.contract.settings import Settings
+from service.contract.spec import ExperimentSpec
+from service.infra import queueing
 from service.schemas.errors import invalid
 from service.schemas.experiments import SPEC_EXAMPLES, parse_spec
-from service.settings import Settings
-from service.spec import ExperimentSpec, Limits
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -61,6 +65,21 @@ def get_submitted_spec(
 
 
 SubmittedSpec = Annotated[ExperimentSpec, Depends(get_submitted_spec)]
+
+
+def require_quota(
+    session: Session, settings: Settings, principal: Principal, new_jobs: int = 1
+) -> None:
+    """507 or 429 unless the owner may submit `new_jobs` more experiments now
+    (service.access.quotas): over the storage quota a 507, over a quota that waiting frees a
+    429 with Retry-After (whole seconds, at least 1)."""
+    try:
+        check_quota(session, settings, principal, new_jobs)
+    except StorageQuotaExceeded as exc:
+        raise HTTPException(507, str(exc)) from None
+    except QuotaExceeded as exc:
+        retry_after = max(1, int(exc.retry_after_s + 0.999))
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(retry_after)}) from None
 
 
 def require_webhook_secret(

@@ -1,5 +1,5 @@
 """`groklab submit|status|list|cancel|watch|metrics|export`: a running service over HTTP, through
-the Python client (service/client.py); GROKLAB_URL and GROKLAB_TOKEN say which and as whom."""
+the Python client (service/client/); GROKLAB_URL and GROKLAB_TOKEN say which and as whom."""
 from __future__ import annotations
 
 import itertools

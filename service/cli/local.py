@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from service.cli.spec_file import load_spec_file
-from service.grokking import ACC_THRESHOLD, TRAIN_ACC, VAL_ACC
-from service.progress import StepRate
+from service.science.grokking import ACC_THRESHOLD, TRAIN_ACC, VAL_ACC
+from service.science.progress import StepRate
 
 if TYPE_CHECKING:
-    from service.spec import ExperimentSpec
+    from service.contract.spec import ExperimentSpec
 
 app = typer.Typer()
 

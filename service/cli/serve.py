@@ -19,8 +19,8 @@ app = typer.Typer()
 @app.command()
 def migrate() -> None:
     """Bring the database schema up to date (alembic upgrade head)."""
-    from service.db import migrate as run_migrations
-    from service.settings import get_settings
+    from service.contract.settings import get_settings
+    from service.infra.db import migrate as run_migrations
 
     url = get_settings().resolved_database_url
     run_migrations(url)
@@ -35,7 +35,7 @@ def api(
     """Run the REST API."""
     import uvicorn
 
-    from service.settings import get_settings
+    from service.contract.settings import get_settings
 
     settings = get_settings()
     uvicorn.run(
@@ -52,9 +52,9 @@ def worker(
     name: Annotated[Optional[str], typer.Option(help="Worker node name.")] = None,
 ) -> None:
     """Run a Celery worker that trains queued experiments (one job at a time)."""
+    from service.contract.settings import get_settings
+    from service.infra.celery_app import get_celery_app
     import worker.tasks  # noqa: F401  registers the task
-    from service.settings import get_settings
-    from worker.celery_app import get_celery_app
 
     settings = get_settings()
     argv = [
@@ -121,13 +121,14 @@ def up(
 def _ensure_local_admin_token(env: dict) -> str | None:
     """On the first start of a data dir (its database never had a token), create an admin token
     for the owner 'local' and return it, to be shown once; None on every later start."""
-    from service import auth
-    from service.models import LOCAL_OWNER
-    from service.settings import Settings
+    from service import store
+    from service.access import auth
+    from service.contract.models import LOCAL_OWNER
+    from service.contract.settings import Settings
 
     settings = Settings(data_dir=Path(env["GROKLAB_DATA_DIR"]), database_url=None)
     with token_session(settings) as session:
-        if auth.count_tokens(session):
+        if store.count_tokens(session):
             return None
         _, token = auth.create_token(session, LOCAL_OWNER, "admin")
     return token

@@ -12,8 +12,9 @@ def load_spec_file(path: Path):
     server."""
     from pydantic import ValidationError
 
-    from service.settings import get_settings
-    from service.spec import Limits, load_spec
+    from service.contract.limits import Limits
+    from service.contract.settings import get_settings
+    from service.contract.spec import load_spec
 
     try:
         return load_spec(path, Limits.from_settings(get_settings()))

@@ -21,8 +21,8 @@ def token_session(settings=None, table: str = "api_tokens"):
     from sqlalchemy import inspect
     from sqlalchemy.engine import make_url
 
-    from service.db import is_sqlite, make_engine, make_sessionmaker
-    from service.settings import get_settings
+    from service.contract.settings import get_settings
+    from service.infra.db import is_sqlite, make_engine, make_sessionmaker
 
     url = (settings or get_settings()).resolved_database_url
     shown = make_url(url).render_as_string(hide_password=True)
@@ -71,7 +71,7 @@ def token_create(
     ] = None,
 ) -> None:
     """Create a token and print it, once, alone on stdout (TOKEN=$(groklab token create ...))."""
-    from service import auth
+    from service.access import auth
 
     try:
         auth.check_owner(owner)
@@ -98,10 +98,10 @@ def token_list(
     all_: Annotated[bool, typer.Option("--all", help="Include revoked tokens.")] = False,
 ) -> None:
     """Tokens: id prefix, owner, scope, created (never the secret, which is not stored)."""
-    from service import auth
+    from service import store
 
     with token_session() as session:
-        tokens = auth.list_tokens(session, include_revoked=all_)
+        tokens = store.list_tokens(session, include_revoked=all_)
     typer.echo(f"{'ID':<10}{'OWNER':<24}{'SCOPE':<7}{'CREATED':<27}REVOKED")
     for t in tokens:
         revoked = t.revoked_at.isoformat(timespec="seconds") if t.revoked_at else "-"
@@ -114,7 +114,7 @@ def token_revoke(
     token_id: Annotated[str, typer.Argument(help="The token's id, or its first 4+ characters.")],
 ) -> None:
     """Revoke a token: requests with it are answered 401 from now on."""
-    from service import auth
+    from service.access import auth
 
     with token_session() as session:
         try:

@@ -19,7 +19,8 @@ OwnerOption = Annotated[str, typer.Option(help="The owner whose experiments' ale
 @app.command("set")
 def secret_set(owner: OwnerOption) -> None:
     """Give an owner a new secret (replacing any) and print it, once, alone on stdout."""
-    from service import auth, store
+    from service import store
+    from service.access import auth
 
     try:
         auth.check_owner(owner)

@@ -5,8 +5,8 @@ from typing import Annotated
 
 from fastapi import Query
 
-from service.grokking import GrokkingThresholds
 from service.schemas.errors import invalid
+from service.science.grokking import GrokkingThresholds
 
 THRESHOLD_DOC = (
     "Grokking thresholds: a run has memorised at the first eval with train_acc >= acc_threshold "

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.models import Checkpoint
+from service.contract.models import Checkpoint
 
 
 class CheckpointOut(BaseModel):

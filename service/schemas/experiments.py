@@ -8,12 +8,13 @@ from uuid import UUID
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from service.auth import Principal
-from service.models import STATUSES, Experiment
+from service.access.auth import Principal
+from service.contract.limits import Limits
+from service.contract.models import STATUSES, Experiment
+from service.contract.presets import CI_SMALL
+from service.contract.settings import Settings
+from service.contract.spec import ExperimentSpec
 from service.schemas.errors import invalid
-from service.settings import Settings
-from service.presets import CI_SMALL
-from service.spec import ExperimentSpec, Limits
 
 NO_NUL = r"^[^\x00]*$"
 DEFAULT_PAGE_SIZE = 50

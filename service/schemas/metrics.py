@@ -8,9 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from service.contract.settings import Settings
 from service.schemas.errors import invalid
 from service.schemas.experiments import NO_NUL
-from service.settings import Settings
 from service.store import MAX_STEP
 
 

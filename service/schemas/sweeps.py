@@ -11,15 +11,15 @@ from typing import Any, ClassVar, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
-from service.auth import Principal
-from service.models import Experiment, Sweep
-from service.phase_diagram import AxisInvalid, MemberResult, phase_columns, phase_diagram
+from service.access.auth import Principal
+from service.contract.limits import Limits
+from service.contract.models import Experiment, Sweep
+from service.contract.settings import Settings
 from service.schemas.errors import invalid
 from service.schemas.experiments import NO_NUL, PageQuery, Status
-from service.settings import Settings
-from service.spec import Limits
+from service.science.phase_diagram import AxisInvalid, MemberResult, phase_columns, phase_diagram
+from service.science.sweeps import Member, SweepInvalid, SweepSpec, expand, plan_packs
 from service.store import SweepStatus
-from service.sweeps import Member, SweepInvalid, SweepSpec, expand, plan_packs
 
 SWEEP_EXAMPLES = {
     "wd-by-fraction": {

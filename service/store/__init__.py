@@ -21,6 +21,11 @@ One module per concern; callers use this package (`from service import store`):
 - sweeps: a grid of experiments stored at once, its status derived from its members
 - dialect: what differs between PostgreSQL and SQLite
 - webhooks: the per-owner secrets that alert webhooks are signed with
+- tokens: API tokens, stored by the hash of their secret
+- usage: what an owner uses now (active jobs, recent submissions), as the quotas count it
+- monitoring: the stack's counts for Prometheus, and the readiness probe
+- summary: an experiment's grokking summary and phases, from its stored series (imported from
+  its own module, service.store.summary: it reads through the others)
 """
 from service.store.analysis_cache import (
     AnalysisRequest,
@@ -43,7 +48,6 @@ from service.store.checkpoints import (
     read_checkpoint,
     verified_checkpoint,
 )
-from service.store.retention import CheckpointRetention, apply_retention
 from service.store.experiments import (
     MAX_STEP,
     ExperimentNotFound,
@@ -62,6 +66,7 @@ from service.store.experiments import (
 )
 from service.store.metrics_ingest import MAX_NAME_LENGTH, ingest_metrics
 from service.store.metrics_query import count_metric_series, query_metrics
+from service.store.monitoring import StackCounts, check_database, stack_counts
 from service.store.scheduling import fair_queue, job_state, next_fair_job
 from service.store.jobs import (
     Claim,
@@ -85,12 +90,8 @@ from service.store.progress_measures import (
     request_progress_measures,
     withdraw_progress_measures,
 )
-from service.store.webhooks import (
-    get_webhook_secret,
-    list_webhook_secrets,
-    revoke_webhook_secret,
-    set_webhook_secret,
-)
+from service.store.retention import CheckpointRetention, apply_retention
+from service.store.scheduling import fair_queue, job_state, next_fair_job
 from service.store.sweeps import (
     SweepStatus,
     cancel_sweep,
@@ -102,8 +103,34 @@ from service.store.sweeps import (
     sweep_status,
     sweep_statuses,
 )
+from service.store.tokens import (
+    add_token,
+    count_tokens,
+    list_tokens,
+    revoke_token_row,
+    token_by_hash,
+    tokens_with_id_prefix,
+)
+from service.store.usage import active_jobs, submission_times
+from service.store.webhooks import (
+    get_webhook_secret,
+    list_webhook_secrets,
+    revoke_webhook_secret,
+    set_webhook_secret,
+)
 
 __all__ = [
+    "add_token",
+    "count_tokens",
+    "list_tokens",
+    "revoke_token_row",
+    "token_by_hash",
+    "tokens_with_id_prefix",
+    "active_jobs",
+    "submission_times",
+    "StackCounts",
+    "check_database",
+    "stack_counts",
     "get_webhook_secret",
     "list_webhook_secrets",
     "revoke_webhook_secret",

@@ -14,7 +14,13 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from service.models import ANALYSIS_DONE, ANALYSIS_FAILED, ANALYSIS_PENDING, AnalysisCache, utcnow
+from service.contract.models import (
+    ANALYSIS_DONE,
+    ANALYSIS_FAILED,
+    ANALYSIS_PENDING,
+    AnalysisCache,
+    utcnow,
+)
 from service.store.dialect import upsert_insert
 
 # A pending analysis older than this is asked of a worker again (one more attempt).

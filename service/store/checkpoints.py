@@ -8,18 +8,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.checkpoint_format import check_checkpoint, header_length
-from service.models import CHECKPOINT_CHUNK_BYTES, Checkpoint, CheckpointChunk, Experiment, utcnow
+from service.contract.checkpoint_format import check_checkpoint, header_length
+from service.contract.models import (
+    CHECKPOINT_CHUNK_BYTES,
+    Checkpoint,
+    CheckpointChunk,
+    Experiment,
+    utcnow,
+)
 from service.store.dialect import upsert_insert
 from service.store.experiments import MAX_STEP, holds_attempt, require_experiment
-
-if TYPE_CHECKING:
-    from service.store.retention import CheckpointRetention
+from service.store.retention import CheckpointRetention, apply_retention
 
 # The safetensors header of a groklab checkpoint is a few KiB; a head claiming more than this is
 # refused rather than buffered.
@@ -49,8 +52,6 @@ def add_checkpoint(
     never removes the checkpoint just written. Raises ExperimentNotFound. With `attempt` (a
     worker's write): nothing is stored, and None returned, unless that attempt is running the
     job, checked in the same transaction (holds_attempt)."""
-    from service.store.retention import apply_retention
-
     experiment_id = str(experiment_id)
     if not 0 <= step <= MAX_STEP:
         raise ValueError(f"step must be in [0, {MAX_STEP}] (got {step})")
@@ -230,16 +231,3 @@ def owner_checkpoint_bytes(session: Session, owner: str) -> int:
     session.commit()
     return int(total or 0)
 
-
-def delete_checkpoints(session: Session, experiment_id: str, steps: list[int]) -> None:
-    """Remove checkpoints and their chunks (retention)."""
-    if not steps:
-        return
-    experiment_id = str(experiment_id)
-    session.execute(delete(CheckpointChunk).where(
-        CheckpointChunk.experiment_id == experiment_id, CheckpointChunk.step.in_(steps)
-    ))
-    session.execute(delete(Checkpoint).where(
-        Checkpoint.experiment_id == experiment_id, Checkpoint.step.in_(steps)
-    ))
-    session.commit()

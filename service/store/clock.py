@@ -16,7 +16,7 @@ from sqlalchemy import literal
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from service.models import UTCDateTime
+from service.contract.models import UTCDateTime
 
 
 class db_utcnow(FunctionElement):  # noqa: N801 - reads like the SQL function it stands for

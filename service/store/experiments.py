@@ -2,8 +2,8 @@
 
 State changes that race (claim, progress, heartbeat, cancel, finish, and the reaper's requeue)
 are compare-and-swap UPDATEs on (status, attempt): the database, not the broker, decides which
-worker runs a job. service.lifecycle runs the reaper and the reconciler; the rows they read and
-write are read and written here.
+worker runs a job. service.infra.lifecycle runs the reaper and the reconciler; the rows they
+read and write are read and written here.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.finite import finite_or_none
-from service.models import (
+from service.contract.finite import finite_or_none
+from service.contract.models import (
     CANCELLED,
     FAILED,
     FINISHED_STATUSES,
@@ -30,7 +30,7 @@ from service.models import (
     Sweep,
     utcnow,
 )
-from service.spec import ExperimentSpec
+from service.contract.spec import ExperimentSpec
 from service.store.clock import db_utcnow
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def finish_experiment(
     )
 
 
-# ---- the reaper and the reconciler (run by service.lifecycle) ----------------------------
+# ---- the reaper and the reconciler (run by service.infra.lifecycle) ----------------------------
 
 
 StaleJob = tuple[str, int, int, bool, datetime, str | None]

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from service.finite import finite_or_none
-from service.models import FAILED, PAUSED, QUEUED, RUNNING, Experiment, utcnow
+from service.contract.finite import finite_or_none
+from service.contract.models import FAILED, PAUSED, QUEUED, RUNNING, Experiment, utcnow
 from service.store.clock import db_utcnow
 
 Claim = tuple[str, int]  # (experiment id, attempt)

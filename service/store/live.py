@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from service.models import Experiment, Metric, MetricSeries
+from service.contract.models import Experiment, Metric, MetricSeries
 
 _EXPERIMENT = select(Experiment.__table__).where(Experiment.__table__.c.id == bindparam("id"))
 

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from service.downsample import bucket_extremes
-from service.finite import nan_to_none
-from service.models import ROLLUP_LEVELS
+from service.contract.finite import nan_to_none
+from service.contract.models import ROLLUP_LEVELS
+from service.science.downsample import bucket_extremes
 from service.store.dialect import fetch, is_integrity_error, is_postgresql, pg_array_literal
 from service.store.experiments import (
     MAX_STEP,

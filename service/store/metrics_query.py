@@ -3,7 +3,7 @@
 A query plans each series from its metric_series row (count, first and last point), reads the
 buckets wholly inside the window from metric_rollups (one query per stored level), summarises
 the edge buckets the window cuts through from their raw points, and reads raw points when they
-fit in max_points. service.downsample defines the method and holds its reference
+fit in max_points. service.science.downsample defines the method and holds its reference
 implementation; the answer here is the same points.
 """
 from __future__ import annotations
@@ -15,9 +15,15 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.downsample import METHOD, bucket_extremes, bucket_level, buckets_for, minmax_downsample
-from service.finite import nan_to_none
-from service.models import ROLLUP_LEVELS, MetricSeries
+from service.contract.finite import nan_to_none
+from service.contract.models import ROLLUP_LEVELS, MetricSeries
+from service.science.downsample import (
+    METHOD,
+    bucket_extremes,
+    bucket_level,
+    buckets_for,
+    minmax_downsample,
+)
 from service.store.dialect import fetch
 from service.store.experiments import MAX_STEP
 
@@ -64,10 +70,10 @@ def query_metrics(
     the window; `values` are null where the metric was NaN.
 
     Downsampling, when max_points is given and a series has more points in the window: at most
-    max_points points per series; always the first and the last point of the window; and in
-    each of at most (max_points - 2) // 2 aligned power-of-two step buckets, the points with the
-    smallest and the largest value. service.downsample gives the exact method. It is served from
-    the precomputed rollups, so its cost grows with max_points, not with the length of the run.
+    max_points points per series; always the first and the last point of the window; and in each of
+    at most (max_points - 2) // 2 aligned power-of-two step buckets, the points with the smallest
+    and the largest value. service.science.downsample gives the exact method. It is served from the
+    precomputed rollups, so its cost grows with max_points, not with the length of the run.
     """
     experiment_id = str(experiment_id)
     n_buckets = None if max_points is None else buckets_for(max_points)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from service.models import FINISHED_STATUSES, PAUSED, QUEUED, RUNNING, Experiment
+from service.contract.models import FINISHED_STATUSES, PAUSED, QUEUED, RUNNING, Experiment
 from service.store.experiments import get_experiment
 
 CAS_TRIES = 5  # a claim may slip in between the read and the CAS: read again

@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.models import (
+from service.contract.models import (
     PROGRESS_DONE,
     PROGRESS_FAILED,
     PROGRESS_PENDING,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from service.grokking import ACC_THRESHOLD, TRAIN_ACC, VAL_ACC
-from service.models import Checkpoint
+from service.contract.models import Checkpoint, CheckpointChunk
+from service.science.grokking import ACC_THRESHOLD, TRAIN_ACC, VAL_ACC
+from service.store.series_summary import first_step_reaching
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,6 @@ def apply_retention(
 ) -> list[int]:
     """Delete the checkpoints the policy does not keep (None: the default policy; a worker
     passes CheckpointRetention.from_settings(its settings)); the steps deleted."""
-    from service.store.checkpoints import delete_checkpoints
-    from service.store.series_summary import first_step_reaching
-
     policy = policy or CheckpointRetention()
     if policy.keep_last <= 0:
         return []
@@ -83,3 +81,17 @@ def apply_retention(
     doomed = [s for s in steps if s not in retained_steps(steps, policy, landmarks)]
     delete_checkpoints(session, experiment_id, doomed)
     return doomed
+
+
+def delete_checkpoints(session: Session, experiment_id: str, steps: list[int]) -> None:
+    """Remove checkpoints and their chunks."""
+    if not steps:
+        return
+    experiment_id = str(experiment_id)
+    session.execute(delete(CheckpointChunk).where(
+        CheckpointChunk.experiment_id == experiment_id, CheckpointChunk.step.in_(steps)
+    ))
+    session.execute(delete(Checkpoint).where(
+        Checkpoint.experiment_id == experiment_id, Checkpoint.step.in_(steps)
+    ))
+    session.commit()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from service.models import QUEUED, RUNNING, Experiment
+from service.contract.models import QUEUED, RUNNING, Experiment
 
 JOB_ID = func.coalesce(Experiment.pack_id, Experiment.id)
 

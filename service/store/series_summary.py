@@ -13,7 +13,7 @@ import math
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.models import ROLLUP_LEVELS, MetricSeries
+from service.contract.models import ROLLUP_LEVELS, MetricSeries
 from service.store.dialect import fetch
 from service.store.experiments import MAX_STEP
 
@@ -53,7 +53,7 @@ def first_step_reaching(
     session: Session, experiment_id: str, name: str, member: int, threshold: float,
 ) -> int | None:
     """The first step whose (finite) value is >= threshold; None if none is. Exact, as
-    service.grokking.first_step_reaching on the whole series, reading at most one level-10
+    service.science.grokking.first_step_reaching on the whole series, reading at most one level-10
     bucket per 1024 steps, 64 level-4 buckets and 16 points per bucket tried."""
     key = (str(experiment_id), name, member)
     start = 0

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import case, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from service.models import (
+from service.contract.models import (
     CANCELLED,
     FAILED,
     FINISHED_STATUSES,
@@ -30,9 +30,9 @@ from service.models import (
     Sweep,
     utcnow,
 )
-from service.spec import ExperimentSpec
+from service.contract.spec import ExperimentSpec
+from service.science.sweeps import Member, SweepSpec
 from service.store.experiments import newest_first_page
-from service.sweeps import Member, SweepSpec
 
 Job = tuple[str, str]  # (pack id, queue): one message on the queue
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from service.models import WebhookSecret, utcnow
-from service.notify import new_webhook_secret
+from service.contract.models import WebhookSecret, utcnow
+from service.contract.notify import new_webhook_secret
 from service.store.dialect import upsert_insert
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from service.settings import Settings
+from service.contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

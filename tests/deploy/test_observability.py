@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import store
-from service.models import Experiment
+from service.contract.models import Experiment
 from tests.service.conftest import (  # noqa: F401  the API fixtures, shared with tests/service
     api_app,
     api_sessions,
@@ -121,8 +121,8 @@ MULTIPROCESS_SCRIPT = """
 import os, sys
 from fastapi.testclient import TestClient
 from service.app import create_app
-from service.db import migrate
-from service.settings import Settings
+from service.infra.db import migrate
+from service.contract.settings import Settings
 
 settings = Settings(data_dir=sys.argv[1], reaper_interval_s=0)
 migrate(settings.resolved_database_url)

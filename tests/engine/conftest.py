@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pytest
 
-from service.spec import ExperimentSpec, deep_merge, spec_from_preset
+from service.contract.spec import ExperimentSpec, deep_merge, spec_from_preset
 from tests import builders
 
 # The engine's tiny run on the one test builder (tests/builders.py): p=11, d_model 32 with 4

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from service.spec import MODULAR_OPS, PERMUTATION_OPS
+from service.contract.spec import MODULAR_OPS, PERMUTATION_OPS
 from worker.engine.data import PERMUTATIONS_S5, build_dataset
 
 P = 7

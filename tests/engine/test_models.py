@@ -83,7 +83,7 @@ def test_param_count_matches_the_spec(tiny_spec, config):
 
 
 def test_nanda_param_count(tiny_spec):
-    from service.spec import spec_from_preset
+    from service.contract.spec import spec_from_preset
 
     spec = spec_from_preset("nanda2023")
     assert sum(p[0].numel() for p in build_model(spec).parameters()) == spec.param_count() == 226_688

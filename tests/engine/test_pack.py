@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.spec import ExperimentSpec, spec_from_preset
-from service.sweeps import pack_spec
+from service.contract.spec import ExperimentSpec, spec_from_preset
+from service.science.sweeps import pack_spec
 from worker.engine.train import Trainer
 
 # Four members that differ in every per-member value (sweeps.PER_MEMBER_PATHS).
@@ -24,7 +24,7 @@ MEMBER_VALUES = [
 
 
 def members(tiny_spec, values=MEMBER_VALUES, **common) -> list[ExperimentSpec]:
-    from service.spec import deep_merge
+    from service.contract.spec import deep_merge
 
     return [tiny_spec(**deep_merge(common, v)) for v in values]
 

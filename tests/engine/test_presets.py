@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from service.presets import PRESETS
-from service.spec import ExperimentSpec, spec_from_preset
+from service.contract.presets import PRESETS
+from service.contract.spec import ExperimentSpec, spec_from_preset
 from worker.engine.train import Trainer
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.spec import spec_from_preset
+from service.contract.spec import spec_from_preset
 from worker.engine.evaluate import loss_and_accuracy
 from worker.engine.train import Trainer
 

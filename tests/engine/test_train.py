@@ -253,8 +253,8 @@ def test_a_checkpoint_missing_a_tensor_is_refused_with_a_clear_error():
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
 
-    from service.checkpoint_format import read_metadata
-    from service.spec import spec_from_preset
+    from service.contract.checkpoint_format import read_metadata
+    from service.contract.spec import spec_from_preset
     from worker.engine.train import Trainer
 
     spec = spec_from_preset("ci-small", task={"p": 7}, model={"d_model": 8, "n_heads": 1, "d_mlp": 16},

@@ -1,4 +1,4 @@
-"""The Python client (service/client.py) and the `groklab` commands built on it, against the real
+"""The Python client (service/client/) and the `groklab` commands built on it, against the real
 stack: submit and wait, pages, metrics as a DataFrame and as rows, a checked checkpoint
 download, analysis, sweeps, errors; `groklab list|cancel|metrics|submit --preset|watch` as
 processes."""

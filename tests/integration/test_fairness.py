@@ -4,8 +4,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service import auth
-from service.db import make_engine, make_sessionmaker
+from service.access import auth
+from service.infra.db import make_engine, make_sessionmaker
 from tests.builders import tiny_job
 from tests.integration.conftest import wait_for_status
 

@@ -37,7 +37,7 @@ def wait_for_step(client, experiment_id: str, at_least: int, timeout: float = 12
 
 
 def uninterrupted_metrics(spec_body: dict) -> dict[tuple[str, int, int], float]:
-    from service.spec import ExperimentSpec
+    from service.contract.spec import ExperimentSpec
     from worker.engine.train import Trainer
     from worker.analysis.callback import analysis_callback
 

@@ -59,7 +59,7 @@ def test_metric_points_are_not_duplicated(stack, grokked_run):
 
 
 def test_checkpoint_downloads_verifies_and_loads_into_the_engine(stack, grokked_run):
-    from service.spec import ExperimentSpec
+    from service.contract.spec import ExperimentSpec
     from worker.engine.train import Trainer
 
     listing = stack.client.get(f"/api/v1/experiments/{grokked_run['id']}/checkpoints").json()

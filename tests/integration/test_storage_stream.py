@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from service import store
-from service.db import make_engine, make_sessionmaker
+from service.infra.db import make_engine, make_sessionmaker
 from tests.service.blobs import checkpoint_bytes
 from tests.builders import tiny_spec
 

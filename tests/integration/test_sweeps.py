@@ -40,7 +40,7 @@ def wait_for_sweep(client, sweep_id: str, timeout: float = 600.0) -> dict:
 
 def alone_metrics(spec_body: dict) -> dict[tuple[str, int, int], float]:
     """The metrics of one member's spec trained alone, in this process."""
-    from service.spec import ExperimentSpec
+    from service.contract.spec import ExperimentSpec
     from worker.engine.train import Trainer
 
     rows: list[dict] = []
@@ -164,7 +164,7 @@ def test_cancelling_a_running_sweep_cancels_every_member(stack):
 
 
 def test_kill_9_of_a_packs_worker_resumes_the_pack_with_identical_metrics(bare_stack):
-    from service.spec import ExperimentSpec
+    from service.contract.spec import ExperimentSpec
     from worker.engine.train import Trainer
 
     client = bare_stack.client

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from safetensors.numpy import save
 
-from service.checkpoint_format import CHECKPOINT_FORMAT
+from service.contract.checkpoint_format import CHECKPOINT_FORMAT
 
 
 def checkpoint_bytes(payload: bytes = b"weights", **metadata: str) -> bytes:
@@ -20,7 +20,7 @@ def overwrite_checkpoint_bytes(session, experiment_id: str, step: int | None, da
     a tampering hand would leave."""
     from sqlalchemy import delete, insert, select
 
-    from service.models import CHECKPOINT_CHUNK_BYTES, Checkpoint, CheckpointChunk
+    from service.contract.models import CHECKPOINT_CHUNK_BYTES, Checkpoint, CheckpointChunk
 
     query = select(Checkpoint.step).where(Checkpoint.experiment_id == str(experiment_id))
     steps = list(session.scalars(query)) if step is None else [step]

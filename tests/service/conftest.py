@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import auth
-from service.db import make_engine, make_sessionmaker, migrate
-from service.settings import Settings
+from service.access import auth
+from service.contract.settings import Settings
+from service.infra.db import make_engine, make_sessionmaker, migrate
 from tests.support import create_pg_database, drop_pg_database
 
 BACKENDS = ("sqlite", "postgresql")
@@ -82,8 +82,8 @@ def api_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def celery_app(monkeypatch: pytest.MonkeyPatch, api_settings: Settings):
     """A real Celery app on the test's own filesystem broker, standing in for the process's
-    app (worker.celery_app.get_celery_app, which service.queueing sends through)."""
-    from worker import celery_app as celery_module
+    app (service.infra.celery_app.get_celery_app, which service.infra.queueing sends through)."""
+    from service.infra import celery_app as celery_module
 
     app = celery_module.make_celery(api_settings)
     monkeypatch.setattr(celery_module, "get_celery_app", lambda: app)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service import store
 from service.app import create_app
-from service.settings import Settings
+from service.contract.settings import Settings
 from tests.service.blobs import checkpoint_bytes
 from tests.service.specs import API, TINY
 

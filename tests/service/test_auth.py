@@ -12,12 +12,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, select, text
 from typer.testing import CliRunner
 
-from service import auth, store
+from service import store
+from service.access import auth
 from service.api.deps import get_principal
 from service.app import create_app
-from service.db import make_engine, migrate
-from service.models import ApiToken
-from service.settings import Settings, get_settings
+from service.contract.models import ApiToken
+from service.contract.settings import Settings, get_settings
+from service.infra.db import make_engine, migrate
 from tests.service.blobs import checkpoint_bytes
 from tests.service.specs import API, TINY
 
@@ -126,7 +127,7 @@ def world(client, make_token, api_sessions):
     }
     revoked = make_token("alice", "admin")
     with api_sessions() as s:
-        (row,) = [t for t in auth.list_tokens(s) if t.token_hash == auth.hash_token(revoked)]
+        (row,) = [t for t in store.list_tokens(s) if t.token_hash == auth.hash_token(revoked)]
         auth.revoke_token(s, row.id)
     tokens["revoked"] = revoked
     return tokens
@@ -140,7 +141,7 @@ def new_experiment(client, token: str) -> str:
 
 def model_checkpoint(client, experiment_id: str) -> bytes:
     """A real checkpoint of the experiment's model, as a worker would store it."""
-    from service.spec import ExperimentSpec
+    from service.contract.spec import ExperimentSpec
     from worker.engine.train import Trainer
 
     with client.app.state.sessions() as s:
@@ -243,7 +244,7 @@ def test_a_revoked_token_stops_working_at_once(client, make_token, api_sessions)
     token = make_token("carol", "read")
     assert client.get(API, headers=bearer(token)).status_code == 200
     with api_sessions() as s:
-        (row,) = [t for t in auth.list_tokens(s) if t.owner == "carol"]
+        (row,) = [t for t in store.list_tokens(s) if t.owner == "carol"]
         revoked = auth.revoke_token(s, row.id[:6])
     assert revoked.revoked_at is not None
     r = client.get(API, headers=bearer(token))

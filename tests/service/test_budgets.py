@@ -1,14 +1,17 @@
-"""service/budgets.py: the products a spec asks for, and the limits they are checked against."""
+"""service/contract/budgets.py: the products a spec asks for, and the limits they are checked
+against."""
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from service import auth, budgets
-from service.db import make_engine, make_sessionmaker, migrate
-from service.settings import Settings, get_settings
-from service.spec import ExperimentSpec, Limits, spec_from_preset
+from service.access import auth
+from service.contract import budgets
+from service.contract.limits import Limits
+from service.contract.settings import Settings, get_settings
+from service.contract.spec import ExperimentSpec, spec_from_preset
+from service.infra.db import make_engine, make_sessionmaker, migrate
 
 LIMITS = Limits.from_settings(Settings())
 

@@ -58,7 +58,7 @@ def test_parse_sse_reads_the_events_contract_from_bytes():
 def test_events_resume_a_dropped_stream_from_the_last_event_id(monkeypatch):
     """The connection drops after step 40: the client asks again with Last-Event-ID: 40 and
     sees every step once, through `end`."""
-    monkeypatch.setattr("service.client.time.sleep", lambda s: None)
+    monkeypatch.setattr("service.client.rest.time.sleep", lambda s: None)
     asked: list[str | None] = []
 
     def dropped_after_40():
@@ -84,7 +84,7 @@ def test_events_resume_a_dropped_stream_from_the_last_event_id(monkeypatch):
 
 
 def test_events_give_up_after_repeated_drops_with_the_one_error_type(monkeypatch):
-    monkeypatch.setattr("service.client.time.sleep", lambda s: None)
+    monkeypatch.setattr("service.client.rest.time.sleep", lambda s: None)
 
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from service.downsample import bucket_level, minmax_downsample
+from service.science.downsample import bucket_level, minmax_downsample
 
 # 16 points; with max_points=10 there are (10 - 2) // 2 = 4 buckets of 4 steps:
 #   steps 0-3:   5 3 8 1    -> min 1 @3,  max 8 @2

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from service import store
 from service.app import create_app
-from service.db import migrate
-from service.settings import Settings
+from service.contract.settings import Settings
+from service.infra.db import migrate
 from tests.service.specs import API, TINY
 
 NAMES = ("train_loss", "val_loss")
@@ -113,7 +113,7 @@ def fast_client(tmp_path, enqueued):
     (tmp_path / "fast").mkdir()
     migrate(settings.resolved_database_url)
     app = create_app(settings)
-    from service import auth
+    from service.access import auth
 
     with app.state.sessions() as s:
         token = auth.create_token(s, "alice", "write")[1]

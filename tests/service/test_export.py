@@ -12,8 +12,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from typer.testing import CliRunner
 
 from service import store
-from service.export import ExportUnavailable, export_transformer_lens
-from service.spec import ExperimentSpec, deep_merge
+from service.science.export import ExportUnavailable, export_transformer_lens
+from service.contract.spec import ExperimentSpec, deep_merge
 from tests.builders import tiny_spec
 from tests.service.blobs import checkpoint_bytes, overwrite_checkpoint_bytes
 from worker.engine.train import Trainer

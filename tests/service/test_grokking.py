@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.grokking import GrokkingThresholds, grokking_summary
+from service.science.grokking import GrokkingThresholds, grokking_summary
 
 
 def curve(points: dict[int, float]) -> list[tuple[int, float]]:
@@ -134,8 +134,8 @@ def imports_of(module: str) -> list[str]:
 
 
 def test_grokking_summary_imports_without_torch():
-    """The torch-free API server imports service.grokking."""
-    assert imports_of("service.grokking") == []
+    """The torch-free API server imports service.science.grokking."""
+    assert imports_of("service.science.grokking") == []
 
 
 def test_fourier_needs_only_torch():

@@ -12,11 +12,11 @@ from datetime import timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 
-from service import lifecycle, store
+from service import store
 from service.app import create_app
-from service.db import make_engine, migrate
-from service.models import Checkpoint, Experiment, utcnow
-from service.settings import Settings
+from service.infra.db import make_engine, migrate
+from service.contract.models import Checkpoint, Experiment, utcnow
+from service.contract.settings import Settings
 from tests.builders import tiny_spec
 from tests.service.test_lifecycle import running_job
 
@@ -155,7 +155,7 @@ def test_a_failed_job_tells_its_user_one_line_and_logs_the_traceback(api_setting
     from worker.jobs import run_job
 
     engine = make_engine(api_settings.resolved_database_url)
-    from service.db import make_sessionmaker
+    from service.infra.db import make_sessionmaker
 
     with make_sessionmaker(engine)() as session:
         exp = store.create_experiment(session, tiny_spec(), "cpu")

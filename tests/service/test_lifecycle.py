@@ -6,9 +6,10 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from service import lifecycle, store
-from service.models import Experiment, utcnow
-from service.settings import Settings
+from service import store
+from service.infra import lifecycle
+from service.contract.models import Experiment, utcnow
+from service.contract.settings import Settings
 from tests.builders import tiny_spec
 
 
@@ -55,7 +56,7 @@ def test_reaper_ends_a_stale_job_whose_cancel_was_requested(session):
 
 
 def test_reconciler_enqueues_only_jobs_missing_from_the_broker(session, tmp_path, db_url):
-    from worker.celery_app import make_celery
+    from service.infra.celery_app import make_celery
 
     settings = Settings(data_dir=tmp_path, database_url=db_url, reconcile_after_s=0)
     app = make_celery(settings)

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from service import store
 from service.app import create_app
-from service.settings import Settings
-from service.spec import is_prime
+from service.contract.settings import Settings
+from service.contract.spec import is_prime
 from tests.service.specs import API, TINY
 
 

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from service import auth, store
+from service import store
+from service.access import auth
 from service.app import create_app
-from service.settings import Settings
+from service.contract.settings import Settings
 from tests.builders import tiny_spec
 
 HUGE = str(10**20)

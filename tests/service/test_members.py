@@ -1,9 +1,9 @@
-"""service/members.py: the one table of per-member fields, checked against the spec it describes."""
+"""service/contract/members.py: the one table of per-member fields, checked against the spec it describes."""
 from __future__ import annotations
 
-from service.members import PER_MEMBER_FIELDS, PER_MEMBER_PATHS
-from service.spec import EnsembleSpec, spec_from_preset
-from service.sweeps import pack_spec, unknown_path
+from service.contract.members import PER_MEMBER_FIELDS, PER_MEMBER_PATHS
+from service.contract.spec import EnsembleSpec, spec_from_preset
+from service.science.sweeps import pack_spec, unknown_path
 
 
 def test_every_per_member_field_is_an_ensemble_list_and_a_single_run_field():

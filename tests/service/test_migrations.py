@@ -1,4 +1,5 @@
-"""Alembic: `upgrade head` on an empty database builds exactly the tables of service.models."""
+"""Alembic: `upgrade head` on an empty database builds exactly the tables of
+service.contract.models."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from service.db import alembic_config, make_engine, migrate
-from service.models import Base
+from service.contract.models import Base
+from service.infra.db import alembic_config, make_engine, migrate
 from tests.support import create_pg_database, drop_pg_database
 
 

@@ -14,15 +14,15 @@ import pytest
 from typer.testing import CliRunner
 
 from service import store
-from service.db import migrate
-from service.notify import (
+from service.contract.notify import (
     NOTIFY_EVENTS,
     SIGNATURE_HEADER,
     host_allowed,
     parse_allowed_hosts,
     signature_matches,
 )
-from service.settings import Settings
+from service.contract.settings import Settings
+from service.infra.db import migrate
 from tests.service.specs import API, TINY
 
 
@@ -265,7 +265,7 @@ class Collecting:
 
 
 def test_memorized_grokked_and_ungrokked_fire_when_the_accuracy_crosses_the_threshold():
-    from service.spec import NotifySpec
+    from service.contract.spec import NotifySpec
     from worker.alerts import ExperimentAlerts
 
     sender = Collecting()
@@ -290,7 +290,7 @@ def test_a_pack_member_and_a_resumed_run_report_only_their_own_news():
     grokked sends neither memorized nor grokked again."""
     from types import SimpleNamespace
 
-    from service.spec import NotifySpec
+    from service.contract.spec import NotifySpec
     from worker.alerts import ExperimentAlerts
     from worker.recorder import JobRecorder
 
@@ -323,7 +323,7 @@ def test_allowed_hosts_name_a_host_on_any_port_or_on_one():
 
 def test_webhook_secret_commands(api_settings, monkeypatch):
     from service.cli import app
-    from service.settings import get_settings
+    from service.contract.settings import get_settings
 
     monkeypatch.setenv("GROKLAB_DATA_DIR", str(api_settings.data_dir))
     get_settings.cache_clear()

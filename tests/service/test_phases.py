@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from service.phases import PhaseThresholds, grokking_phases, phases_by_member, value_at
+from service.science.phases import PhaseThresholds, grokking_phases, phases_by_member, value_at
 
 STEPS = range(0, 10_001, 100)
 

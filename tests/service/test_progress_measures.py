@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from service import store
-from service.spec import ExperimentSpec
+from service.contract.spec import ExperimentSpec
 from tests.service.blobs import checkpoint_bytes, overwrite_checkpoint_bytes
 from tests.service.specs import API, TINY
 
@@ -157,7 +157,7 @@ def test_no_checkpoint_yet_and_unknown_key_freqs(client, enqueued):
 
 
 def test_a_broker_failure_is_a_503_and_the_next_request_tries_again(client, api_sessions, monkeypatch, enqueued):
-    from service import queueing
+    from service.infra import queueing
 
     experiment_id = client.post(API, json=TINY).json()["id"]
     enqueued.clear()  # the submit's own message

@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from service import auth, store
+from service import store
+from service.access import auth
 from service.app import create_app
-from service.models import Experiment, utcnow
+from service.contract.models import Experiment, utcnow
 from tests.builders import tiny_spec
 from tests.service.specs import API, TINY
 

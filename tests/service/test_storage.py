@@ -12,10 +12,10 @@ from alembic import command
 from sqlalchemy import event, func, select, text
 
 from service import store
-from service.db import alembic_config, make_engine, migrate
-from service.grokking import grokking_summary
-from service.models import CHECKPOINT_CHUNK_BYTES, CheckpointChunk
-from service.settings import Settings
+from service.contract.models import CHECKPOINT_CHUNK_BYTES, CheckpointChunk
+from service.contract.settings import Settings
+from service.infra.db import alembic_config, make_engine, migrate
+from service.science.grokking import grokking_summary
 from service.store.retention import CheckpointRetention, retained_steps
 from tests.service.blobs import checkpoint_bytes, overwrite_checkpoint_bytes
 from tests.builders import tiny_spec

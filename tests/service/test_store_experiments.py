@@ -163,7 +163,7 @@ def test_finish_is_a_compare_and_swap_on_the_attempt(session):
 def test_a_job_out_of_attempts_fails_instead_of_starting(session):
     from sqlalchemy import update
 
-    from service.models import Experiment
+    from service.contract.models import Experiment
 
     job = store.create_experiment(session, tiny_spec(), "cpu")
     session.execute(update(Experiment).where(Experiment.id == job.id).values(attempt=3))

@@ -1,5 +1,5 @@
 """Metric ingestion and queries on SQLite and PostgreSQL: idempotent, and downsampled exactly
-as the reference method in service.downsample."""
+as the reference method in service.science.downsample."""
 from __future__ import annotations
 
 import itertools
@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import select
 
 from service import store
+from service.contract.models import MetricSeries
+from service.science.downsample import minmax_downsample
 from service.store import metrics_ingest
-from service.downsample import minmax_downsample
-from service.models import MetricSeries
+from service.science.downsample import minmax_downsample
+from service.contract.models import MetricSeries
 from tests.builders import tiny_spec
 
 

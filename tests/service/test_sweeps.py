@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from service import store
-from service.models import Experiment, utcnow
-from service.settings import Settings
-from service.spec import Limits
-from service.sweeps import SweepSpec, expand, plan_packs
+from service.contract.limits import Limits
+from service.contract.models import Experiment, utcnow
+from service.contract.settings import Settings
+from service.science.sweeps import SweepSpec, expand, plan_packs
 from tests.service.specs import API, TINY
 
 SWEEPS = "/api/v1/sweeps"

@@ -9,6 +9,6 @@ fixed_keys: the same measures with the key frequencies fixed (from the final mod
 paper computes them over a run's checkpoints.
 callback: the on_analysis callback a training run takes (worker and `groklab train` alike).
 The grokking rules themselves (memorization/generalization steps, Liu et al.'s phases) live in
-service/grokking.py, and Nanda et al.'s three phases in service/phases.py, which the
-torch-free API server imports too.
+service/science/grokking.py, and Nanda et al.'s three phases in service/science/phases.py,
+which the torch-free API server imports too.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from service.spec import ExperimentSpec
+    from service.contract.spec import ExperimentSpec
     from worker.engine.train import AnalysisCallback, Trainer
 
 # The progress measures recorded as metric series at every analysis step (the full measures,

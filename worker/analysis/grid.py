@@ -7,7 +7,7 @@ softmax-collapse count, the cross-entropy sums, and the per-(a+b) sums of the lo
 restricted and excluded losses are filtered from (fourier.sum_frequency_filter). The excluded loss
 needs the key frequencies, which need every pair's MLP activations, so it takes a second pass over
 the chunks. What stays whole is E x p*p x d_mlp activations (the neuron clustering reads the full
-grid) and E x p x p sums; service/budgets.py:analysis_bytes counts the same.
+grid) and E x p x p sums; service/contract/budgets.py:analysis_bytes counts the same.
 
 The results equal those of fourier's whole-grid functions, up to the order of floating-point sums.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from service.budgets import ANALYSIS_CHUNK_ROWS
+from service.contract.budgets import ANALYSIS_CHUNK_ROWS
 from worker.analysis.fourier import (
     SUM_OPS,
     circuit_measures,

@@ -29,8 +29,8 @@ from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
 # The layout is read without torch in one place, shared with the API (which checks what it serves).
-from service.checkpoint_format import CHECKPOINT_FORMAT, check_checkpoint, read_metadata
-from service.spec import ExperimentSpec
+from service.contract.checkpoint_format import CHECKPOINT_FORMAT, check_checkpoint, read_metadata
+from service.contract.spec import ExperimentSpec
 from worker.engine import ENGINE_VERSION
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.spec import DIVIDING_OPS, MODULAR_OPS, PERMUTATION_OPS, ExperimentSpec
+from service.contract.spec import DIVIDING_OPS, MODULAR_OPS, PERMUTATION_OPS, ExperimentSpec
 
 PERMUTATIONS_S5: tuple[tuple[int, ...], ...] = tuple(itertools.permutations(range(5)))
 

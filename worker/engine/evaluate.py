@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from service.spec import OptimizerSpec
+from service.contract.spec import OptimizerSpec
 from worker.engine.optim import per_example_loss
 
 EVAL_ROWS = 1 << 18  # rows (members * examples) per evaluation forward pass

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from service.spec import ExperimentSpec
+from service.contract.spec import ExperimentSpec
 from worker.analysis.callback import analysis_callback
 from worker.engine.train import MetricRow, Trainer
 

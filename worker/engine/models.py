@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.spec import ExperimentSpec
+from service.contract.spec import ExperimentSpec
 
 N_CTX = 3  # [a, b, =]
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.spec import GradFilterSpec, OptimizerSpec
+from service.contract.spec import GradFilterSpec, OptimizerSpec
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 

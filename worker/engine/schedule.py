@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from service.spec import ExperimentSpec
+from service.contract.spec import ExperimentSpec
 from worker.engine.data import member_splits
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from service.spec import ExperimentSpec
+from service.contract.spec import ExperimentSpec
 from worker.engine.data import AlgorithmicDataset, build_dataset
 from worker.engine.schedule import scheduled_splits
 

@@ -27,10 +27,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from service.grokking import ACC_THRESHOLD, EVAL_METRICS, GROK_PATIENCE
-from service.progress import steps_per_second
-from service.spec import ExperimentSpec
-from service.sweeps import pack_spec
+from service.science.grokking import ACC_THRESHOLD, EVAL_METRICS, GROK_PATIENCE
+from service.science.progress import steps_per_second
+from service.contract.spec import ExperimentSpec
+from service.science.sweeps import pack_spec
 from worker.engine.checkpoint import (
     checkpoint_metadata,
     load_checkpoint_for,

@@ -6,14 +6,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from service import queueing, store
+from service import store
 from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
 from service.api.etag import json_with_etag
-from service.grokking import GrokkingThresholds
-from service.models import ANALYSIS_DONE, ANALYSIS_FAILED, PROGRESS_DONE, PROGRESS_FAILED
+from service.contract.models import ANALYSIS_DONE, ANALYSIS_FAILED, PROGRESS_DONE, PROGRESS_FAILED
+from service.contract.spec import fourier_unavailable
+from service.infra import queueing
 from service.schemas.analysis import THRESHOLD_DOC, fourier_view, grokking_thresholds
-from service.spec import fourier_unavailable
-from service.summary import experiment_phases, experiment_summary
+from service.science.grokking import GrokkingThresholds
+from service.store.summary import experiment_phases, experiment_summary
 
 router = APIRouter(tags=["analysis"])
 

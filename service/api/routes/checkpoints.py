@@ -9,12 +9,13 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import export, store
+from service import store
 from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
 from service.api.responses import NOT_FOUND, UNAUTHORIZED
-from service.models import Checkpoint
+from service.contract.models import Checkpoint
 from service.schemas.checkpoints import CheckpointOut
 from service.schemas.errors import ErrorOut, invalid
+from service.science import export
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTHORIZED)
 

@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ExperimentIdPath, ReadPrincipal, SettingsDep, visible
 from service.api.responses import NOT_FOUND, UNAUTHORIZED
-from service.events import Batch, EventHub, frame, status_json
-from service.models import FINISHED_STATUSES
+from service.contract.models import FINISHED_STATUSES
+from service.infra.events import Batch, EventHub, frame, status_json
 from service.store.live import experiment_snapshot, metric_points_after
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTHORIZED)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service import store
+from service.access.auth import Principal
 from service.api.deps import (
     EnqueueDep,
     ExperimentIdPath,
@@ -21,23 +22,22 @@ from service.api.deps import (
     SettingsDep,
     SubmittedSpec,
     WritePrincipal,
+    require_quota,
     require_webhook_secret,
     visible,
 )
 from service.api.etag import json_with_etag
-from service.auth import Principal
 from service.api.responses import FORBIDDEN, NOT_FOUND, QUOTA, UNAUTHORIZED
-from service.models import FINISHED_STATUSES
-from service.queueing import queue_for
-from service.quotas import require_quota
+from service.contract.models import FINISHED_STATUSES
+from service.infra.queueing import queue_for
 from service.schemas.errors import ErrorOut, invalid
-from service.store.live import experiment_snapshot
 from service.schemas.experiments import (
     CancelConflict,
     ExperimentListQuery,
     ExperimentOut,
     ExperimentPage,
 )
+from service.store.live import experiment_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
+from service import store
 from service.api.deps import SettingsDep
+from service.contract.settings import Settings
 from service.schemas.health import Health, Readiness
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
 
 def _check_database(request: Request) -> str:
     try:
-        with request.app.state.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        store.check_database(request.app.state.engine)
     except Exception:  # noqa: BLE001 - any failure means not ready
         log.exception("readiness: the database does not answer")
         return "database unavailable"

@@ -9,8 +9,8 @@ from service import store
 from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
 from service.api.etag import etag_of, matches, not_modified
 from service.api.responses import NOT_FOUND, UNAUTHORIZED
-from service.downsample import __doc__ as DOWNSAMPLING
 from service.schemas.metrics import MetricsOut, MetricsQuery, metrics_csv
+from service.science.downsample import __doc__ as DOWNSAMPLING
 from service.store.live import metrics_validator
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTHORIZED)

@@ -17,12 +17,12 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
     WritePrincipal,
+    require_quota,
     require_webhook_secret,
 )
 from service.api.responses import FORBIDDEN, QUOTA, UNAUTHORIZED
-from service.models import FINISHED_STATUSES, Sweep
-from service.queueing import queue_for
-from service.quotas import require_quota
+from service.contract.models import FINISHED_STATUSES, Sweep
+from service.infra.queueing import queue_for
 from service.schemas.errors import ErrorOut, invalid
 from service.schemas.experiments import CancelConflict
 from service.schemas.sweeps import (
@@ -40,7 +40,7 @@ from service.schemas.sweeps import (
     phase_diagram_csv,
     plan_sweep,
 )
-from service.sweeps import SweepSpec
+from service.science.sweeps import SweepSpec
 
 log = logging.getLogger(__name__)
 

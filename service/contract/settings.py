@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     max_analysis_bytes: int = Field(
         8 * 2**30, ge=0,
         description="Most memory one progress-measure analysis may hold (its full-grid forward "
-        "runs in chunks; see service/budgets.py). 0: no limit.",
+        "runs in chunks; see service/contract/budgets.py). 0: no limit.",
     )
     time_limit_floor_s: float = Field(
         3600.0, ge=0,

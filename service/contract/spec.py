@@ -8,9 +8,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,13 +23,10 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from service.members import OPTIONAL_PER_MEMBER, PER_MEMBER_FIELDS, member_values
-from service.presets import PRESETS
-from service.notify import NOTIFY_EVENTS, parse_allowed_hosts, url_host_port, url_refusal
-
-if TYPE_CHECKING:
-    from service.auth import Principal
-    from service.settings import Settings
+from service.contract.limits import Limits, limits_in
+from service.contract.members import OPTIONAL_PER_MEMBER, PER_MEMBER_FIELDS, member_values
+from service.contract.notify import NOTIFY_EVENTS, url_host_port, url_refusal
+from service.contract.presets import PRESETS
 
 MODULAR_OPS: tuple[str, ...] = (
     "x+y",
@@ -49,58 +45,6 @@ PERMUTATION_OPS: tuple[str, ...] = ("x*y", "x*y*x^-1", "x*y*x")
 S5_ORDER = 120
 # The Fourier progress measures run the model on all p*p pairs and hold p^3 logits.
 FOURIER_MAX_P = 512
-
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The caps a submitted spec must respect (GROKLAB_MAX_*), passed to validation as its
-    context: `ExperimentSpec.model_validate(data, context=Limits.from_settings(settings))`.
-
-    Validating without a context applies no caps: a spec stored at submission was capped then,
-    so the worker validates it again without reading the environment."""
-
-    max_p: int | None = None
-    max_steps: int | None = None
-    max_params: int | None = None
-    max_ensemble: int | None = None
-    notify_allowed_hosts: tuple[str, ...] | None = None  # GROKLAB_NOTIFY_ALLOWED_HOSTS
-    # Budgets on products of fields (service/budgets.py); None or 0: not checked.
-    max_compute: float | None = None
-    max_checkpoints: int | None = None
-    max_evals: int | None = None
-    max_analyses: int | None = None
-    max_checkpoint_bytes: int | None = None
-    max_grad_filter_bytes: int | None = None
-    max_analysis_bytes: int | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings, principal: Principal | None = None) -> Limits:
-        """The settings' caps; a token's override (principal.max_compute) replaces its setting."""
-        max_compute = settings.max_compute_per_job
-        if principal is not None and principal.max_compute is not None:
-            max_compute = principal.max_compute
-        return cls(
-            max_p=settings.max_p,
-            max_steps=settings.max_steps,
-            max_params=settings.max_params,
-            max_ensemble=settings.max_ensemble,
-            notify_allowed_hosts=parse_allowed_hosts(settings.notify_allowed_hosts),
-            max_compute=max_compute,
-            max_checkpoints=settings.max_checkpoints_per_job,
-            max_evals=settings.max_evals_per_job,
-            max_analyses=settings.max_analyses_per_job,
-            max_checkpoint_bytes=settings.max_checkpoint_bytes,
-            max_grad_filter_bytes=settings.max_grad_filter_bytes,
-            max_analysis_bytes=settings.max_analysis_bytes,
-        )
-
-
-NO_LIMITS = Limits()
-
-
-def _limits(info: ValidationInfo) -> Limits:
-    return info.context if isinstance(info.context, Limits) else NO_LIMITS
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +86,7 @@ class TaskSpec(_Section):
             return p
         if p is None or p < 2:
             raise ValueError(f"p must be an integer >= 2 for modular tasks (got {p})")
-        limit = _limits(info).max_p
+        limit = limits_in(info).max_p
         if limit is not None and p > limit:
             raise ValueError(f"p must be at most {limit} (GROKLAB_MAX_P) (got {p})")
         op = info.data.get("op")
@@ -223,13 +167,14 @@ class _Ensemble(_Section):
     """E runs trained as one batched computation, each with its own parameters.
 
     Every list has one entry per member; None means the scalar of the model/task/optimizer
-    section for every member. A sweep's pack (service/sweeps.py: pack_spec) fills all of them."""
+    section for every member. A sweep's pack (service/science/sweeps.py: pack_spec) fills all
+    of them."""
 
     size: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check_lists(self, info: ValidationInfo) -> "_Ensemble":
-        limit = _limits(info).max_ensemble
+        limit = limits_in(info).max_ensemble
         if limit is not None and self.size > limit:
             raise ValueError(f"size must be at most {limit} (GROKLAB_MAX_ENSEMBLE) (got {self.size})")
         for field in PER_MEMBER_FIELDS:
@@ -250,7 +195,7 @@ class _Ensemble(_Section):
         return list(values) if values is not None else [default] * self.size
 
 
-# The per-member lists are those of service/members.py's table, in its order:
+# The per-member lists are those of service/contract/members.py's table, in its order:
 # ensemble.<name>: list[kind] | None, checked by _Ensemble._check_lists.
 EnsembleSpec = create_model(
     "EnsembleSpec",
@@ -276,7 +221,7 @@ class TrainingSpec(_Section):
     @field_validator("steps")
     @classmethod
     def _check_steps(cls, v: int, info: ValidationInfo) -> int:
-        limit = _limits(info).max_steps
+        limit = limits_in(info).max_steps
         if limit is not None and v > limit:
             raise ValueError(f"steps must be at most {limit} (GROKLAB_MAX_STEPS) (got {v})")
         return v
@@ -296,7 +241,7 @@ class DataStage(_Section):
 
 
 class NotifySpec(_Section):
-    """Alerts: the worker POSTs a signed JSON event to url (see service/notify.py)."""
+    """Alerts: the worker POSTs a signed JSON event to url (see service/contract/notify.py)."""
 
     url: str = Field(max_length=2000, description="http(s) URL on a GROKLAB_NOTIFY_ALLOWED_HOSTS host.")
     events: list[Literal[NOTIFY_EVENTS]] = Field(  # type: ignore[valid-type]
@@ -309,7 +254,7 @@ class NotifySpec(_Section):
     def _check_url(cls, url: str, info: ValidationInfo) -> str:
         try:
             url_host_port(url)
-            allowed = _limits(info).notify_allowed_hosts
+            allowed = limits_in(info).notify_allowed_hosts
             refusal = None if allowed is None else url_refusal(url, allowed)
         except ValueError as exc:
             raise ValueError(f"notify.url {exc}") from None
@@ -349,7 +294,7 @@ class ExperimentSpec(_Section):
 
     @model_validator(mode="after")
     def _check_budget(self, info: ValidationInfo) -> "ExperimentSpec":
-        limit = _limits(info).max_params
+        limit = limits_in(info).max_params
         n = self.param_count()
         if limit is not None and n > limit:
             raise ValueError(
@@ -367,11 +312,11 @@ class ExperimentSpec(_Section):
 
     @model_validator(mode="after")
     def _check_products(self, info: ValidationInfo) -> "ExperimentSpec":
-        """Budgets on products of fields (service/budgets.py), each error at the field to
+        """Budgets on products of fields (service/contract/budgets.py), each error at the field to
         change (its loc), saying the product, the limit and what is allowed."""
-        from service.budgets import refusals
+        from service.contract.budgets import refusals
 
-        found = refusals(self, _limits(info))
+        found = refusals(self, limits_in(info))
         if found:
             raise ValidationError.from_exception_data("ExperimentSpec", [
                 InitErrorDetails(type=PydanticCustomError("value_error", "{msg}", {"msg": r.msg}),
@@ -455,7 +400,7 @@ class ExperimentSpec(_Section):
         return total
 
     def member_values(self, name: str) -> list[Any]:
-        """Each member's value of the per-member field `name` (service/members.py): the list
+        """Each member's value of the per-member field `name` (service/contract/members.py): the list
         ensemble.<name>, or the single-run value at the field's path for every member."""
         return member_values(self, name)
 

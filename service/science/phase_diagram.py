@@ -3,7 +3,7 @@
 Pure Python, no database: the API hands in the sweep's grid and its members' rows. A cell is one
 value of the x axis (and of the y axis, when there is one); it aggregates over every other axis
 of the grid (seeds, typically). A member's phase and steps are those of its stored summary (see
-service.grokking.grokking_summary), written by the worker when the member finishes.
+service.science.grokking.grokking_summary), written by the worker when the member finishes.
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from service.grokking import (
+from service.contract.models import FINISHED_STATUSES
+from service.science.grokking import (
     PHASE_COMPREHENSION,
     PHASE_CONFUSION,
     PHASE_GROKKING,
     PHASE_MEMORIZATION,
 )
-from service.models import FINISHED_STATUSES
 
 PHASES: tuple[str, ...] = (
     PHASE_COMPREHENSION, PHASE_GROKKING, PHASE_MEMORIZATION, PHASE_CONFUSION,

@@ -7,7 +7,7 @@ point of the Cartesian product of the grid (axes in the order given, the last on
 fastest) is one member: the base spec with each axis path set to the point's value, validated as
 an ordinary spec. Members whose shapes agree are trained together as one batched ensemble, a
 **pack** (see plan_packs); the values that may differ inside a pack are the per-member fields
-(service/members.py: PER_MEMBER_PATHS), everything else fixes the shapes and the schedule.
+(service/contract/members.py: PER_MEMBER_PATHS), everything else fixes the shapes and the schedule.
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.budgets import member_memory
-from service.members import PER_MEMBER_PATHS, ensemble_lists, without_per_member
-from service.spec import ExperimentSpec, Limits
+from service.contract.budgets import member_memory
+from service.contract.limits import Limits
+from service.contract.members import PER_MEMBER_PATHS, ensemble_lists, without_per_member
+from service.contract.spec import ExperimentSpec
 
 CPU_PACK_SIZE = 8
 

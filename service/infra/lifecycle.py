@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.settings import Settings
+from service.contract.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Alerts: the webhooks a run POSTs to when it memorises, groks, ungroks, finishes or fails.
 
 Pure Python, no torch and no database: the spec checks notify.url against the allowed hosts at
-submission (service/spec.py), the worker checks it again and signs and sends (worker/alerts.py).
+submission (service/contract/spec.py), the worker checks it again and signs and sends
+(worker/alerts.py).
 
 The allowed hosts (GROKLAB_NOTIFY_ALLOWED_HOSTS) are a comma-separated list of `host` or
 `host:port` entries (IPv6 in brackets: `[::1]:9000`); `host` allows any port, `host:port` that

@@ -35,13 +35,13 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.models import RUNNING, STATUSES, Experiment, MetricSeries
-from service.queueing import QUEUES
-from service.settings import Settings
+from service import store
+from service.contract.models import STATUSES
+from service.contract.settings import Settings
+from service.infra.celery_app import QUEUES
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # no *_created series: they double the output and nothing reads them
@@ -145,28 +145,16 @@ class StackCollector(Collector):
         )
         try:
             with self.sessions() as session:
-                counts = dict(session.execute(
-                    select(Experiment.status, func.count()).group_by(Experiment.status)
-                ).all())
-                running = Experiment.status == RUNNING
-                jobs = session.scalar(select(func.count(func.distinct(
-                    func.coalesce(Experiment.pack_id, Experiment.id)
-                ))).where(running))
-                rates = session.execute(
-                    select(Experiment.worker, func.max(Experiment.steps_per_s))
-                    .where(running, Experiment.worker.is_not(None))
-                    .group_by(Experiment.worker)
-                ).all()
-                rows = session.scalar(select(func.coalesce(func.sum(MetricSeries.n), 0)))
+                counts = store.stack_counts(session)
         except Exception:  # noqa: BLE001 - a scrape reports what it can; /readyz says why
             log.exception("/metrics: the database did not answer")
             return []
         for status in STATUSES:
-            by_status.add_metric([status], counts.get(status, 0))
-        running_jobs.add_metric([], jobs or 0)
-        for worker, rate in rates:
+            by_status.add_metric([status], counts.experiments_by_status.get(status, 0))
+        running_jobs.add_metric([], counts.running_jobs)
+        for worker, rate in counts.steps_per_s_by_worker:
             steps_per_s.add_metric([worker], rate or 0.0)
-        ingested.add_metric([], rows)
+        ingested.add_metric([], counts.metric_points)
         return [by_status, running_jobs, steps_per_s, ingested]
 
     def _read_broker(self) -> list[Metric]:

@@ -11,22 +11,22 @@ from dataclasses import asdict
 
 from sqlalchemy.orm import Session
 
-from service import store
-from service.grokking import (
+from service.contract.models import MetricSeries
+from service.science.grokking import (
     TRAIN_ACC,
     VAL_ACC,
     GrokkingThresholds,
     grokking_delay,
     grokking_phase,
 )
-from service.models import MetricSeries
-from service.phases import EXCLUDED_LOSS, PHASE_SERIES, phases_by_member
+from service.science.phases import EXCLUDED_LOSS, PHASE_SERIES, phases_by_member
+from service.store.metrics_query import count_metric_series, query_metrics
 from service.store.series_summary import first_step_reaching, last_finite_point, series_of
 
 FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "weight_norm")
 # The phases are read from each series downsampled to at most this many points (min/max per
-# bucket, service.downsample): every point of a run evaluated fewer times, a bounded read of a
-# longer one.
+# bucket, service.science.downsample): every point of a run evaluated fewer times, a bounded
+# read of a longer one.
 PHASE_MAX_POINTS = 2048
 
 
@@ -36,10 +36,9 @@ def experiment_summary(
     """Final metrics and the grokking summary of member 0 at the top level; every member's
     own under "members" (one entry per ensemble member).
 
-    The same answer as service.grokking.grokking_summary on the whole series, read in a
-    bounded number of small queries whatever the length of the run (service.store
-    .series_summary: the last points from metric_series, the threshold crossings from the
-    rollups)."""
+    The same answer as service.science.grokking.grokking_summary on the whole series, read in a
+    bounded number of small queries whatever the length of the run (series_summary: the last
+    points from metric_series, the threshold crossings from the rollups)."""
     thresholds = thresholds or GrokkingThresholds()
     by_member: dict[int, dict[str, MetricSeries]] = {}
     for series in series_of(session, experiment_id, FINAL_METRICS):
@@ -95,15 +94,16 @@ def _finite(value: float | None) -> bool:
 def experiment_phases(
     session: Session, experiment_id: str, measure_series: list[dict] | None = None
 ) -> dict | None:
-    """The three phases of grokking of every member (service.phases), from the stored series:
-    train_acc, val_loss and weight_norm of the evaluations, and the excluded_loss the worker
-    recorded during training, or the one of measure_series (metric-shaped series, such as the
-    progress measures with fixed key frequencies) in its place. None without those series."""
-    if not measure_series and not store.count_metric_series(
+    """The three phases of grokking of every member (service.science.phases), from the stored
+    series: train_acc, val_loss and weight_norm of the evaluations, and the excluded_loss the
+    worker recorded during training, or the one of measure_series (metric-shaped series, such
+    as the progress measures with fixed key frequencies) in its place. None without those
+    series."""
+    if not measure_series and not count_metric_series(
         session, experiment_id, names=[EXCLUDED_LOSS], member=None
     ):
         return None  # no excluded loss, no phases: nothing to read
-    data = store.query_metrics(
+    data = query_metrics(
         session, experiment_id, names=list(PHASE_SERIES), max_points=PHASE_MAX_POINTS
     )
     by_member: dict[int, dict[str, list[tuple[int, float]]]] = {}

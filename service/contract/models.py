@@ -183,16 +183,16 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
-    # Per-token overrides of the owner quotas; None means the setting (service/quotas.py).
+    # Per-token overrides of the owner quotas; None means the setting (service/access/quotas.py).
     max_active_jobs: Mapped[int | None] = mapped_column(Integer)
     submissions_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_compute: Mapped[float | None] = mapped_column(Float)
 
 
 class WebhookSecret(Base):
-    """The secret an owner's alert webhooks are signed with (HMAC-SHA256, service/notify.py).
-    Stored as is, unlike an API token's hash: the worker needs it to sign. It is printed once,
-    by `groklab webhook-secret set`, and never served by the API."""
+    """The secret an owner's alert webhooks are signed with (HMAC-SHA256,
+    service/contract/notify.py). Stored as is, unlike an API token's hash: the worker needs it to
+    sign. It is printed once, by `groklab webhook-secret set`, and never served by the API."""
 
     __tablename__ = "webhook_secrets"
 

@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service import store
-from service.models import FINISHED_STATUSES
+from service.contract.models import FINISHED_STATUSES
+from service.contract.settings import Settings, get_settings
 from service.schemas.experiments import ExperimentOut
-from service.settings import Settings, get_settings
 from service.store.live import latest_metric_step, metric_points_after
 
 log = logging.getLogger(__name__)

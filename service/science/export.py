@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
-from service.spec import S5_ORDER
+from service.contract.spec import S5_ORDER
 
 EXPORT_FORMATS: tuple[str, ...] = ("transformer_lens",)
 N_CTX = 3  # [a, b, =]

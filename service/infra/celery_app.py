@@ -1,7 +1,8 @@
-"""The Celery app, built by `make_celery(settings)`; `get_celery_app()` builds the process's one
-app from the environment's settings on first use. Importing this module builds nothing, connects
-nowhere and creates no folder. Torch-free: the API sends tasks by name through it
-(service.queueing).
+"""The broker's names and the Celery app: the queues, the task names, and `make_celery(settings)`;
+`get_celery_app()` builds the process's one app from the environment's settings on first use.
+Importing this module builds nothing, connects nowhere and creates no folder. Torch-free: the
+API sends tasks by name through it (service.infra.queueing), and the worker's tasks
+(worker/tasks.py) register under these names.
 
 The database, not the broker, is the source of truth for a job's state. The broker only wakes
 workers up, so every setting here is chosen so that a message is never lost, and the task
@@ -15,9 +16,13 @@ from functools import lru_cache
 from celery import Celery
 from kombu import Exchange, Queue
 
-from service.queueing import ANALYSIS_QUEUE, QUEUES
-from service.settings import Settings, get_settings
+from service.contract.settings import Settings, get_settings
 
+QUEUES = ("gpu", "cpu", "analysis")
+# On-demand checkpoint analyses: a queue of their own, so that a worker consuming only it
+# answers them while other workers train.
+ANALYSIS_QUEUE = "analysis"
+# The names the worker's tasks are registered under; every send names its queue too.
 RUN_EXPERIMENT = "worker.tasks.run_experiment"
 ANALYZE_CHECKPOINT = "worker.tasks.analyze_checkpoint"
 PROGRESS_MEASURES = "worker.tasks.progress_measures"
@@ -65,10 +70,6 @@ def make_celery(settings: Settings) -> Celery:
         worker_concurrency=1,
         task_default_queue=settings.default_queue,
         task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
-        task_routes={
-            RUN_EXPERIMENT: {"queue": settings.default_queue},
-            ANALYZE_CHECKPOINT: {"queue": ANALYSIS_QUEUE},
-        },
     )
     return app
 

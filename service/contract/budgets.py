@@ -1,6 +1,6 @@
 """Budgets as products: what a spec asks for in total, checked against the GROKLAB_MAX_* caps.
 
-Each cap of spec.Limits bounds one field; these bound the products of several (a checkpoint
+Each cap of limits.Limits bounds one field; these bound the products of several (a checkpoint
 every step of a million-step run, a moving-average filter of window x members x parameters
 floats). Pure arithmetic on a validated spec, torch-free: the API refuses a spec over any of
 them with a 422 naming the fields (see spec.ExperimentSpec._check_products).
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.settings import Settings
-    from service.spec import ExperimentSpec
+    from service.contract.limits import Limits
+    from service.contract.settings import Settings
+    from service.contract.spec import ExperimentSpec
 
 FLOAT_BYTES = 4
 # The full-grid analysis runs the model on ANALYSIS_CHUNK_ROWS // members pairs at a time
@@ -190,8 +191,8 @@ def _size(n: float) -> str:
     return f"{n} B"  # unreachable
 
 
-def refusals(spec: ExperimentSpec, limits) -> list[Refusal]:  # noqa: ANN001 - spec.Limits
-    """Every product budget of `limits` (a spec.Limits) that the spec exceeds. A limit that is
+def refusals(spec: ExperimentSpec, limits: Limits) -> list[Refusal]:
+    """Every product budget of `limits` that the spec exceeds. A limit that is
     None or 0 is not checked."""
     out: list[Refusal] = []
     t, e = spec.training, spec.ensemble.size

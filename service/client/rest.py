@@ -1,12 +1,6 @@
 """The Python client of a running groklab service (httpx): experiments, metrics, checkpoints,
-analysis, live events and sweeps.
-
-    from service.client import Client
-
-    with Client() as groklab:                      # GROKLAB_URL, GROKLAB_TOKEN
-        job = groklab.submit(preset="ci-small", name="add-47")
-        job = groklab.wait(job["id"])              # a progress bar on stderr
-        frame = groklab.metrics(job["id"], names=["train_acc", "val_acc"])
+analysis, live events and sweeps. Import it from the package: `from service.client import Client`
+(see service/client/__init__.py).
 
 Every failure raises GroklabError: `status` is the HTTP status (None when the service could not
 be reached or a download failed its check) and `detail` is the server's own `detail`.
@@ -19,13 +13,13 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from service.spec import deep_merge
+from service.client.sse import parse_sse
+from service.contract.spec import deep_merge
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API = "/api/v1"
@@ -55,38 +49,6 @@ def _describe(detail: Any) -> str:
 
 def _names(names: str | Iterable[str] | None) -> str | None:
     return names if names is None or isinstance(names, str) else ",".join(names)
-
-
-@dataclass(frozen=True)
-class ServerSentEvent:
-    event: str
-    data: str
-    id: str | None
-
-
-def parse_sse(lines: Iterable[str]) -> Iterator[ServerSentEvent]:
-    """The events of a text/event-stream, line by line (the WHATWG rules): `event:`, `data:`
-    (several lines joined by newlines), `id:`; comments (`: ping`) and `retry:` ignored; a
-    blank line dispatches. An event without data is dropped, as a browser drops it; so is an
-    unfinished one at the end of the stream."""
-    event, data, last_id = "", [], None
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data:
-                yield ServerSentEvent(event or "message", "\n".join(data), last_id)
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
-        elif field == "id" and "\x00" not in value:
-            last_id = value
 
 
 class Client:

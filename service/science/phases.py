@@ -10,11 +10,11 @@ Pure Python, no torch. The paper tells three phases apart with its progress meas
 - cleanup: weight decay removes the memorising components: the test loss falls together with
   the weight norm, and the network generalises.
 
-The rule. Memorization runs from the first evaluation to the memorisation step (the first eval
-with train_acc >= ACC_THRESHOLD, as in service.grokking). The other two are read on the steps of
-the excluded-loss series (the sparsest of the three; the test loss and the weight norm are read
-at those steps, linearly interpolated between their own points). Each interval between two
-consecutive steps that ends after the memorisation step is
+The rule. Memorization runs from the first evaluation to the memorisation step (the first eval with
+train_acc >= ACC_THRESHOLD, as in service.science.grokking). The other two are read on the steps of
+the excluded-loss series (the sparsest of the three; the test loss and the weight norm are read at
+those steps, linearly interpolated between their own points). Each interval between two consecutive
+steps that ends after the memorisation step is
 
 - a circuit-formation interval when the excluded loss rises by at least EXCLUDED_RISE
   (end >= (1 + EXCLUDED_RISE) x start) and the test loss stays flat: it changes by less than
@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from service.grokking import (
+from service.science.grokking import (
     ACC_THRESHOLD,
     TRAIN_ACC,
     VAL_LOSS,

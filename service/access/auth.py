@@ -1,4 +1,5 @@
-"""Bearer tokens: create, list, revoke, and authenticate a request's token.
+"""Bearer tokens: create, revoke, and authenticate a request's token (the rows:
+service.store.tokens).
 
 A token is `glk_` followed by 43 URL-safe characters from `secrets` (256 random bits). Only its
 sha256 is stored: the secret is shown once, when the token is created. Authenticating hashes the
@@ -16,13 +17,12 @@ import hmac
 import re
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.models import SCOPES, ApiToken, Experiment, Sweep, utcnow
+from service import store
+from service.contract.models import SCOPES, ApiToken, Experiment, Sweep
 
 TOKEN_PREFIX = "glk_"
 OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$"
@@ -46,7 +46,7 @@ class Principal:
     token_id: str
     owner: str
     scope: str
-    # The token's quota overrides (None: the setting's value; see service/quotas.py).
+    # The token's quota overrides (None: the setting's value; see service/access/quotas.py).
     max_active_jobs: int | None = None
     submissions_per_minute: int | None = None
     max_compute: float | None = None
@@ -101,37 +101,16 @@ def create_token(
         if value is not None and value < 0:
             raise ValueError(f"{name} must be >= 0 (got {value})")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(
-        id=str(uuid.uuid4()),
+    row = store.add_token(
+        session,
         owner=owner,
         scope=scope,
         token_hash=hash_token(token),
-        created_at=utcnow(),
-        revoked_at=None,
         max_active_jobs=max_active_jobs,
         submissions_per_minute=submissions_per_minute,
         max_compute=max_compute,
     )
-    session.add(row)
-    session.commit()
     return row, token
-
-
-def list_tokens(session: Session, *, include_revoked: bool = False) -> list[ApiToken]:
-    """Tokens by creation time (their hashes, never their secrets)."""
-    query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)
-    if not include_revoked:
-        query = query.where(ApiToken.revoked_at.is_(None))
-    tokens = list(session.scalars(query))
-    session.commit()
-    return tokens
-
-
-def count_tokens(session: Session) -> int:
-    """How many tokens were ever created, revoked ones included."""
-    count = session.scalar(select(func.count()).select_from(ApiToken))
-    session.commit()
-    return int(count or 0)
 
 
 def revoke_token(session: Session, id_prefix: str) -> ApiToken:
@@ -142,23 +121,12 @@ def revoke_token(session: Session, id_prefix: str) -> ApiToken:
         raise LookupError(
             f"give at least {MIN_ID_PREFIX} characters of the token id (got {id_prefix!r})"
         )
-    escaped = id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    matches = list(
-        session.scalars(select(ApiToken).where(ApiToken.id.like(f"{escaped}%", escape="\\")))
-    )
+    matches = store.tokens_with_id_prefix(session, id_prefix)
     if len(matches) != 1:
-        session.commit()
         found = "no token" if not matches else f"{len(matches)} tokens"
         raise LookupError(f"{found} with an id starting {id_prefix!r}; `groklab token list` shows them")
     (token,) = matches
-    session.execute(
-        update(ApiToken)
-        .where(ApiToken.id == token.id, ApiToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    session.refresh(token)
+    store.revoke_token_row(session, token)
     forget_checked_tokens()
     return token
 
@@ -166,8 +134,7 @@ def revoke_token(session: Session, id_prefix: str) -> ApiToken:
 def authenticate(session: Session, token: str) -> Principal | None:
     """The principal of a presented token, or None when it is unknown or revoked."""
     digest = hash_token(token)
-    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == digest)).first()
-    session.commit()
+    row = store.token_by_hash(session, digest)
     if row is None or row.revoked_at is not None:
         return None
     if not hmac.compare_digest(row.token_hash, digest):  # the index matched; belt and braces
