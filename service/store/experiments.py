@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.contract.finite import finite_or_none
 from service.contract.models import (
     CANCELLED,
     FAILED,

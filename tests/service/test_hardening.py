@@ -14,6 +14,7 @@ from sqlalchemy import select, text, update
 
 from service import store
 from service.app import create_app
+from service.infra import lifecycle
 from service.infra.db import make_engine, migrate
 from service.contract.models import Checkpoint, Experiment, utcnow
 from service.contract.settings import Settings

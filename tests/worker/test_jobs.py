@@ -2,7 +2,6 @@
 member holds for it (worker/jobs.py, worker/recorder.py)."""
 from __future__ import annotations
 
-import pytest
 from sqlalchemy.exc import OperationalError
 
 from service import store
