@@ -68,6 +68,11 @@ def run_migrations_online() -> None:
     engine = make_engine(resolve_url(), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # Batch mode rebuilds a table (copy, drop, rename). With foreign keys on, dropping
+                # the old experiments table would delete every row that references it.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
             configure(connection)
             with context.begin_transaction():
                 context.run_migrations()
