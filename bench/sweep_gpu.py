@@ -98,7 +98,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 
 def measure_packs(device_name: str, sizes: list[int], steps: int, repeats: int = 3, dry: bool = False,
-                  profile_path: Path | None = None) -> dict[str, Any]:
+                  profile_path: Path | None = None, precisions: tuple[str, ...] = PRECISIONS) -> dict[str, Any]:
     """The packs figures (see the module docstring) as a dict."""
     from bench.bench_engine import ReferenceRun
 
@@ -114,7 +114,7 @@ def measure_packs(device_name: str, sizes: list[int], steps: int, repeats: int =
     del single, reference
     ref_ms = out["reference_ms"]["fp32"]
     for E in sizes:
-        for precision in PRECISIONS if on_cuda else ("fp32",):
+        for precision in precisions if on_cuda else ("fp32",):
             if on_cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
@@ -136,6 +136,30 @@ def measure_packs(device_name: str, sizes: list[int], steps: int, repeats: int =
     return out
 
 
+def measure_optimizer_layouts(device: torch.device, trainer: Trainer, runs_options: list[int], steps: int,
+                              repeats: int) -> list[dict[str, Any]]:
+    """The optimiser step of the trainer's parameter shapes, fused and plain, when the members'
+    (lr, weight decay) come in `runs` runs along the ensemble (256: a new value every member;
+    a sweep's grid with seeds innermost: one run per cell)."""
+    from worker.engine.optim import EnsembleOptimizer
+
+    E = trainer.n_members
+    out = []
+    for runs in runs_options:
+        weight_decay = [float(e * runs // E) for e in range(E)]
+        row: dict[str, Any] = {"E": E, "runs": runs}
+        for fused in (False, True):
+            params = [torch.nn.Parameter(torch.randn_like(p)) for p in trainer.model.parameters()]
+            opt = EnsembleOptimizer(params, "adamw", [1e-3] * E, weight_decay, warmup_steps=10, fused=fused)
+            opt.grad.normal_()
+            row["fused_ms" if fused else "plain_ms"] = seconds_per_step(opt.step, device, steps, repeats) * 1e3
+            del params, opt
+        out.append(row)
+        print(f"optimizer step at E={E}, {runs} runs of equal (lr, wd): plain {row['plain_ms']:.2f} ms, "
+              f"fused {row['fused_ms']:.2f} ms", flush=True)
+    return out
+
+
 def largest_pack_costs(trainer: Trainer, device: torch.device, steps: int, repeats: int,
                        profile_path: Path | None) -> dict[str, Any]:
     """Where the largest pack's time goes besides the step: the optimiser step (fused vs
@@ -149,6 +173,9 @@ def largest_pack_costs(trainer: Trainer, device: torch.device, steps: int, repea
         opt.fused = value
         out[f"optimizer_{name}_ms"] = seconds_per_step(opt.step, device, steps, repeats) * 1e3
     opt.fused = fused
+    out["optimizer_layouts"] = measure_optimizer_layouts(
+        device, trainer, sorted({r for r in (1, 8, 32, 64, trainer.n_members) if r <= trainer.n_members}),
+        steps, repeats)
     sync(device)
     t0 = time.perf_counter()
     trainer.evaluate()
@@ -283,10 +310,13 @@ def table_lines(packs: dict[str, Any] | None, sweep: dict[str, Any] | None,
                          f"{row['ratio']:>6.1f}x {'' if mem is None else f'{mem:.1f}':>11}  {goal}")
         big = packs.get("largest")
         if big:
-            opt = ", ".join(f"{k[10:-3]} {v:.2f} ms" for k, v in big.items() if k.startswith("optimizer_"))
+            opt = ", ".join(f"{k[10:-3]} {v:.2f} ms" for k, v in big.items() if k.startswith("optimizer_") and k.endswith("_ms"))
             lines.append(f"E={big['E']}: optimizer step {opt}; one evaluation {big['evaluate_s']:.2f} s; "
                          f"member checkpoints {big['member_checkpoints_s']:.2f} s "
                          f"({big['member_checkpoints_mib']:.0f} MiB)")
+            for row in big.get("optimizer_layouts", []):
+                lines.append(f"    optimizer step, {row['runs']:>3} runs of equal (lr, wd): plain {row['plain_ms']:.2f} ms, "
+                             f"fused {row['fused_ms']:.2f} ms")
     if compiled is not None:
         c = compiled
         lines.append(f"torch.compile of the model, E={c['E']} tf32: step {c['eager_ms']:.2f} ms eager, "
@@ -313,6 +343,7 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--sizes", default="1,64,256")
     parser.add_argument("--steps", type=int, default=20, help="packs: timed steps per repeat")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS), help="packs: of " + ", ".join(PRECISIONS))
     parser.add_argument("--members", type=int, default=256)
     parser.add_argument("--sweep-steps", type=int, default=10_000)
     parser.add_argument("--budget-s", type=float, default=240.0, help="sweep: stop here, project the rest")
@@ -328,7 +359,8 @@ def main() -> None:
     if args.stage == "packs":
         figures = measure_packs(device, [int(x) for x in args.sizes.split(",")], args.steps,
                                 repeats=1 if args.dry_run else 3, dry=args.dry_run,
-                                profile_path=args.out / "profile.txt")
+                                profile_path=args.out / "profile.txt",
+                                precisions=tuple(args.precisions.split(",")))
         (args.out / "packs.json").write_text(json.dumps(figures, indent=2) + "\n")
     elif args.stage == "sweep":
         figures = measure_sweep(device, args.members, args.sweep_steps, args.budget_s, args.precision, args.dry_run)

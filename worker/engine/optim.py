@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from service.spec import GradFilterSpec, OptimizerSpec
-from worker.engine.fused_adam import FUSED_KERNELS, FusedAdamStep
+from worker.engine.fused_adam import FUSED_KERNELS, FusedAdamStep, fused_pays
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
@@ -33,7 +33,8 @@ class EnsembleOptimizer:
     the gradient filters and checkpoints see one tensor. Per-member hyper-parameters become
     per-element vectors: member e of parameter W gets lr[e] and weight_decay[e].
 
-    fused (default: on CUDA, for adamw and adam): update through torch's fused kernel
+    fused (default: on CUDA, for adamw and adam, unless the members' hyper-parameters change
+    too often along the ensemble, see fused_pays): update through torch's fused kernel
     (worker/engine/fused_adam.py), 7 passes over the buffers where the plain step takes about
     30; the CPU keeps the plain step.
     """
@@ -88,7 +89,7 @@ class EnsembleOptimizer:
         elif momentum > 0:
             self.state["momentum_buffer"] = torch.zeros_like(self.flat)
         if fused is None:
-            fused = device.type == "cuda" and name in FUSED_KERNELS
+            fused = device.type == "cuda" and name in FUSED_KERNELS and fused_pays(lr, weight_decay)
         elif fused and name not in FUSED_KERNELS:
             raise ValueError(f"fused steps are for {', '.join(FUSED_KERNELS)} (got optimizer {name!r})")
         self.fused = (
