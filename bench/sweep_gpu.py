@@ -1,16 +1,18 @@
 """Sweeps on a GPU: packs against the eager single run, and a whole sweep timed end to end.
-bench/gpu_check.sh runs the three stages on a GPU machine; bench_sweep.py's (b) prints `packs`.
+bench/gpu_check.sh runs the stages on a GPU machine; bench_sweep.py's (b) runs `packs`.
 
     python bench/sweep_gpu.py packs --out DIR   # nanda2023 packs at E = 1, 64, 256
     python bench/sweep_gpu.py sweep --out DIR   # 256 members x 10k steps through Trainer.run
+    python bench/sweep_gpu.py compile --out DIR # torch.compile of the model at E = 256
     python bench/sweep_gpu.py table --out DIR   # the figures against the goals
     (each with --dry-run: tiny sizes on the CPU, to check the script itself)
 
 packs: per E, the pack's step time (back-to-back steps, median of repeats) over E against the
 eager single run (tests/engine/reference.py + torch.optim.AdamW) on the same device: the per-run
 throughput ratio, in fp32, TF32 and bf16 autocast, with the peak memory per member. At the
-largest E also the optimiser step alone (fused kernel vs the plain step), one evaluation, one
-set of member checkpoints, and a profile of the step's kernels (profile.txt).
+largest E also the optimiser step alone (fused kernel vs the plain step, for several layouts
+of the members' hyper-parameters), one evaluation, one set of member checkpoints, and a
+profile of the step's kernels (profile.txt).
 
 sweep: a phase-diagram sweep (lr {1e-3, 3e-3} x weight decay {0.5, 1, 2, 4} x seeds) of the
 nanda2023 preset, trained as one pack with the preset's evaluations (every 100 steps) and
