@@ -63,25 +63,12 @@ def cpu_pack_vs_sequential(n: int, steps: int, rounds: int) -> None:
 
 
 def cuda_packs(sizes: list[int], steps: int) -> None:
-    from bench.bench_engine import ReferenceRun, step_times  # noqa: E402
+    from bench.sweep_gpu import measure_packs
 
-    device = torch.device("cuda")
-    single = Trainer(member_specs("nanda2023", 1, "cuda")[0])
-    reference = ReferenceRun(single)
-    step_times(reference.step, device, 3)
-    ref_s = statistics.median(step_times(reference.step, device, steps))
-    print(f"(b) CUDA {torch.cuda.get_device_name()}, nanda2023 full batch: eager reference "
-          f"{ref_s * 1e3:.2f} ms per run-step")
-    for E in sizes:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        trainer = Trainer.for_members(member_specs("nanda2023", E, "cuda"))
-        step_times(trainer.train_step, device, 3)
-        pack_s = statistics.median(step_times(trainer.train_step, device, steps))
-        peak = torch.cuda.max_memory_allocated(device) / E
-        print(f"    E={E:4d}: pack step {pack_s * 1e3:.2f} ms = {pack_s / E * 1e3:.4f} ms per run-step, "
-              f"ratio reference/packed {ref_s / (pack_s / E):.1f}x, peak memory {peak / 2**20:.1f} MiB per member")
-        del trainer
+    print(f"(b) CUDA {torch.cuda.get_device_name()}, nanda2023 full batch, per run-step against the "
+          "eager single run (bench/sweep_gpu.py; bench/gpu_check.sh runs all the GPU checks):")
+    figures = measure_packs("cuda", sizes, steps)
+    print("    eager reference: " + ", ".join(f"{p} {ms:.2f} ms per step" for p, ms in figures["reference_ms"].items()))
 
 
 def main() -> None:

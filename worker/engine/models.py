@@ -403,7 +403,9 @@ class EnsembleMLP(EnsembleModule):
         V, d = self.vocab_in, self.d_model
         W0 = self.hidden_W[0]
         table = torch.cat([torch.bmm(self.W_E, W0[:, :d]), torch.bmm(self.W_E, W0[:, d:])], dim=1)
-        index = tok[:, :, :2] + torch.tensor([0, V], device=tok.device)
+        # arange, not torch.tensor([0, V], device=...): a tensor built from a list is copied to
+        # the GPU synchronously, which would stall every step
+        index = tok[:, :, :2] + torch.arange(2, device=tok.device) * V
         return gather_rows(table, index.reshape(E, 2 * N)).view(E, N, 2, -1).sum(2)
 
     def forward(self, tokens: Tensor, return_mlp_acts: bool = False):
