@@ -67,7 +67,7 @@ def test_a_grid_becomes_queued_members_enqueued_as_packs(client, enqueued, api_s
     sweep = submit_sweep(client)
     assert sweep["status"] == "queued" and sweep["progress"] == 0 and sweep["finished_at"] is None
     assert sweep["counts"] == {"queued": 8, "running": 0, "succeeded": 0, "failed": 0,
-                               "cancelled": 0}
+                               "cancelled": 0, "paused": 0}
     assert sweep["n_members"] == 8 and len(set(sweep["experiment_ids"])) == 8
     assert sweep["grid"] == GRID and sweep["pack_size"] is None
     assert client.get(f"{SWEEPS}/{sweep['id']}").json() == sweep
@@ -234,7 +234,7 @@ def test_cancel_asks_running_members_to_stop(client, api_sessions):
     r = client.post(f"{SWEEPS}/{sweep['id']}/cancel")
     assert r.json()["status"] == "running"  # until the worker stops them
     assert r.json()["counts"] == {"queued": 0, "running": 3, "succeeded": 0, "failed": 0,
-                                  "cancelled": 5}
+                                  "cancelled": 5, "paused": 0}
     for experiment_id in running:
         job = client.get(f"{API}/{experiment_id}").json()
         assert job["status"] == "running" and job["cancel_requested"]
@@ -257,6 +257,10 @@ def test_cancel_asks_running_members_to_stop(client, api_sessions):
         ({"succeeded": 7, "cancelled": 1}, "cancelled"),
         ({"cancelled": 8}, "cancelled"),
         ({"failed": 8}, "failed"),
+        ({"paused": 8}, "paused"),
+        ({"succeeded": 6, "paused": 2}, "paused"),  # nothing left to run until resumed
+        ({"running": 1, "paused": 7}, "running"),
+        ({"paused": 1}, "running"),  # the rest still queued
     ],
 )
 def test_status_is_derived_from_the_members(client, api_sessions, states, status):
@@ -276,7 +280,7 @@ def test_status_is_derived_from_the_members(client, api_sessions, states, status
     assert out["status"] == status
     assert out["counts"] == {
         s: states.get(s, 0) + (8 - sum(states.values()) if s == "queued" else 0)
-        for s in ("queued", "running", "succeeded", "failed", "cancelled")
+        for s in ("queued", "running", "succeeded", "failed", "cancelled", "paused")
     }
     done = 60 * sum(n for s, n in states.items() if s != "running") + 30 * states.get("running", 0)
     assert out["progress"] == pytest.approx(done / (8 * 60))
@@ -488,6 +492,6 @@ def test_store_lists_filters_and_cancels(session):
     statuses = store.sweep_statuses(session, [first.id, second.id])
     assert statuses[first.id].status == "queued"
     assert statuses[second.id].counts == {"queued": 0, "running": 1, "succeeded": 0,
-                                          "failed": 0, "cancelled": 2}
+                                          "failed": 0, "cancelled": 2, "paused": 0}
     assert store.cancel_sweep(session, first.id) == 3
     assert store.cancel_sweep(session, first.id) == 0  # nothing left to cancel
