@@ -37,7 +37,7 @@ async function sweepPage(main, id, v) {
   if (axes.length > 1) ySel.value = axes[1];
   const heatmap = h("div", { id: "heatmap" });
   const members = h("div", { id: "cell-members" });
-  const header = h("section", { class: "card" });
+  const header = h("section", { class: "card", id: "sweep-header" });
   main.append(
     header,
     h("section", { class: "card" }, h("h2", {}, "Phase diagram"),
