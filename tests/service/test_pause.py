@@ -13,7 +13,7 @@ from service import store
 from service.access import auth
 from service.app import create_app
 from tests.service.specs import API, TINY
-from tests.service.test_sweeps import SWEEPS, bearer, submit_sweep
+from tests.service.test_sweeps import SWEEPS, bearer, planned, submit_sweep
 
 
 def submit(client) -> dict:
@@ -182,6 +182,32 @@ def test_a_paused_sweep_can_be_cancelled_and_a_finished_one_not_paused(client, m
         refused = client.post(f"{SWEEPS}/{sweep['id']}/{action}")
         assert refused.status_code == 409, action
         assert refused.json()["status"] == "cancelled"
+
+
+def test_store_pauses_and_resumes_a_sweep_in_one_update_each_way(session):
+    """On SQLite and PostgreSQL: queued members pause at once, running ones are asked; resume
+    queues the paused ones and names each of their jobs once."""
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
+    spec, packs = planned({"training.seed": [0, 1, 2, 3]}, pack_size=2)
+    sweep, members, jobs = store.create_sweep(session, spec, packs, lambda s: "cpu", owner)
+    running = store.claim_job(session, jobs[0][0], "w1")
+    assert len(running) == 2
+
+    assert store.pause_sweep(session, sweep.id) == 4
+    assert store.pause_sweep(session, sweep.id) == 0  # nothing left to change
+    by_id = {m.id: m for m in store.sweep_members(session, sweep.id)}
+    assert {(by_id[m.id].status, by_id[m.id].pause_requested) for m in running} == {
+        ("running", True)}
+    assert {by_id[m.id].status for m in members[2:]} == {"paused"}
+    assert store.sweep_resumable(session, sweep.id) == (2, 2)
+    for m in running:
+        assert store.pause_member(session, m.id, m.attempt, step=10)
+    assert store.sweep_status(session, sweep).status == "paused"
+
+    assert store.resume_sweep(session, sweep.id) == sorted(jobs)
+    assert {m.status for m in store.sweep_members(session, sweep.id)} == {"queued"}
+    assert store.sweep_resumable(session, sweep.id) == (0, 0)
+    assert store.resume_sweep(session, sweep.id) == []
 
 
 # ---- quotas --------------------------------------------------------------------------------
