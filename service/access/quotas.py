@@ -1,5 +1,6 @@
 """Per-owner quotas at submit: stored checkpoint bytes, queued + running jobs at once, and
-submissions per minute.
+submissions per minute. A paused job is inactive: resuming it is checked against the active
+jobs alone (check_active_jobs).
 
 Both are counted in the database (the source of truth), so they hold across several API
 processes. A token may override either (api_tokens.max_active_jobs, .submissions_per_minute;
@@ -84,14 +85,24 @@ def check_quota(
                 f"{retry:.0f} s",
                 retry,
             )
+    check_active_jobs(session, settings, principal, new_jobs)
+
+
+def check_active_jobs(
+    session: Session, settings: Settings, principal: Principal, new_jobs: int = 1,
+    action: str = "this submission adds",
+) -> None:
+    """Raise QuotaExceeded unless the owner may have `new_jobs` more queued or running
+    experiments now. A paused job is not active, so resuming one counts here again (and only
+    here: a resume is not a submission, and a paused job's checkpoints are already stored)."""
     max_active = _limit(principal, principal.max_active_jobs, settings.max_active_jobs_per_owner)
-    if max_active:
-        active = store.active_jobs(session, owner)
+    if max_active and new_jobs:
+        active = store.active_jobs(session, principal.owner)
         if active + new_jobs > max_active:
             raise QuotaExceeded(
-                f"active job limit: owner {owner!r} has {active} queued or running jobs and "
-                f"this submission adds {new_jobs}; at most {max_active} at once "
+                f"active job limit: owner {principal.owner!r} has {active} queued or running "
+                f"jobs and {action} {new_jobs}; at most {max_active} at once "
                 "(max_active_jobs_per_owner, GROKLAB_MAX_ACTIVE_JOBS_PER_OWNER or the token's "
-                "override); retry when some finish, or cancel some",
+                "override); retry when some finish, or pause or cancel some",
                 ACTIVE_RETRY_AFTER_S,
             )

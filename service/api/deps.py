@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -14,7 +15,12 @@ from starlette.concurrency import run_in_threadpool
 from service import store
 from service.access import auth
 from service.access.auth import Principal
-from service.access.quotas import QuotaExceeded, StorageQuotaExceeded, check_quota
+from service.access.quotas import (
+    QuotaExceeded,
+    StorageQuotaExceeded,
+    check_active_jobs,
+    check_quota,
+)
 from service.contract.limits import Limits
 from service.contract.models import Experiment, Sweep
 from service.contract.settings import Settings
@@ -73,8 +79,25 @@ def require_quota(
     """507 or 429 unless the owner may submit `new_jobs` more experiments now
     (service.access.quotas): over the storage quota a 507, over a quota that waiting frees a
     429 with Retry-After (whole seconds, at least 1)."""
-    try:
+    with _quota_answers():
         check_quota(session, settings, principal, new_jobs)
+
+
+def require_active_quota(
+    session: Session, settings: Settings, principal: Principal, resumed: int
+) -> None:
+    """429 (as require_quota's) unless the owner may have `resumed` more active jobs: a paused
+    job is inactive, and resuming it counts against the active-jobs quota again."""
+    with _quota_answers():
+        check_active_jobs(session, settings, principal, resumed, action="resuming adds")
+
+
+@contextmanager
+def _quota_answers() -> Iterator[None]:
+    """A quota refusal as the API answers it: StorageQuotaExceeded a 507, QuotaExceeded a 429
+    with Retry-After."""
+    try:
+        yield
     except StorageQuotaExceeded as exc:
         raise HTTPException(507, str(exc)) from None
     except QuotaExceeded as exc:

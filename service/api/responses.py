@@ -25,3 +25,8 @@ QUOTA: dict[int | str, dict[str, Any]] = {
     507: {"model": ErrorOut, "description": "The owner's checkpoints fill its storage quota "
           "(GROKLAB_STORAGE_QUOTA_BYTES)."},
 }
+RESUME_QUOTA: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorOut, "description": "Resuming would put the owner over its quota of "
+          "queued + running jobs (a paused job is not counted; each sweep member counts); the "
+          "detail names it; see Retry-After."},
+}

@@ -1,4 +1,4 @@
-"""`groklab submit|status|list|cancel|watch|metrics|export`: a running service over HTTP, through
+"""`groklab submit|status|list|cancel|pause|resume|watch|metrics|export`: a running service over HTTP, through
 the Python client (service/client/); GROKLAB_URL and GROKLAB_TOKEN say which and as whom."""
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def status(experiment_id: ExperimentId, url: Url = DEFAULT_URL) -> None:
 @app.command("list")
 def list_experiments(
     status: Annotated[Optional[str], typer.Option(
-        help="Only jobs in this state: queued, running, succeeded, failed, cancelled.",
+        help="Only jobs in this state: queued, running, paused, succeeded, failed, cancelled.",
     )] = None,
     name: Annotated[Optional[str], typer.Option(help="Only jobs with this exact name.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many, newest first.")] = 20,
@@ -105,6 +105,59 @@ def cancel(experiment_id: ExperimentId, url: Url = DEFAULT_URL) -> None:
         typer.echo(f"{experiment_id} cancelled")
     else:
         typer.echo(f"{experiment_id} {job['status']}: cancel requested, it stops at its next step")
+
+
+TargetId = Annotated[str, typer.Argument(
+    metavar="ID", help="Experiment id (a sweep's with --sweep).",
+)]
+SweepFlag = Annotated[bool, typer.Option(
+    "--sweep", help="ID is a sweep's: every member of it.",
+)]
+
+
+def _counts(sweep: dict) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sweep["counts"].items() if n)
+
+
+@app.command()
+def pause(
+    target_id: TargetId,
+    sweep: SweepFlag = False,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Pause a job (or every member of a sweep): a queued one at once, a running one within a
+    few seconds, after its worker stores a checkpoint. `groklab resume` continues it."""
+    with _service(url) as client:
+        if sweep:
+            out = client.pause_sweep(target_id)
+            typer.echo(f"sweep {target_id} {out['status']}: {_counts(out)}")
+            return
+        job = client.pause(target_id)
+    if job["status"] == "paused":
+        typer.echo(f"{target_id} paused at step {job['progress']['step']}")
+    else:
+        typer.echo(f"{target_id} {job['status']}: pause requested, its worker checkpoints it and "
+                   "pauses it within a few seconds")
+
+
+@app.command()
+def resume(
+    target_id: TargetId,
+    sweep: SweepFlag = False,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Resume a paused job (or every paused member of a sweep): queued again, it continues from
+    its checkpoint."""
+    with _service(url) as client:
+        if sweep:
+            out = client.resume_sweep(target_id)
+            typer.echo(f"sweep {target_id} {out['status']}: {_counts(out)}")
+            return
+        job = client.resume(target_id)
+    if job["status"] == "queued":
+        typer.echo(f"{target_id} queued: it continues from step {job['progress']['step']}")
+    else:
+        typer.echo(f"{target_id} {job['status']}: pause request withdrawn, it trains on")
 
 
 def _metrics_line(data: dict, total: int | None) -> str:

@@ -24,6 +24,8 @@ from service.contract.spec import deep_merge
 DEFAULT_URL = "http://127.0.0.1:8000"
 API = "/api/v1"
 FINISHED = ("succeeded", "failed", "cancelled")
+# Where wait() stops: a finished job, or a paused one (it moves again only when resumed).
+STOPPED = (*FINISHED, "paused")
 # Reconnects of an events stream in a row that may fail before events() gives up.
 EVENTS_RETRIES = 5
 
@@ -155,19 +157,32 @@ class Client:
         409 when it had already finished."""
         return self._json("POST", f"/experiments/{experiment_id}/cancel")
 
+    def pause(self, experiment_id: str) -> dict:
+        """Pause a job: a queued one is `paused` at once; a running one gets `pause_requested`,
+        and its worker checkpoints it and marks it `paused` within a few seconds (wait() returns
+        then). 409 when it had already finished."""
+        return self._json("POST", f"/experiments/{experiment_id}/pause")
+
+    def resume(self, experiment_id: str) -> dict:
+        """Resume a paused job: `queued` again, it continues from its checkpoint (a running job
+        whose pause was requested trains on). 409 when it is not paused; 429 when it would put
+        the owner over its active-jobs quota."""
+        return self._json("POST", f"/experiments/{experiment_id}/resume")
+
     def wait(
         self, experiment_id: str, timeout: float | None = None, progress: bool = True,
         poll_s: float = 1.0,
     ) -> dict:
-        """Poll the job until it is finished (succeeded, failed or cancelled) and return it;
-        with `progress`, a progress bar on stderr. GroklabError (status None) after `timeout`
-        seconds."""
+        """Poll the job until it is finished (succeeded, failed or cancelled) or paused, and
+        return it: a paused job moves again only when resumed, so waiting stops there too
+        (check `status`; resume() and wait() again to follow it on). With `progress`, a
+        progress bar on stderr. GroklabError (status None) after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with _ProgressBar(progress) as bar:
             while True:
                 job = self.get(experiment_id)
                 bar.show(job)
-                if job["status"] in FINISHED:
+                if job["status"] in STOPPED:
                     return job
                 if deadline is not None and time.monotonic() > deadline:
                     raise GroklabError(
@@ -307,6 +322,16 @@ class Client:
 
     def cancel_sweep(self, sweep_id: str) -> dict:
         return self._json("POST", f"/sweeps/{sweep_id}/cancel")
+
+    def pause_sweep(self, sweep_id: str) -> dict:
+        """Pause every member that has not finished (as pause() does each); 409 when every
+        member had finished."""
+        return self._json("POST", f"/sweeps/{sweep_id}/pause")
+
+    def resume_sweep(self, sweep_id: str) -> dict:
+        """Resume every paused member (as resume() does each); 409 when none is paused, 429
+        when they would put the owner over its active-jobs quota."""
+        return self._json("POST", f"/sweeps/{sweep_id}/resume")
 
     def phase_diagram(
         self, sweep_id: str, x: str, y: str | None = None, *, format: str = "json",

@@ -87,6 +87,10 @@ class ExperimentOut(BaseModel):
     max_attempts: int
     worker: str | None = Field(description="The worker that runs (or ran) the job.")
     cancel_requested: bool
+    pause_requested: bool = Field(
+        description="A pause was asked while it ran: its worker checkpoints it and marks it "
+        "paused within a few seconds."
+    )
     summary: dict[str, Any] | None = Field(
         description="Written by the worker at the end: final metrics, memorization_step, "
         "generalization_step, ..."
@@ -116,6 +120,7 @@ class ExperimentOut(BaseModel):
             max_attempts=experiment.max_attempts,
             worker=experiment.worker,
             cancel_requested=experiment.cancel_requested,
+            pause_requested=experiment.pause_requested,
             summary=experiment.summary,
         )
 
@@ -181,6 +186,9 @@ class ExperimentListQuery(PageQuery):
     sweep_id: UUID | None = Field(None, description="Only the members of this sweep.")
 
 
-class CancelConflict(BaseModel):
+class StateConflict(BaseModel):
+    """A 409: the job's (or sweep's) state does not allow what was asked (cancel or pause a
+    finished job, resume one that is not paused); `status` is its state now."""
+
     detail: str
     status: Status

@@ -57,7 +57,8 @@ class SweepSummaryOut(BaseModel):
     name: str
     owner: str = Field(description="Owner of the token that submitted it.")
     status: Status = Field(
-        description="queued (no member started yet), running, or once every member finished: "
+        description="queued (no member started yet), running (any member queued or running), "
+        "paused (none queued or running, some paused), or once every member finished: "
         "succeeded (all did), failed (any failed; see counts), cancelled."
     )
     counts: dict[str, int] = Field(description="Members by status.")

@@ -19,6 +19,7 @@ One module per concern; callers use this package (`from service import store`):
 - packs: the members of a sweep that train together, claimed and beat as one job
 - scheduling: which queued job a woken worker claims next, fairly between owners
 - sweeps: a grid of experiments stored at once, its status derived from its members
+- pausing: pause and resume of an experiment or of every member of a sweep
 - dialect: what differs between PostgreSQL and SQLite
 - webhooks: the per-owner secrets that alert webhooks are signed with
 - tokens: API tokens, stored by the hash of their secret
@@ -81,7 +82,14 @@ from service.store.jobs import (
     update_members_progress,
     update_progress,
 )
-from service.store.pausing import NotPausable, request_pause, request_resume
+from service.store.pausing import (
+    NotPausable,
+    pause_sweep,
+    request_pause,
+    request_resume,
+    resume_sweep,
+    sweep_resumable,
+)
 from service.store.progress_measures import (
     PENDING_RETRY_S,
     fail_progress_measures,
@@ -159,6 +167,9 @@ __all__ = [
     "NotPausable",
     "request_pause",
     "request_resume",
+    "pause_sweep",
+    "resume_sweep",
+    "sweep_resumable",
     "update_members_progress",
     "fair_queue",
     "job_state",

@@ -22,6 +22,7 @@ from service.contract.models import (
     CANCELLED,
     FAILED,
     FINISHED_STATUSES,
+    PAUSED,
     QUEUED,
     RUNNING,
     STATUSES,
@@ -147,12 +148,14 @@ class SweepStatus:
 
 def derive_status(counts: dict[str, int], started: int) -> str:
     """The sweep's status from its members' counts by status and how many have started:
-    any queued or running: 'running' once a member started or finished, else 'queued'; all
-    finished: 'succeeded' if all succeeded, 'failed' if any failed (partly failed is failed),
-    else 'cancelled'."""
+    any queued or running: 'running' once a member started or finished, else 'queued'; none
+    queued or running but some paused: 'paused'; all finished: 'succeeded' if all succeeded,
+    'failed' if any failed (partly failed is failed), else 'cancelled'."""
     finished = sum(counts.get(s, 0) for s in FINISHED_STATUSES)
     if counts.get(QUEUED, 0) or counts.get(RUNNING, 0):
         return RUNNING if started or finished else QUEUED
+    if counts.get(PAUSED, 0):
+        return PAUSED
     if counts.get(FAILED, 0):
         return FAILED
     if counts.get(CANCELLED, 0):
@@ -215,19 +218,19 @@ def sweep_status(session: Session, sweep: Sweep) -> SweepStatus:
 def cancel_sweep(session: Session, sweep_id: str) -> int:
     """Cancel every member that has not finished; returns how many were changed.
 
-    One UPDATE: queued members become 'cancelled' at once; running ones get cancel_requested
-    (their pack's worker drops them, finishing each 'cancelled'). The new status is chosen by
-    each row's status at the moment it is written, so a member claimed or requeued while the
-    statement runs is still cancelled one way or the other: no member escapes between a read
-    and a write."""
-    is_queued = Experiment.status == QUEUED
+    One UPDATE: queued and paused members become 'cancelled' at once; running ones get
+    cancel_requested (their pack's worker drops them, finishing each 'cancelled'). The new
+    status is chosen by each row's status at the moment it is written, so a member claimed or
+    requeued while the statement runs is still cancelled one way or the other: no member
+    escapes between a read and a write."""
+    is_idle = Experiment.status.in_([QUEUED, PAUSED])
     result = session.execute(
         update(Experiment)
         .where(Experiment.sweep_id == str(sweep_id),
-               Experiment.status.in_([QUEUED, RUNNING]))
+               Experiment.status.in_([QUEUED, RUNNING, PAUSED]))
         .values(
-            status=case((is_queued, CANCELLED), else_=Experiment.status),
-            finished_at=case((is_queued, literal(utcnow(), Experiment.finished_at.type)),
+            status=case((is_idle, CANCELLED), else_=Experiment.status),
+            finished_at=case((is_idle, literal(utcnow(), Experiment.finished_at.type)),
                              else_=Experiment.finished_at),
             cancel_requested=True,
         )

@@ -8,8 +8,9 @@ const API = "/api/v1";
 const TOKEN_KEY = "groklab.token";
 const LIST_POLL_MS = 5000;
 const RUN_POLL_MS = 3000;
-const ACTIVE = ["queued", "running"];
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+const ACTIVE = ["queued", "running"]; // a worker holds it or will take it
+const UNFINISHED = [...ACTIVE, "paused"]; // it may still change: followed live, cancellable
+const STATUSES = ["queued", "running", "paused", "succeeded", "failed", "cancelled"];
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
@@ -322,13 +323,19 @@ async function experimentPage(main, id, v) {
   function renderHeader() {
     const e = state.experiment;
     const s = e.summary || {};
-    const canCancel = session.who && session.who.scope !== "read" && ACTIVE.includes(e.status);
+    const canWrite = session.who && session.who.scope !== "read";
+    const canCancel = canWrite && UNFINISHED.includes(e.status);
+    // Pause a queued or running job; resume a paused one, or withdraw a pause not yet done.
+    const pausing = e.status === "running" && e.pause_requested;
+    const canPause = canWrite && ACTIVE.includes(e.status) && !pausing;
+    const canResume = canWrite && (e.status === "paused" || pausing);
     const size = (e.spec.ensemble && e.spec.ensemble.size) || 1;
     const memberSelect = size > 1 ? h("label", {}, "Member ",
       h("select", { id: "member", onchange: (ev) => { state.member = Number(ev.target.value); refresh().catch(fail); } },
         Array.from({ length: size }, (_, m) => h("option", { value: m, selected: m === state.member }, m)))) : null;
     put(header, 
-      h("h1", {}, e.name, " ", badge(e.status), e.cancel_requested && e.status === "running" ? h("span", { class: "note" }, " cancel requested") : null),
+      h("h1", {}, e.name, " ", badge(e.status), e.cancel_requested && e.status === "running" ? h("span", { class: "note" }, " cancel requested") : null,
+        pausing && !e.cancel_requested ? h("span", { class: "note" }, " pause requested") : null),
       h("dl", { class: "facts" },
         h("dt", {}, "id"), h("dd", {}, h("code", {}, e.id)),
         h("dt", {}, "owner"), h("dd", {}, e.owner),
@@ -342,9 +349,23 @@ async function experimentPage(main, id, v) {
         h("dt", {}, "worker"), h("dd", {}, e.worker || "—")),
       e.error ? h("p", { class: "error" }, e.error) : null,
       h("div", { class: "actions" }, memberSelect,
+        canPause ? h("button", { type: "button", id: "pause", onclick: () => act("pause") }, "Pause") : null,
+        canResume ? h("button", { type: "button", id: "resume", onclick: () => act("resume") }, "Resume") : null,
         canCancel ? h("button", { type: "button", id: "cancel", class: "danger", onclick: cancel }, "Cancel") : null),
     );
     spec.textContent = JSON.stringify(e.spec, null, 2);
+  }
+
+  // Pause (the worker checkpoints it within a few seconds) or resume (queued again, from that
+  // checkpoint); the page follows the job on either way.
+  async function act(action) {
+    try {
+      state.experiment = await api(`/experiments/${id}/${action}`, { method: "POST" });
+      renderHeader();
+    } catch (err) {
+      if (err.status === 403) showError(`this token may only read: ${action === "pause" ? "pausing" : "resuming"} needs a write token`);
+      else fail(err);
+    }
   }
 
   async function cancel() {
@@ -462,7 +483,7 @@ async function experimentPage(main, id, v) {
 
   await refresh();
   renderOverlayPicker().catch(fail);
-  if (ACTIVE.includes(state.experiment.status)) follow();
+  if (UNFINISHED.includes(state.experiment.status)) follow();
 
   // Live: the SSE stream of the experiment (fetch, so the token stays in a header), or polling
   // every few seconds when the stream is not there or breaks.
@@ -474,7 +495,7 @@ async function experimentPage(main, id, v) {
       v.every(RUN_POLL_MS, async () => {
         try {
           await refresh();
-          if (!ACTIVE.includes(state.experiment.status)) v.stop();
+          if (!UNFINISHED.includes(state.experiment.status)) v.stop();
         } catch (err) { fail(err); }
       });
     };

@@ -1,6 +1,6 @@
 // The sweep pages of the dashboard: the list, and a sweep's phase diagram as a heatmap (axes
 // and colour chosen from menus; a cell lists its members). Loaded before app.js, whose helpers
-// (api, h, put, badge, progressBar, fmt, fail) it uses when a route calls it.
+// (api, h, put, badge, progressBar, fmt, fail, showError, session) it uses when a route calls it.
 "use strict";
 
 async function sweepList(main, v) {
@@ -29,7 +29,7 @@ const CELL_METRICS = {
 };
 
 async function sweepPage(main, id, v) {
-  const sweep = await api(`/sweeps/${id}`, { signal: v.signal });
+  let sweep = await api(`/sweeps/${id}`, { signal: v.signal });
   const axes = Object.keys(sweep.grid);
   const xSel = h("select", { id: "axis-x" }, axes.map((a) => h("option", { value: a }, a)));
   const ySel = h("select", { id: "axis-y" }, h("option", { value: "" }, "(none)"), axes.map((a) => h("option", { value: a }, a)));
@@ -37,15 +37,45 @@ async function sweepPage(main, id, v) {
   if (axes.length > 1) ySel.value = axes[1];
   const heatmap = h("div", { id: "heatmap" });
   const members = h("div", { id: "cell-members" });
+  const header = h("section", { class: "card", id: "sweep-header" });
   main.append(
-    h("section", { class: "card" }, h("h1", {}, sweep.name, " ", badge(sweep.status)),
-      h("p", {}, `${sweep.n_members} members in ${sweep.n_packs} packs; `,
-        Object.entries(sweep.counts).map(([k, n]) => `${k} ${n}`).join(", ")),
-      progressBar(Math.round(100 * sweep.progress), 100)),
+    header,
     h("section", { class: "card" }, h("h2", {}, "Phase diagram"),
       h("div", { class: "filters" }, h("label", {}, "x ", xSel), h("label", {}, "y ", ySel), h("label", {}, "colour ", mSel)),
       heatmap, members));
   let membersCache = null;
+
+  // The sweep's state, with Pause (every unfinished member) and Resume (every paused one) for
+  // a write token.
+  function renderHeader() {
+    const canWrite = session.who && session.who.scope !== "read";
+    const counts = sweep.counts;
+    const canPause = canWrite && (counts.queued > 0 || counts.running > 0);
+    const canResume = canWrite && counts.paused > 0;
+    put(header, h("h1", {}, sweep.name, " ", badge(sweep.status)),
+      h("p", {}, `${sweep.n_members} members in ${sweep.n_packs} packs; `,
+        Object.entries(counts).map(([k, n]) => `${k} ${n}`).join(", ")),
+      progressBar(Math.round(100 * sweep.progress), 100),
+      h("div", { class: "actions" },
+        canPause ? h("button", { type: "button", id: "pause-sweep", onclick: () => act("pause") }, "Pause") : null,
+        canResume ? h("button", { type: "button", id: "resume-sweep", onclick: () => act("resume") }, "Resume") : null));
+  }
+
+  async function act(action) {
+    try {
+      sweep = await api(`/sweeps/${id}/${action}`, { method: "POST" });
+      membersCache = null;
+      renderHeader();
+    } catch (err) {
+      if (err.status === 403) showError(`this token may only read: ${action === "pause" ? "pausing" : "resuming"} needs a write token`);
+      else fail(err);
+    }
+  }
+
+  async function refreshHeader() {
+    sweep = await api(`/sweeps/${id}`, { signal: v.signal });
+    renderHeader();
+  }
 
   async function draw() {
     if (ySel.value === xSel.value) ySel.value = "";
@@ -91,6 +121,7 @@ async function sweepPage(main, id, v) {
   }
 
   for (const sel of [xSel, ySel, mSel]) sel.addEventListener("change", () => draw().catch(fail));
+  renderHeader();
   await draw();
-  v.every(LIST_POLL_MS * 2, () => { membersCache = null; draw().catch(fail); });
+  v.every(LIST_POLL_MS * 2, () => { membersCache = null; draw().catch(fail); refreshHeader().catch(fail); });
 }

@@ -1,7 +1,8 @@
 """The web dashboard in a real browser (Debian's headless Chromium through selenium), against the
 real stack: sign in with a #token= fragment, find the finished ci-small run in the list, open it,
-see its charts and its Fourier spectrum drawn, then a bad token and an unknown id shown as errors.
-Screenshots of each page land in the test's tmp_path."""
+see its charts and its Fourier spectrum drawn, then a bad token and an unknown id shown as errors;
+pause and resume an experiment and a sweep with a write token's buttons. Screenshots of each page
+land in the test's tmp_path."""
 from __future__ import annotations
 
 import shutil
@@ -110,6 +111,46 @@ def test_dashboard_shows_a_finished_run_and_its_errors(stack, grokked_run, brows
     assert "invalid or revoked token" in wait(browser, banner_text)
     assert browser.find_element(By.ID, "signin").is_displayed()
     browser.save_screenshot(str(tmp_path / "bad-token.png"))
+    severe = [e["message"] for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+    assert severe == [], severe
+
+
+def header_says(element_id: str, words: str):
+    def says(browser):
+        text = browser.find_element(By.ID, element_id).text
+        return words in text and text
+    return says
+
+
+def test_a_write_token_pauses_and_resumes_with_the_buttons(bare_stack, browser, tmp_path):
+    """No worker: the jobs stay queued, so each click is all that moves them."""
+    client = bare_stack.client
+    token = client.headers["Authorization"].removeprefix("Bearer ")
+    job = client.post("/api/v1/experiments", json={"name": "to-pause", "preset": "ci-small"}).json()
+
+    browser.get(f"{bare_stack.url}/#/experiments/{job['id']}?token={token}")
+    wait(browser, EC.element_to_be_clickable((By.ID, "pause"))).click()
+    wait(browser, header_says("experiment-header", "paused"))
+    assert client.get(f"/api/v1/experiments/{job['id']}").json()["status"] == "paused"
+    assert browser.find_elements(By.ID, "pause") == []
+    assert browser.find_element(By.ID, "cancel").is_displayed()  # a paused job can be cancelled
+    browser.save_screenshot(str(tmp_path / "paused.png"))
+    wait(browser, EC.element_to_be_clickable((By.ID, "resume"))).click()
+    wait(browser, header_says("experiment-header", "queued"))
+    assert client.get(f"/api/v1/experiments/{job['id']}").json()["status"] == "queued"
+    assert browser.find_elements(By.ID, "resume") == []
+
+    sweep = client.post("/api/v1/sweeps", json={
+        "name": "to-pause", "base": {"preset": "ci-small"}, "grid": {"training.seed": [0, 1]},
+    }).json()
+    browser.get(f"{bare_stack.url}/#/sweeps/{sweep['id']}")
+    wait(browser, EC.element_to_be_clickable((By.ID, "pause-sweep"))).click()
+    assert "paused 2" in wait(browser, header_says("sweep-header", "paused 2"))
+    assert client.get(f"/api/v1/sweeps/{sweep['id']}").json()["status"] == "paused"
+    wait(browser, EC.element_to_be_clickable((By.ID, "resume-sweep"))).click()
+    wait(browser, header_says("sweep-header", "queued 2"))
+    assert client.get(f"/api/v1/sweeps/{sweep['id']}").json()["counts"]["queued"] == 2
     severe = [e["message"] for e in browser.get_log("browser")
               if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
     assert severe == [], severe

@@ -44,6 +44,7 @@ class Route:
     params: dict | None = None
     model_checkpoint: bool = False  # it reads the model in the checkpoint, not only its bytes
     stream: bool = False  # an event stream: called on finished (cancelled) jobs, so it ends
+    paused: bool = False  # it acts on a paused job or sweep (resume): called on paused ones
 
 
 # Every /api/v1 route, with what it needs. A new route fails test_every_api_route_is_in_the_matrix
@@ -53,6 +54,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", API): Route("read", per_experiment=False),
     ("GET", API + "/{experiment_id}"): Route("read", per_experiment=True),
     ("POST", API + "/{experiment_id}/cancel"): Route("write", per_experiment=True),
+    ("POST", API + "/{experiment_id}/pause"): Route("write", per_experiment=True),
+    ("POST", API + "/{experiment_id}/resume"): Route("write", per_experiment=True, paused=True),
     ("GET", API + "/{experiment_id}/metrics"): Route("read", per_experiment=True),
     ("GET", API + "/{experiment_id}/checkpoints"): Route("read", per_experiment=True),
     ("GET", API + "/{experiment_id}/checkpoints/{step}"): Route("read", per_experiment=True),
@@ -66,6 +69,10 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", SWEEPS): Route("read", per_experiment=False),
     ("GET", SWEEPS + "/{sweep_id}"): Route("read", per_experiment=False, per_sweep=True),
     ("POST", SWEEPS + "/{sweep_id}/cancel"): Route("write", per_experiment=False, per_sweep=True),
+    ("POST", SWEEPS + "/{sweep_id}/pause"): Route("write", per_experiment=False, per_sweep=True),
+    ("POST", SWEEPS + "/{sweep_id}/resume"): Route(
+        "write", per_experiment=False, per_sweep=True, paused=True
+    ),
     ("GET", SWEEPS + "/{sweep_id}/phase-diagram"): Route(
         "read", per_experiment=False, per_sweep=True, params={"x": "training.seed"}
     ),
@@ -175,7 +182,10 @@ def test_auth_matrix(client, world, api_sessions, method, path):
             client.post(SWEEPS, json=SWEEP, headers=bearer(world["alice_write"])).json()["id"]
             for _ in range(2)
         )
-
+    if route.paused:
+        for target in (mine, for_admin):
+            pause = f"{SWEEPS if route.per_sweep else API}/{target}/pause"
+            assert client.post(pause, headers=bearer(world["alice_write"])).status_code == 200
     # No token, a made-up one, a revoked one: 401 with a Bearer challenge.
     for headers in (
         {},

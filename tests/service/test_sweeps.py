@@ -257,6 +257,10 @@ def test_cancel_asks_running_members_to_stop(client, api_sessions):
         ({"succeeded": 7, "cancelled": 1}, "cancelled"),
         ({"cancelled": 8}, "cancelled"),
         ({"failed": 8}, "failed"),
+        ({"paused": 8}, "paused"),
+        ({"succeeded": 6, "paused": 2}, "paused"),  # nothing left to run until resumed
+        ({"running": 1, "paused": 7}, "running"),
+        ({"paused": 1}, "running"),  # the rest still queued
     ],
 )
 def test_status_is_derived_from_the_members(client, api_sessions, states, status):

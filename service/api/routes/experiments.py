@@ -1,4 +1,4 @@
-"""Experiments: submit, list, inspect, cancel."""
+"""Experiments: submit, list, inspect, cancel, pause and resume."""
 from __future__ import annotations
 
 import logging
@@ -22,20 +22,21 @@ from service.api.deps import (
     SettingsDep,
     SubmittedSpec,
     WritePrincipal,
+    require_active_quota,
     require_quota,
     require_webhook_secret,
     visible,
 )
 from service.api.etag import json_with_etag
-from service.api.responses import FORBIDDEN, NOT_FOUND, QUOTA, UNAUTHORIZED
-from service.contract.models import FINISHED_STATUSES
+from service.api.responses import FORBIDDEN, NOT_FOUND, QUOTA, RESUME_QUOTA, UNAUTHORIZED
+from service.contract.models import FINISHED_STATUSES, PAUSED
 from service.infra.queueing import queue_for
 from service.schemas.errors import ErrorOut, invalid
 from service.schemas.experiments import (
-    CancelConflict,
     ExperimentListQuery,
     ExperimentOut,
     ExperimentPage,
+    StateConflict,
 )
 from service.store.live import experiment_snapshot
 
@@ -131,7 +132,7 @@ def _status_body(sessions: sessionmaker[Session], principal: Principal, experime
     responses={
         **FORBIDDEN,
         **NOT_FOUND,
-        409: {"model": CancelConflict, "description": "The job had already finished."},
+        409: {"model": StateConflict, "description": "The job had already finished."},
     },
 )
 def cancel_experiment(
@@ -140,7 +141,7 @@ def cancel_experiment(
     """Cancel a job. A queued job is cancelled at once; a running one gets `cancel_requested`
     and its worker stops at the next step it checks, finishing it `cancelled`."""
     if experiment.status in FINISHED_STATUSES:
-        conflict = CancelConflict(
+        conflict = StateConflict(
             detail=f"experiment {experiment.id} already finished ({experiment.status}); "
             "only queued or running jobs can be cancelled",
             status=experiment.status,  # type: ignore[arg-type]
@@ -149,3 +150,74 @@ def cancel_experiment(
     cancelled = store.request_cancel(session, experiment.id)
     assert cancelled is not None  # experiments are never deleted
     return ExperimentOut.of(cancelled)
+
+
+def _conflict(exc: store.NotPausable) -> JSONResponse:
+    conflict = StateConflict(detail=str(exc), status=exc.status)  # type: ignore[arg-type]
+    return JSONResponse(conflict.model_dump(), status_code=409)
+
+
+@router.post(
+    "/{experiment_id}/pause",
+    response_model=ExperimentOut,
+    responses={
+        **FORBIDDEN,
+        **NOT_FOUND,
+        409: {"model": StateConflict, "description": "The job had already finished."},
+    },
+)
+def pause_experiment(
+    experiment: OwnedExperimentForWrite, session: SessionDep
+) -> ExperimentOut | Response:
+    """Pause a job. A queued job is `paused` at once. A running one gets `pause_requested`: its
+    worker stores a checkpoint at the step it has reached, within a few seconds, marks it
+    `paused` and takes the next job. A paused job stays paused (pausing it again is a no-op).
+
+    A paused job keeps its place and its checkpoints, does not count against the owner's
+    active-jobs quota, and uses up none of its attempts; resume continues from the checkpoint."""
+    try:
+        paused = store.request_pause(session, experiment.id)
+    except store.NotPausable as exc:
+        return _conflict(exc)
+    assert paused is not None  # experiments are never deleted
+    return ExperimentOut.of(paused)
+
+
+@router.post(
+    "/{experiment_id}/resume",
+    response_model=ExperimentOut,
+    responses={
+        **FORBIDDEN,
+        **NOT_FOUND,
+        409: {"model": StateConflict,
+              "description": "The job is not paused (and no pause of it was requested)."},
+        **RESUME_QUOTA,
+    },
+)
+def resume_experiment(
+    experiment: OwnedExperimentForWrite,
+    principal: WritePrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    enqueue: EnqueueDep,
+) -> ExperimentOut | Response:
+    """Resume a paused job: it is `queued` again, on its own queue, and a worker continues it
+    from its last checkpoint (on the CPU its metrics are those of a run never paused). A
+    running job whose pause was requested has the request withdrawn and trains on.
+
+    A resumed job counts against the owner's active-jobs quota again: 429 when it would exceed
+    it. A resume is not a submission (the submission rate does not count it)."""
+    if experiment.status == PAUSED:
+        require_active_quota(session, settings, principal, resumed=1)
+    try:
+        resumed, queued = store.request_resume(session, experiment.id)
+    except store.NotPausable as exc:
+        return _conflict(exc)
+    assert resumed is not None  # experiments are never deleted
+    if queued:
+        try:
+            enqueue(resumed.job_id, resumed.queue)
+        except Exception:  # noqa: BLE001 - the database holds the job; it can be re-enqueued
+            log.exception("experiment %s resumed but not enqueued on %r", resumed.id,
+                          resumed.queue)
+    return ExperimentOut.of(resumed)

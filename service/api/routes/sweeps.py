@@ -1,4 +1,5 @@
-"""Sweeps: submit a grid, list, inspect, cancel, and read its phase diagram and members."""
+"""Sweeps: submit a grid, list, inspect, cancel, pause and resume, and read its phase diagram and
+members."""
 from __future__ import annotations
 
 import logging
@@ -17,14 +18,15 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
     WritePrincipal,
+    require_active_quota,
     require_quota,
     require_webhook_secret,
 )
-from service.api.responses import FORBIDDEN, QUOTA, UNAUTHORIZED
+from service.api.responses import FORBIDDEN, QUOTA, RESUME_QUOTA, UNAUTHORIZED
 from service.contract.models import FINISHED_STATUSES, Sweep
 from service.infra.queueing import queue_for
 from service.schemas.errors import ErrorOut, invalid
-from service.schemas.experiments import CancelConflict
+from service.schemas.experiments import StateConflict
 from service.schemas.sweeps import (
     SWEEP_EXAMPLES,
     MembersOut,
@@ -136,20 +138,81 @@ def get_sweep(sweep: OwnedSweep, session: SessionDep) -> SweepOut:
     responses={
         **FORBIDDEN,
         **NOT_FOUND,
-        409: {"model": CancelConflict, "description": "Every member had already finished."},
+        409: {"model": StateConflict, "description": "Every member had already finished."},
     },
 )
 def cancel_sweep(sweep: OwnedSweepForWrite, session: SessionDep) -> SweepOut | Response:
-    """Cancel every member: queued ones at once, running ones when their worker next checks."""
+    """Cancel every member: queued and paused ones at once, running ones when their worker
+    next checks."""
     state = store.sweep_status(session, sweep)
     if state.status in FINISHED_STATUSES:
-        conflict = CancelConflict(
-            detail=f"sweep {sweep.id} already finished ({state.status}); only a sweep with "
-            "queued or running members can be cancelled",
-            status=state.status,  # type: ignore[arg-type]
-        )
-        return JSONResponse(conflict.model_dump(), status_code=409)
+        return _conflict(state, f"sweep {sweep.id} already finished ({state.status}); only a "
+                         "sweep with queued, running or paused members can be cancelled")
     store.cancel_sweep(session, sweep.id)
+    return _sweep_out(session, sweep)
+
+
+def _conflict(state: store.SweepStatus, detail: str) -> JSONResponse:
+    conflict = StateConflict(detail=detail, status=state.status)  # type: ignore[arg-type]
+    return JSONResponse(conflict.model_dump(), status_code=409)
+
+
+@router.post(
+    "/{sweep_id}/pause",
+    response_model=SweepOut,
+    responses={
+        **FORBIDDEN,
+        **NOT_FOUND,
+        409: {"model": StateConflict, "description": "Every member had already finished."},
+    },
+)
+def pause_sweep(sweep: OwnedSweepForWrite, session: SessionDep) -> SweepOut | Response:
+    """Pause every member that has not finished: queued ones at once, running ones within a
+    few seconds (each pack's worker checkpoints them, then takes other work). The sweep is
+    `paused` once no member is queued or running. Members already paused stay paused."""
+    state = store.sweep_status(session, sweep)
+    if state.status in FINISHED_STATUSES:
+        return _conflict(state, f"sweep {sweep.id} already finished ({state.status}); only a "
+                         "sweep with queued or running members can be paused")
+    store.pause_sweep(session, sweep.id)
+    return _sweep_out(session, sweep)
+
+
+@router.post(
+    "/{sweep_id}/resume",
+    response_model=SweepOut,
+    responses={
+        **FORBIDDEN,
+        **NOT_FOUND,
+        409: {"model": StateConflict,
+              "description": "No member is paused (or has a pause requested)."},
+        **RESUME_QUOTA,
+    },
+)
+def resume_sweep(
+    sweep: OwnedSweepForWrite,
+    principal: WritePrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    enqueue: EnqueueDep,
+) -> SweepOut | Response:
+    """Resume every paused member: each is `queued` again and continues from its checkpoint
+    (one queue message per pack). Running members whose pause was requested train on.
+
+    The resumed members count against the owner's active-jobs quota again: 429 when they would
+    exceed it (and none is resumed)."""
+    paused, pausing = store.sweep_resumable(session, sweep.id)
+    if not paused and not pausing:
+        state = store.sweep_status(session, sweep)
+        return _conflict(state, f"sweep {sweep.id} is {state.status} and has no paused member; "
+                         "only a sweep with paused members (or pauses requested) can be resumed")
+    require_active_quota(session, settings, principal, resumed=paused)
+    for job_id, queue in store.resume_sweep(session, sweep.id):
+        try:
+            enqueue(job_id, queue)
+        except Exception:  # noqa: BLE001 - the database holds the pack; the reconciler re-enqueues
+            log.exception("sweep %s: pack %s resumed but not enqueued on %r", sweep.id, job_id,
+                          queue)
     return _sweep_out(session, sweep)
 
 
