@@ -3,6 +3,7 @@ bench/gpu_check.sh runs the stages on a GPU machine; bench_sweep.py's (b) runs `
 
     python bench/sweep_gpu.py packs --out DIR   # nanda2023 packs at E = 1, 64, 256
     python bench/sweep_gpu.py sweep --out DIR   # 256 members x 10k steps through Trainer.run
+    python bench/sweep_gpu.py sweep --compile --out DIR  # the same, the model's forward compiled
     python bench/sweep_gpu.py compile --out DIR # torch.compile of the model at E = 256
     python bench/sweep_gpu.py table --out DIR   # the figures against the goals
     (each with --dry-run: tiny sizes on the CPU, to check the script itself)
@@ -18,7 +19,9 @@ sweep: a phase-diagram sweep (lr {1e-3, 3e-3} x weight decay {0.5, 1, 2, 4} x se
 nanda2023 preset, trained as one pack with the preset's evaluations (every 100 steps) and
 checkpoints (every 1000; serialised, then dropped), from building the specs to the summary.
 It stops at --budget-s and reports the projected time; the fraction of members whose val_acc
-reached 0.99 is the fraction that generalised.
+reached 0.99 is the fraction that generalised. With --compile the Trainer compiles the model's
+forward (worker/engine/compiled.py; in a dry run with the aot_eager backend, which needs no C
+compiler): the first step, compiling included, counts once in the projection, not per step.
 """
 from __future__ import annotations
 
@@ -185,7 +188,7 @@ def largest_pack_costs(trainer: Trainer, device: torch.device, steps: int, repea
     t0 = time.perf_counter()
     blobs = trainer.member_checkpoints()
     out["member_checkpoints_s"] = time.perf_counter() - t0
-    out["member_checkpoints_mib"] = sum(len(b) for b in blobs) / 2**20
+    out["member_checkpoints_mib"] = sum(len(b) for b in blobs.values()) / 2**20
     del blobs
     if profile_path is not None:
         out["profile"] = write_profile(trainer, device, profile_path)
@@ -234,11 +237,16 @@ def sweep_specs(dry: bool, device: str, members: int, steps: int, precision: str
 
 
 def measure_sweep(device_name: str, members: int, steps: int, budget_s: float, precision: str,
-                  dry: bool = False) -> dict[str, Any]:
+                  dry: bool = False, compile_model: bool = False) -> dict[str, Any]:
     device = torch.device(device_name)
     torch.zeros(1, device=device)  # the CUDA context is the process's, not the sweep's
     set_tf32(False)
     counts = {"metric_rows": 0, "checkpoints": 0, "checkpoint_bytes": 0}
+    first_step_at: list[float] = []
+
+    def on_progress(step: int, total: int) -> None:
+        if not first_step_at:
+            first_step_at.append(time.perf_counter())
 
     def on_checkpoint(step: int, blob: bytes, meta: dict) -> None:
         counts["checkpoints"] += 1
@@ -250,13 +258,17 @@ def measure_sweep(device_name: str, members: int, steps: int, budget_s: float, p
     started = time.perf_counter()
     deadline = started + budget_s
     specs = sweep_specs(dry, device_name, members, steps, precision)
-    trainer = Trainer.for_members(specs)
+    trainer = Trainer.for_members(specs, compile_model=("aot_eager" if dry else True) if compile_model else False)
     built = time.perf_counter()
-    summary = trainer.run(on_metrics=on_metrics, on_checkpoint=on_checkpoint,
+    summary = trainer.run(on_metrics=on_metrics, on_checkpoint=on_checkpoint, on_progress=on_progress,
                           should_stop=lambda: time.perf_counter() > deadline)
     sync(device)
     wall = time.perf_counter() - started
     done = summary["steps"]
+    build_s = built - started
+    # the first step (step 0's evaluation, and the compiling) once; the rest scaled to `steps`
+    first_s = (first_step_at[0] - built) if first_step_at else 0.0
+    projected = wall if done >= steps else build_s + first_s + (wall - build_s - first_s) * (steps - 1) / max(done - 1, 1)
     generalised = [m for m in summary["members"] if m.get("generalization_step") is not None]
     by_cell: dict[str, list[int]] = {}
     for spec, m in zip(specs, sorted(summary["members"], key=lambda m: m["member"])):
@@ -265,12 +277,21 @@ def measure_sweep(device_name: str, members: int, steps: int, budget_s: float, p
         cell[1] += 1
     return {
         "env": device_info(device), "members": members, "steps": steps, "precision": precision,
-        "steps_done": done, "stopped": summary["stopped"], "wall_s": wall, "build_s": built - started,
-        "projected_s": wall if done >= steps else (built - started) + (wall - (built - started)) * steps / max(done, 1),
+        "compile": compile_model, "steps_done": done, "stopped": summary["stopped"], "wall_s": wall,
+        "build_s": build_s, "first_step_s": first_s, "projected_s": projected, **dynamo_counts(compile_model),
         "generalised": len(generalised), "generalised_fraction": len(generalised) / members,
         "memorised": sum(m.get("memorization_step") is not None for m in summary["members"]),
         "generalised_by_cell": by_cell, **counts,
     }
+
+
+def dynamo_counts(compiled: bool) -> dict[str, int]:
+    """How many graphs torch.compile made and how often it broke one (0 and 0: one whole graph)."""
+    if not compiled:
+        return {}
+    from torch._dynamo.utils import counters
+
+    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values())}
 
 
 def measure_compile(device_name: str, E: int, steps: int, repeats: int, dry: bool = False) -> dict[str, Any]:
@@ -329,9 +350,10 @@ def table_lines(packs: dict[str, Any] | None, sweep: dict[str, Any] | None,
         s = sweep
         verdict = "pass" if s["projected_s"] < GOAL_SWEEP_S else "MISS"
         done = "" if s["steps_done"] >= s["steps"] else f", stopped at step {s['steps_done']} (budget), projected"
+        how = s["precision"] + (f", compiled: {s['graphs']} graphs, {s['graph_breaks']} breaks" if s.get("compile") else "")
         lines.append(
-            f"sweep {s['members']} x {s['steps']} steps ({s['precision']}): {s['projected_s']:.1f} s end to end{done} "
-            f"(build {s['build_s']:.1f} s); goal < {GOAL_SWEEP_S:g} s: {verdict}; generalised "
+            f"sweep {s['members']} x {s['steps']} steps ({how}): {s['projected_s']:.1f} s end to end{done} "
+            f"(build {s['build_s']:.1f} s, first step {s.get('first_step_s', 0):.1f} s); goal < {GOAL_SWEEP_S:g} s: {verdict}; generalised "
             f"{s['generalised']}/{s['members']} ({s['generalised_fraction']:.0%}), memorised {s['memorised']}; "
             f"{s['checkpoints']} checkpoints ({s['checkpoint_bytes'] / 2**30:.2f} GiB), {s['metric_rows']} metric rows"
         )
@@ -350,6 +372,7 @@ def main() -> None:
     parser.add_argument("--sweep-steps", type=int, default=10_000)
     parser.add_argument("--budget-s", type=float, default=240.0, help="sweep: stop here, project the rest")
     parser.add_argument("--precision", choices=PRECISIONS, default="tf32", help="sweep: matmul precision")
+    parser.add_argument("--compile", action="store_true", help="sweep: torch.compile the model's forward")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.dry_run else "cuda"
@@ -365,7 +388,8 @@ def main() -> None:
                                 precisions=tuple(args.precisions.split(",")))
         (args.out / "packs.json").write_text(json.dumps(figures, indent=2) + "\n")
     elif args.stage == "sweep":
-        figures = measure_sweep(device, args.members, args.sweep_steps, args.budget_s, args.precision, args.dry_run)
+        figures = measure_sweep(device, args.members, args.sweep_steps, args.budget_s, args.precision, args.dry_run,
+                                args.compile)
         (args.out / "sweep.json").write_text(json.dumps(figures, indent=2) + "\n")
         print("\n".join(table_lines(None, figures)[-1:]))
     elif args.stage == "compile":

@@ -150,7 +150,7 @@ def run_claimed_job(job_id: str, worker_name: str, settings: Settings) -> str:
     raised = False
     try:
         with heartbeating(recorder.beat, settings.heartbeat_s, job_id):
-            _train(specs, recorder, sessions, deadline_check(specs, settings))
+            _train(specs, recorder, sessions, deadline_check(specs, settings), settings.torch_compile)
     except Exception as exc:
         raised = True  # every member still training fails with the reason
         log.exception("job %s failed", job_id)
@@ -182,17 +182,20 @@ def resume_point(session: Session, experiment_ids: list[str]) -> tuple[int | Non
 
 def _train(
     specs: list[ExperimentSpec], recorder: JobRecorder, sessions: sessionmaker[Session],
-    check_deadline: Callable[[], None],
+    check_deadline: Callable[[], None], torch_compile: str = "off",
 ) -> None:
-    from worker.engine.train import Trainer
+    """Train the job's members; torch_compile is GROKLAB_TORCH_COMPILE (auto: on CUDA only)."""
+    from worker.engine.compiled import compile_wanted
+    from worker.engine.train import Trainer, resolve_device
 
+    compile_model = compile_wanted(torch_compile, resolve_device(specs[0].training.device))
     with sessions() as s:
         resume_step, blobs = resume_point(s, recorder.ids)
     if blobs is not None:
-        trainer = Trainer.from_member_checkpoints(specs, blobs)
+        trainer = Trainer.from_member_checkpoints(specs, blobs, compile_model=compile_model)
         log.info("job of %s resumes at step %d", recorder.ids[0], trainer.step)
     else:
-        trainer = Trainer.for_members(specs)
+        trainer = Trainer.for_members(specs, compile_model=compile_model)
     recorder.trainer, recorder.resumed_from_step = trainer, resume_step
     for member, alerts in enumerate(recorder.alerts):
         alerts.resume(trainer, rows=trainer.rows_of(member))

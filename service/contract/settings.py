@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,14 @@ class Settings(BaseSettings):
     )
     reconcile_after_s: float = Field(
         30.0, description="A job queued this long with no broker message is enqueued again."
+    )
+    torch_compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile of the model's forward in training jobs: 'auto' on CUDA "
+        "devices only (a GPU pack's step runs ~1.6x faster after ~12 s of compiling; on a CPU "
+        "the compiling costs more than it gains), 'on' on every device (a CPU needs a C++ "
+        "compiler), 'off' never. Results agree with eager ones within float tolerance; spec "
+        "hashes and checkpoints do not change.",
     )
 
     # Abuse limits

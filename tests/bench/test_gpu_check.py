@@ -42,3 +42,14 @@ def test_unknown_arguments_and_a_missing_output_folder_are_refused():
     assert done.returncode == 2 and "unknown argument '--fast'" in done.stderr
     done = run_check("--dry-run")
     assert done.returncode == 2 and "no output folder" in done.stderr
+
+
+def test_only_sweep_with_compile_runs_the_compiled_sweep_alone(tmp_path):
+    done = run_check("--dry-run", "--only-sweep", "--compile", out=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {p.name for p in tmp_path.iterdir()} == {"gpu_check.log", "sweep.json", "table.txt"}
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert (sweep["compile"], sweep["steps_done"], sweep["stopped"]) == (True, 12, "completed")
+    assert sweep["graphs"] >= 1 and sweep["first_step_s"] > 0
+    table = (tmp_path / "table.txt").read_text().splitlines()
+    assert table[-1].startswith("sweep 4 x 12 steps (tf32, compiled: ") and table[-1] in done.stdout

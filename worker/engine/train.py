@@ -31,14 +31,9 @@ from service.science.grokking import ACC_THRESHOLD, EVAL_METRICS, GROK_PATIENCE
 from service.science.progress import steps_per_second
 from service.contract.spec import ExperimentSpec
 from service.science.sweeps import pack_spec
-from worker.engine.checkpoint import (
-    checkpoint_metadata,
-    load_checkpoint_for,
-    load_trainer_state,
-    state_checkpoint,
-    trainer_checkpoint,
-    trainer_state_tensors,
-)
+from worker.engine.checkpoint import (checkpoint_metadata, load_checkpoint_for, load_trainer_state,
+                                      state_checkpoint, trainer_checkpoint, trainer_state_tensors)
+from worker.engine.compiled import training_forward
 from worker.engine.evaluate import loss_and_accuracy, masked_loss_and_accuracy, weight_norms
 from worker.engine.models import build_model, member_seeds
 from worker.engine.optim import (
@@ -92,9 +87,10 @@ class Trainer:
 
     def __init__(
         self, spec: ExperimentSpec, device: str | torch.device | None = None,
-        member_specs: list[ExperimentSpec] | None = None,
+        member_specs: list[ExperimentSpec] | None = None, compile_model: bool | str = False,
     ):
         self.device = resolve_device(device if device is not None else spec.training.device)
+        self.compile_model = compile_model  # worker/engine/compiled.py: an execution option
         self.member_specs = list(member_specs) if member_specs is not None else [spec]
         if len(self.member_specs) > 1 and any(s.ensemble.size != 1 for s in self.member_specs):
             raise ValueError("the members of a pack are single runs (ensemble.size 1 each)")
@@ -129,6 +125,7 @@ class Trainer:
         self.sets = training_sets(spec, self.device)
 
         self.model = build_model(spec, self.device, init=init)
+        self._train_forward = training_forward(self.model, self.compile_model)
         self.params = list(self.model.parameters())
         self.optimizer = build_optimizer(self.params, spec.optimizer, self.lrs, self.weight_decays)
         lamb = None
@@ -170,7 +167,7 @@ class Trainer:
         """One optimiser step of every member; returns the members' losses [E] (detached)."""
         tokens, labels = self.next_batch()
         with self._autocast_context():
-            logits = self.model(tokens)
+            logits = self._train_forward(tokens)
         opt = self.spec.optimizer
         if self.sets.train_weights is None or self.spec.training.batch_size is not None:
             losses = member_losses(logits, labels, opt.loss, opt.loss_float64)
@@ -448,37 +445,40 @@ class Trainer:
 
     @classmethod
     def from_checkpoint(
-        cls, spec: ExperimentSpec, blob: bytes, device: str | torch.device | None = None
+        cls, spec: ExperimentSpec, blob: bytes, device: str | torch.device | None = None,
+        compile_model: bool | str = False,
     ) -> "Trainer":
         """A trainer that continues exactly where the checkpoint's run stopped. The checkpoint
         must have been written for this very spec (same spec_hash)."""
         tensors = load_checkpoint_for(spec, blob)
-        trainer = cls(spec, device)
+        trainer = cls(spec, device, compile_model=compile_model)
         load_trainer_state(trainer, tensors)
         return trainer
 
     @classmethod
     def for_members(
-        cls, member_specs: list[ExperimentSpec], device: str | torch.device | None = None
+        cls, member_specs: list[ExperimentSpec], device: str | torch.device | None = None,
+        compile_model: bool | str = False,
     ) -> "Trainer":
         """The job of these members: one experiment, or a pack of single runs whose shapes
         agree, trained as one ensemble."""
         if len(member_specs) == 1:
-            return cls(member_specs[0], device)
-        return cls(pack_spec(member_specs), device, member_specs=member_specs)
+            return cls(member_specs[0], device, compile_model=compile_model)
+        return cls(pack_spec(member_specs), device, member_specs=member_specs, compile_model=compile_model)
 
     @classmethod
     def from_member_checkpoints(
-        cls, member_specs: list[ExperimentSpec], blobs: list[bytes], device: str | torch.device | None = None
+        cls, member_specs: list[ExperimentSpec], blobs: list[bytes], device: str | torch.device | None = None,
+        compile_model: bool | str = False,
     ) -> "Trainer":
         """The job resumed from one checkpoint per member (each written for its own spec), all
         at the same step."""
         if len(blobs) != len(member_specs):
             raise ValueError(f"need one checkpoint per member: {len(member_specs)} (got {len(blobs)})")
         if len(member_specs) == 1:
-            return cls.from_checkpoint(member_specs[0], blobs[0], device)
+            return cls.from_checkpoint(member_specs[0], blobs[0], device, compile_model)
         states = [load_checkpoint_for(spec, blob) for spec, blob in zip(member_specs, blobs)]
-        trainer = cls.for_members(member_specs, device)
+        trainer = cls.for_members(member_specs, device, compile_model)
         merged = merge_states(states, trainer.optimizer.member_sizes)
         load_trainer_state(trainer, merged)
         return trainer
