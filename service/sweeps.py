@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -250,27 +251,57 @@ def bytes_per_member(spec: ExperimentSpec) -> int:
     return state + 4 * rows * width * 2
 
 
+def trains_on_gpu(spec: ExperimentSpec, worker_gpus: int) -> bool:
+    """Whether a member will train on a GPU: it asks for cuda, or for auto on workers that have
+    GPUs (GROKLAB_WORKER_GPUS, else the API host's own)."""
+    return spec.training.device == "cuda" or (spec.training.device == "auto" and worker_gpus > 0)
+
+
 def default_pack_size(spec: ExperimentSpec, memory_bytes: int, max_ensemble: int) -> int:
-    """8 on the CPU; on a GPU as many members as fit in memory_bytes (at most max_ensemble)."""
-    if spec.training.device == "cpu":
-        return min(CPU_PACK_SIZE, max_ensemble)
+    """On a GPU, as many members as fit in memory_bytes (at most max_ensemble)."""
     return max(1, min(max_ensemble, memory_bytes // max(1, bytes_per_member(spec))))
 
 
+def cpu_pack_sizes(n_members: int, processes: int, best: int = CPU_PACK_SIZE) -> list[int]:
+    """The sizes of the CPU packs of n_members like-shaped members for `processes` training
+    processes: as many packs as processes (a multiple of them when every process would get more
+    than `best` members, so that each round of packs keeps every process busy), as equal in
+    size as can be, never more packs than members. 12 members on 2 processes with best 4: two
+    rounds of two packs, [3, 3, 3, 3]."""
+    if n_members < 1:
+        return []
+    rounds = math.ceil(n_members / (max(1, processes) * best))
+    n_packs = min(n_members, max(1, processes) * rounds)
+    small, extra = divmod(n_members, n_packs)
+    return [small + 1] * extra + [small] * (n_packs - extra)
+
+
 def plan_packs(
-    members: list[Member], pack_size: int | None, memory_bytes: int, max_ensemble: int
+    members: list[Member], pack_size: int | None, memory_bytes: int, max_ensemble: int,
+    processes: int = 1, worker_gpus: int = 0,
 ) -> list[list[Member]]:
-    """Members grouped by pack_key (in grid order), each group cut into packs of at most
-    pack_size (default_pack_size when None)."""
+    """Members grouped by pack_key (in grid order), each group cut into packs: of pack_size
+    when asked for; else on a GPU as many as fit in memory_bytes, and on the CPU one pack per
+    training process at about CPU_PACK_SIZE members (cpu_pack_sizes). `processes` and
+    `worker_gpus` describe a worker host (service.worker_plan): the API sizes packs when the
+    sweep is submitted, for workers like its own plan says (GROKLAB_WORKER_PROCESSES and
+    GROKLAB_WORKER_GPUS, else the API host's cores and GPUs)."""
     groups: dict[str, list[Member]] = {}
     for member in members:
         groups.setdefault(pack_key(member.spec), []).append(member)
     packs = []
     for group in groups.values():
-        size = pack_size or default_pack_size(group[0].spec, memory_bytes, max_ensemble)
-        size = min(size, max_ensemble)
-        packs += [group[i : i + size] for i in range(0, len(group), size)]
-    return packs
+        if pack_size is None and not trains_on_gpu(group[0].spec, worker_gpus):
+            sizes = cpu_pack_sizes(len(group), processes, min(CPU_PACK_SIZE, max_ensemble))
+        else:
+            size = min(pack_size or default_pack_size(group[0].spec, memory_bytes, max_ensemble),
+                       max_ensemble)
+            sizes = [size] * math.ceil(len(group) / size)
+        start = 0
+        for size in sizes:
+            packs.append(group[start : start + size])
+            start += size
+    return [pack for pack in packs if pack]
 
 
 def pack_spec(member_specs: list[ExperimentSpec]) -> ExperimentSpec:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from worker.celery_app import ANALYZE_CHECKPOINT, PROGRESS_MEASURES, RUN_EXPERIMENT
+from worker.processes import limit_child  # noqa: F401  each pool child's threads and GPU
 
 
 @shared_task(name=RUN_EXPERIMENT, bind=True)

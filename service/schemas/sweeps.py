@@ -20,6 +20,7 @@ from service.settings import Settings
 from service.spec import Limits
 from service.store import SweepStatus
 from service.sweeps import Member, SweepInvalid, SweepSpec, expand, plan_packs
+from service.worker_plan import worker_plan
 
 SWEEP_EXAMPLES = {
     "wd-by-fraction": {
@@ -47,7 +48,9 @@ def plan_sweep(
                          settings.max_sweep_members)
     except SweepInvalid as exc:
         raise RequestValidationError(exc.errors, body=sweep.model_dump(mode="json")) from None
-    return plan_packs(members, sweep.pack_size, settings.pack_memory_bytes, settings.max_ensemble)
+    workers = worker_plan(settings)  # the worker hosts are taken to be like this host's plan
+    return plan_packs(members, sweep.pack_size, settings.pack_memory_bytes, settings.max_ensemble,
+                      processes=workers.processes, worker_gpus=workers.gpus)
 
 
 class SweepSummaryOut(BaseModel):
