@@ -47,12 +47,24 @@ def gpu_for_child(index: int, slots: str | None) -> str | None:
     return names[index % len(names)]
 
 
+def child_index() -> int:
+    """This pool child's index among the worker's training processes (0 outside a pool)."""
+    from billiard.process import current_process
+
+    return getattr(current_process(), "index", 0) or 0
+
+
+def training_process_name(hostname: str, index: int | None = None) -> str:
+    """The name a training process claims jobs under: the worker's node name and the child's
+    index (`embedded@host#1`). No two live processes of a worker share it, and a pack claim
+    tells the rows it won by it (service.store.claim_pack)."""
+    return f"{hostname}#{child_index() if index is None else index}"
+
+
 @worker_process_init.connect
 def limit_child(**_: object) -> None:
     """In each pool child, before its first task: its GPU, then torch's threads."""
-    from billiard.process import current_process
-
-    index = getattr(current_process(), "index", 0) or 0
+    index = child_index()
     gpu = gpu_for_child(index, os.environ.get(GPU_SLOTS))
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before CUDA initialises in this child

@@ -8,14 +8,15 @@ from __future__ import annotations
 from celery import shared_task
 
 from worker.celery_app import ANALYZE_CHECKPOINT, PROGRESS_MEASURES, RUN_EXPERIMENT
-from worker.processes import limit_child  # noqa: F401  each pool child's threads and GPU
+from worker.processes import training_process_name  # connects each pool child's limits
 
 
 @shared_task(name=RUN_EXPERIMENT, bind=True)
 def run_experiment(self, experiment_id: str) -> str:
     from worker.runner import run_job  # torch is imported only by the worker process
 
-    return run_job(experiment_id, worker_name=self.request.hostname or "worker")
+    name = training_process_name(self.request.hostname or "worker")  # one per pool child
+    return run_job(experiment_id, worker_name=name)
 
 
 @shared_task(name=ANALYZE_CHECKPOINT)

@@ -120,8 +120,12 @@ def test_groklab_up_trains_two_packs_at_once(tmp_path):
                 if not seen or all(now > before for now, before in zip(steps, seen[-1])):
                     seen.append(steps)
             time.sleep(0.5)
-        # Both advanced between three looks while both were running: trained at the same time.
+        # Both advanced between three looks while both were running: trained at the same time,
+        # by two training processes of the one worker.
         assert seen[-1][0] > seen[0][0] and seen[-1][1] > seen[0][1]
+        workers = {client.get(f"/api/v1/experiments/{i}").json()["worker"]
+                   for i in first_of_each_pack}
+        assert len(workers) == 2 and all(w.startswith("embedded@") for w in workers), workers
         assert "2 training process(es) x 1 torch thread(s)" in log_path.read_text()
 
         assert client.post(f"/api/v1/sweeps/{sweep['id']}/cancel").status_code == 200
