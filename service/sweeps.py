@@ -281,8 +281,9 @@ def plan_packs(
     processes: int = 1, worker_gpus: int = 0,
 ) -> list[list[Member]]:
     """Members grouped by pack_key (in grid order), each group cut into packs: of pack_size
-    when asked for; else on a GPU as many as fit in memory_bytes, and on the CPU one pack per
-    training process at about CPU_PACK_SIZE members (cpu_pack_sizes). `processes` and
+    when asked for; else on a GPU as many as fit in memory_bytes (spread over the processes, one
+    per GPU, when they all fit), and on the CPU one pack per training process at most
+    CPU_PACK_SIZE members each (cpu_pack_sizes). `processes` and
     `worker_gpus` describe a worker host (service.worker_plan): the API sizes packs when the
     sweep is submitted, for workers like its own plan says (GROKLAB_WORKER_PROCESSES and
     GROKLAB_WORKER_GPUS, else the API host's cores and GPUs)."""
@@ -294,8 +295,9 @@ def plan_packs(
         if pack_size is None and not trains_on_gpu(group[0].spec, worker_gpus):
             sizes = cpu_pack_sizes(len(group), processes, min(CPU_PACK_SIZE, max_ensemble))
         else:
-            size = min(pack_size or default_pack_size(group[0].spec, memory_bytes, max_ensemble),
-                       max_ensemble)
+            size = pack_size or min(default_pack_size(group[0].spec, memory_bytes, max_ensemble),
+                                    math.ceil(len(group) / max(1, processes)))
+            size = min(size, max_ensemble)
             sizes = [size] * math.ceil(len(group) / size)
         start = 0
         for size in sizes:

@@ -66,8 +66,12 @@ def test_gpu_packs_fill_the_memory_budget():
     from service.sweeps import bytes_per_member
 
     per_member = bytes_per_member(twelve[0].spec)
-    assert sizes(plan_packs(twelve, None, 5 * per_member, 256, processes=16)) == [5, 5, 2]
+    assert sizes(plan_packs(twelve, None, 5 * per_member, 256, processes=1)) == [5, 5, 2]
+    assert sizes(plan_packs(twelve, None, 5 * per_member, 256, processes=2)) == [5, 5, 2]
     assert sizes(plan_packs(twelve, None, GPU_BYTES, 4, worker_gpus=1)) == [4, 4, 4]
+    # all fit on one GPU: one pack per GPU process, so that every GPU trains
+    assert sizes(plan_packs(twelve, None, GPU_BYTES, 256, worker_gpus=1)) == [12]
+    assert sizes(plan_packs(twelve, None, GPU_BYTES, 256, processes=4, worker_gpus=4)) == [3] * 4
 
 
 def test_pack_size_asked_for_wins_and_groups_stay_apart():
