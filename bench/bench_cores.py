@@ -10,7 +10,9 @@ pack size in service/sweeps.py.
     one run and the throughput in runs per second, as a ratio to one process with one thread.
     Rounds alternate the layouts so that a noisy machine hurts them alike.
 (b) packs: ci-small packs of E members (Trainer.for_members, different seeds and weight
-    decays) on one thread: milliseconds per member-step, and the ratio to E = 1.
+    decays; and packs whose members' training fractions differ, 0.3/0.5/0.7) on one thread, in
+    one process, timed in interleaved blocks: CPU milliseconds per member-step (a train step
+    plus an evaluation every 50 steps), and the ratio to E = 1.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def member_specs(n: int, steps: int):
 
 
 def child(steps: int, threads: int, members: int) -> None:
-    """One process: train `members` members (a pack when > 1) and print its wall time."""
+    """One process: train `members` members (a pack when > 1); print its wall and CPU time."""
     import torch
 
     torch.set_num_threads(threads)
@@ -48,13 +50,15 @@ def child(steps: int, threads: int, members: int) -> None:
 
     specs = member_specs(members, steps)
     trainer = Trainer(specs[0]) if members == 1 else Trainer.for_members(specs)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     trainer.run()
-    print(f"{time.perf_counter() - started:.4f}")
+    print(f"{time.perf_counter() - started:.4f} {time.process_time() - cpu_started:.4f}")
 
 
-def run_children(processes: int, threads: int, steps: int, members: int = 1) -> list[float]:
-    """Wall times of `processes` children started together."""
+def run_children(
+    processes: int, threads: int, steps: int, members: int = 1
+) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each of `processes` children started together."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), **{v: str(threads) for v in THREAD_VARIABLES})
     argv = [sys.executable, __file__, "--child", str(steps), str(threads), str(members)]
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
@@ -64,7 +68,8 @@ def run_children(processes: int, threads: int, steps: int, members: int = 1) -> 
         out, _ = proc.communicate()
         if proc.returncode != 0:
             raise SystemExit(f"a {processes}x{threads} child failed ({proc.returncode})")
-        times.append(float(out.strip().splitlines()[-1]))
+        wall, cpu = out.strip().splitlines()[-1].split()
+        times.append((float(wall), float(cpu)))
     return times
 
 
@@ -73,7 +78,7 @@ def layouts(names: list[str], steps: int, rounds: int) -> None:
     walls: dict[tuple, list[float]] = {shape: [] for shape in shapes}
     for _ in range(rounds):
         for shape in shapes:
-            walls[shape].append(max(run_children(*shape, steps)))
+            walls[shape].append(max(wall for wall, _ in run_children(*shape, steps)))
     base = None
     print(f"(a) ci-small single runs, {steps} steps, evals every 50 (median of {rounds} rounds)")
     for (processes, threads), times in walls.items():
@@ -85,19 +90,45 @@ def layouts(names: list[str], steps: int, rounds: int) -> None:
               f"{throughput:.3f} runs/s{ratio}  (rounds: {', '.join(f'{t:.2f}' for t in times)})")
 
 
-def packs(sizes: list[int], steps: int, rounds: int) -> None:
-    per_member: dict[int, list[float]] = {E: [] for E in sizes}
-    for _ in range(rounds):
-        for E in sizes:
-            (wall,) = run_children(1, 1, steps, members=E)
-            per_member[E].append(wall / (E * steps))
-    print(f"(b) ci-small packs on one thread, {steps} steps, evals every 50 "
-          f"(median of {rounds} rounds)")
-    base = statistics.median(per_member[sizes[0]])
-    for E, costs in per_member.items():
-        cost = statistics.median(costs)
-        print(f"    E={E:3d}: {cost * 1e3:.2f} ms per member-step, {base / cost:.2f}x E={sizes[0]} "
-              f"per member  (rounds: {', '.join(f'{c * 1e3:.2f}' for c in costs)})")
+def pack_costs(steps: int, rounds: int, sizes: list[int]) -> None:
+    """In this process, on one thread: every pack size's trainer side by side, timed in
+    interleaved blocks of steps, so that whatever else the machine does hurts each size alike.
+    Cost per member-step = (CPU time of a train step + of one evaluation / eval_every) / E."""
+    import torch
+
+    torch.set_num_threads(1)
+    from worker.engine.train import Trainer
+
+    def trainer(specs):
+        return Trainer(specs[0]) if len(specs) == 1 else Trainer.for_members(specs)
+
+    fractions = (0.3, 0.5, 0.7)
+    configs = {f"E={E:2d}, one training set": member_specs(E, steps) for E in sizes}
+    for E in (3, 6):  # the issue's sweep varies the training fraction inside a pack
+        specs = member_specs(E, steps)
+        configs[f"E={E:2d}, fractions 0.3/0.5/0.7"] = [
+            spec.model_copy(update={"task": spec.task.model_copy(
+                update={"train_fraction": fractions[i % 3]})}) for i, spec in enumerate(specs)]
+    trainers = {name: trainer(specs) for name, specs in configs.items()}
+    block, eval_every = 10, 50
+    costs: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(rounds * max(1, steps // block)):
+        for name, t in trainers.items():
+            started = time.process_time()
+            for _ in range(block):
+                t.train_step()
+            step_s = (time.process_time() - started) / block
+            started = time.process_time()
+            t.evaluate()
+            eval_s = time.process_time() - started
+            costs[name].append((step_s + eval_s / eval_every) / t.n_members)
+    single = statistics.median(costs[next(iter(costs))])
+    print(f"(b) ci-small packs on one thread, CPU time per member-step (train step + evaluation "
+          f"every {eval_every}), median of {len(costs[next(iter(costs))])} interleaved blocks of "
+          f"{block} steps")
+    for name, values in costs.items():
+        cost = statistics.median(values)
+        print(f"    {name}: {cost * 1e3:.2f} ms, {single / cost:.2f}x E=1 per member")
 
 
 def main() -> None:
@@ -105,6 +136,7 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         child(*(int(x) for x in sys.argv[2:5]))
         return
+    sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2)
@@ -115,7 +147,7 @@ def main() -> None:
     if args.layouts:
         layouts(args.layouts.split(","), args.steps, args.rounds)
     if args.pack_sizes:
-        packs([int(x) for x in args.pack_sizes.split(",")], args.steps, args.rounds)
+        pack_costs(args.steps, args.rounds, [int(x) for x in args.pack_sizes.split(",")])
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

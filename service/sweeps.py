@@ -55,8 +55,10 @@ class SweepSpec(BaseModel):
     )
     pack_size: int | None = Field(
         None, ge=1,
-        description="Most members trained together in one pack. Default: 8 on the CPU; on a GPU "
-        "(training.device cuda or auto) as many as fit in GROKLAB_PACK_MEMORY_BYTES.",
+        description="Most members trained together in one pack. Default: on the CPU, one pack "
+        "per training process of the workers (GROKLAB_WORKER_PROCESSES), of at most "
+        f"{CPU_PACK_SIZE} members; on a GPU (training.device cuda, or auto on workers with GPUs) "
+        "as many as fit in GROKLAB_PACK_MEMORY_BYTES.",
     )
 
     @field_validator("grid")
