@@ -36,7 +36,12 @@ PER_MEMBER_PATHS: tuple[str, ...] = (
     "task.split_seed",
     "optimizer.grad_filter.lamb",
 )
-CPU_PACK_SIZE = 8
+# The most members of a CPU pack: on one thread, ci-small packs of 1, 2 and 4 members cost the
+# same per member-step, 8 cost 4% more and 12 11% more (their activations fall out of cache),
+# and a pack whose members' training sets differ pays for its largest one (bench/README.md,
+# "Cores"). So on the CPU a pack holds at most 4 members that share a training set, and the
+# sweep is spread over the worker's processes instead.
+CPU_PACK_SIZE = 4
 
 
 class SweepSpec(BaseModel):
@@ -239,6 +244,14 @@ def pack_key(spec: ExperimentSpec) -> str:
     return json.dumps(_without_per_member(spec.model_dump(mode="json")), sort_keys=True)
 
 
+def cpu_pack_key(spec: ExperimentSpec) -> str:
+    """What members of one default CPU pack share: pack_key and the training set. A pack whose
+    members' training sets differ trains each member on as many rows as the largest one (padded,
+    weighted), which a GPU absorbs but a CPU pays for."""
+    split = (spec.task.train_fraction, spec.task.split_seed)
+    return json.dumps([pack_key(spec), split])
+
+
 def bytes_per_member(spec: ExperimentSpec) -> int:
     """A generous estimate of one member's GPU memory in a pack: fp32 parameters, gradients,
     two AdamW moments and a Grokfast buffer, plus the activations of a full-grid forward and
@@ -284,14 +297,17 @@ def plan_packs(
 ) -> list[list[Member]]:
     """Members grouped by pack_key (in grid order), each group cut into packs: of pack_size
     when asked for; else on a GPU as many as fit in memory_bytes (spread over the processes, one
-    per GPU, when they all fit), and on the CPU one pack per training process at most
-    CPU_PACK_SIZE members each (cpu_pack_sizes). `processes` and
+    per GPU, when they all fit), and on the CPU one pack per training process of at most
+    CPU_PACK_SIZE members that also share their training set (cpu_pack_key, cpu_pack_sizes).
+    `processes` and
     `worker_gpus` describe a worker host (service.worker_plan): the API sizes packs when the
     sweep is submitted, for workers like its own plan says (GROKLAB_WORKER_PROCESSES and
     GROKLAB_WORKER_GPUS, else the API host's cores and GPUs)."""
     groups: dict[str, list[Member]] = {}
     for member in members:
-        groups.setdefault(pack_key(member.spec), []).append(member)
+        on_cpu = pack_size is None and not trains_on_gpu(member.spec, worker_gpus)
+        key = cpu_pack_key(member.spec) if on_cpu else pack_key(member.spec)
+        groups.setdefault(key, []).append(member)
     packs = []
     for group in groups.values():
         if pack_size is None and not trains_on_gpu(group[0].spec, worker_gpus):

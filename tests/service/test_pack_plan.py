@@ -27,6 +27,7 @@ def sizes(packs) -> list[int]:
     [
         (12, 2, 4, [3, 3, 3, 3]),  # two rounds of two packs, none above 4
         (12, 2, 8, [6, 6]),        # one pack per process
+        (12, 2, CPU_PACK_SIZE, [3, 3, 3, 3]),
         (12, 1, 4, [4, 4, 4]),
         (8, 2, 4, [4, 4]),
         (9, 2, 4, [3, 2, 2, 2]),
@@ -72,6 +73,20 @@ def test_gpu_packs_fill_the_memory_budget():
     # all fit on one GPU: one pack per GPU process, so that every GPU trains
     assert sizes(plan_packs(twelve, None, GPU_BYTES, 256, worker_gpus=1)) == [12]
     assert sizes(plan_packs(twelve, None, GPU_BYTES, 256, processes=4, worker_gpus=4)) == [3] * 4
+
+
+def test_cpu_packs_share_a_training_set():
+    """The issue's sweep: train fraction x weight decay x seed. On the CPU each pack holds
+    members of one training fraction; on a GPU they may mix."""
+    grid = {"task.train_fraction": [0.3, 0.5, 0.7], "optimizer.weight_decay": [0, 1]}
+    twelve = members(2, **grid)
+    packs = plan_packs(twelve, None, GPU_BYTES, 256, processes=2)
+    assert sizes(packs) == cpu_pack_sizes(4, 2) * 3
+    assert all(len({m.spec.task.train_fraction for m in pack}) == 1 for pack in packs)
+    on_gpu = members(2, device="cuda", **grid)
+    assert sizes(plan_packs(on_gpu, None, GPU_BYTES, 256, worker_gpus=1)) == [12]
+    # a pack size asked for keeps the members in grid order, training sets mixed
+    assert sizes(plan_packs(twelve, 6, GPU_BYTES, 256, processes=2)) == [6, 6]
 
 
 def test_pack_size_asked_for_wins_and_groups_stay_apart():
