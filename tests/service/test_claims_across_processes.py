@@ -1,19 +1,21 @@
-"""Several training processes on one embedded SQLite database: each job is claimed by exactly
-one of them, the fair order still serves a small owner beside a large one, and their metric
-writes and heartbeats wait for each other instead of failing with "database is locked"."""
+"""Several training processes on one database: each job is claimed by exactly one of them, the
+fair order still serves a small owner beside a large one, and on SQLite (`groklab up`) their
+metric writes and heartbeats wait for each other instead of failing with "database is
+locked". On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import multiprocessing
+import uuid
 
 from service import store
-from service.db import make_engine, make_sessionmaker, migrate
+from service.db import make_engine, make_sessionmaker
 from tests.service.specs import small_spec
 
 PROCESSES = 4
 BATCHES = 15
 
 
-def claim_until_empty(url: str, name: str, start) -> list[tuple[str, int]]:
+def claim_until_empty(url: str, queue: str, name: str, start) -> list[tuple[str, int]]:
     """One training process: claim the next fair job until none is queued; for each, write
     metric batches and heartbeats as a recorder would. Returns (job, attempt) claimed."""
     sessions = make_sessionmaker(make_engine(url))
@@ -21,7 +23,7 @@ def claim_until_empty(url: str, name: str, start) -> list[tuple[str, int]]:
     claimed = []
     while True:
         with sessions() as s:
-            pick = store.next_fair_job(s, "cpu")
+            pick = store.next_fair_job(s, queue)
             if pick is None:
                 return claimed
             job = store.claim_experiment(s, pick, name)
@@ -35,21 +37,20 @@ def claim_until_empty(url: str, name: str, start) -> list[tuple[str, int]]:
                 assert store.heartbeat(s, job.id, job.attempt)
 
 
-def test_processes_on_sqlite_claim_each_job_once_in_fair_order(tmp_path):
-    url = f"sqlite:///{tmp_path / 'groklab.db'}"
-    migrate(url)
-    sessions = make_sessionmaker(make_engine(url))
+def test_processes_claim_each_job_once_in_fair_order(db_url, sessions):
+    queue, tag = f"q-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:8]  # this test's jobs only
     with sessions() as s:
-        many = [store.create_experiment(s, small_spec(name=f"a{i}"), "cpu", owner="alice").id
+        many = [store.create_experiment(s, small_spec(name=f"a{i}"), queue, f"alice-{tag}").id
                 for i in range(12)]
-        few = [store.create_experiment(s, small_spec(name=f"b{i}"), "cpu", owner="bob").id
+        few = [store.create_experiment(s, small_spec(name=f"b{i}"), queue, f"bob-{tag}").id
                for i in range(4)]
 
     context = multiprocessing.get_context("spawn")
-    start = context.Manager().Barrier(PROCESSES)
-    with context.Pool(PROCESSES) as pool:
+    with context.Manager() as manager, context.Pool(PROCESSES) as pool:
+        start = manager.Barrier(PROCESSES)
         results = pool.starmap(
-            claim_until_empty, [(url, f"p{i}", start) for i in range(PROCESSES)], chunksize=1)
+            claim_until_empty, [(db_url, queue, f"p{i}", start) for i in range(PROCESSES)],
+            chunksize=1)
 
     claims = [job for result in results for job, _ in result]
     assert sorted(claims) == sorted(many + few)  # every job once, none twice
@@ -64,4 +65,4 @@ def test_processes_on_sqlite_claim_each_job_once_in_fair_order(tmp_path):
     # are started among the first twelve (one process alone: the first eight), never behind
     # all of alice's twelve.
     order = [job.owner for job in sorted(jobs, key=lambda job: job.started_at)]
-    assert order[:12].count("bob") == 4, order
+    assert order[:12].count(f"bob-{tag}") == 4, order
