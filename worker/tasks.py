@@ -10,14 +10,15 @@ import os
 from celery import shared_task
 
 from service.infra.celery_app import ANALYZE_CHECKPOINT, PROGRESS_MEASURES, RUN_EXPERIMENT
+from worker.processes import training_process_name  # connects each pool child's limits
 
 
 @shared_task(name=RUN_EXPERIMENT, bind=True)
 def run_experiment(self, experiment_id: str) -> str:
     from worker.jobs import run_job  # torch is imported only by the worker process
 
-    # One name per training process: a claim is this process's, never a sibling's.
-    return run_job(experiment_id, worker_name=f"{self.request.hostname or 'worker'}/{os.getpid()}")
+    name = training_process_name(self.request.hostname or "worker")  # one per pool child
+    return run_job(experiment_id, worker_name=name)
 
 
 @shared_task(name=ANALYZE_CHECKPOINT)

@@ -51,14 +51,21 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
     name: Annotated[Optional[str], typer.Option(help="Worker node name.")] = None,
 ) -> None:
-    """Run a Celery worker that trains queued experiments (one job at a time)."""
-    from service.contract.settings import get_settings
-    from service.infra.celery_app import get_celery_app
+    """Run a Celery worker that trains queued experiments: one training process per core on a
+    CPU host, one per GPU on a GPU host (GROKLAB_WORKER_PROCESSES, GROKLAB_TORCH_THREADS)."""
     import worker.tasks  # noqa: F401  registers the task
+    from service.contract.settings import get_settings
+    from service.science.worker_plan import worker_plan
+    from service.infra.celery_app import get_celery_app
+    from worker.processes import prepare_children
 
     settings = get_settings()
+    plan = worker_plan(settings)
+    prepare_children(plan)  # before the pool starts: the children inherit the thread limits
+    typer.echo(f"groklab worker: {plan.describe()}")
     argv = [
-        "worker", "--queues", queues or settings.worker_queues, "--concurrency", "1",
+        "worker", "--queues", queues or settings.worker_queues,
+        "--concurrency", str(plan.processes), "--pool", "prefork",
         "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]
     if name:
@@ -72,7 +79,8 @@ def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     data_dir: Annotated[Path, typer.Option(help="Folder for groklab.db and the broker.")] = Path("."),
 ) -> None:
-    """Everything on one machine: SQLite, a filesystem broker, the API and one worker."""
+    """Everything on one machine: SQLite, a filesystem broker, the API and one worker with a
+    training process per core (GROKLAB_WORKER_PROCESSES, GROKLAB_TORCH_THREADS)."""
     # Everything the embedded stack writes (database, broker messages) is its owner's only;
     # the API and worker processes inherit the mask.
     os.umask(0o077)

@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,23 @@ class Settings(BaseSettings):
         "requested through the API; a worker of its own keeps them from waiting behind training).",
     )
     default_queue: str = Field("cpu", description="Queue for experiments whose device is not 'cuda'.")
+    worker_processes: int | None = Field(
+        None, ge=1,
+        description="Training processes of `groklab worker` (and `groklab up`). Default: one per "
+        "core on a CPU host, one per GPU on a GPU host (service/science/worker_plan.py). The API sizes "
+        "CPU sweeps' packs by it too: set it there to the worker hosts' count.",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1,
+        description="Torch threads of each training process. Default: the cores divided among "
+        "the processes (1 on a CPU host: small models gain nothing from more).",
+    )
+    worker_gpus: int | None = Field(
+        None, ge=0,
+        description="GPUs of a worker host. Default: those this host has (CUDA_VISIBLE_DEVICES "
+        "honoured). The API reads it to size packs of sweeps whose device is 'auto': set it "
+        "on an API host without GPUs whose workers have them.",
+    )
     visibility_timeout_s: int = Field(
         48 * 3600, description="Redis visibility timeout: longer than the longest job."
     )
@@ -143,7 +160,8 @@ class Settings(BaseSettings):
     pack_memory_bytes: int = Field(
         40 * 2**30,
         description="GPU memory budget that sizes a sweep's default packs: as many members train "
-        "together as fit in it (CPU packs hold 8).",
+        "together as fit in it (CPU packs: one per training process, see "
+        "GROKLAB_WORKER_PROCESSES).",
     )
 
     # Alerts
@@ -194,6 +212,12 @@ class Settings(BaseSettings):
     events_ping_s: float = Field(
         15.0, gt=0, description="Keep-alive comment interval of live-event streams."
     )
+
+    @field_validator("worker_processes", "torch_threads", "worker_gpus", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        """An empty variable (compose's `${GROKLAB_WORKER_PROCESSES:-}`) means: work it out."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def resolved_database_url(self) -> str:

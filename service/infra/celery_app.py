@@ -65,7 +65,9 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         # A worker killed by the OOM killer or SIGKILL requeues its message instead of dropping it.
         task_reject_on_worker_lost=True,
-        # One hour-long job per process at a time; never hoard messages another worker could run.
+        # One hour-long job per training process at a time; never hoard messages another worker
+        # could run. `groklab worker` runs as many processes as the host's plan says
+        # (service/science/worker_plan.py); each child limits its threads (worker/processes.py).
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
         task_default_queue=settings.default_queue,

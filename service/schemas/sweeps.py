@@ -20,6 +20,7 @@ from service.schemas.experiments import NO_NUL, PageQuery, Status
 from service.science.phase_diagram import AxisInvalid, MemberResult, phase_columns, phase_diagram
 from service.science.sweeps import Member, SweepInvalid, SweepSpec, expand, plan_packs
 from service.store import SweepStatus
+from service.science.worker_plan import worker_plan
 
 SWEEP_EXAMPLES = {
     "wd-by-fraction": {
@@ -47,7 +48,9 @@ def plan_sweep(
                          settings.max_sweep_members)
     except SweepInvalid as exc:
         raise RequestValidationError(exc.errors, body=sweep.model_dump(mode="json")) from None
-    return plan_packs(members, sweep.pack_size, settings.pack_memory_bytes, settings.max_ensemble)
+    workers = worker_plan(settings)  # the worker hosts are taken to be like this host's plan
+    return plan_packs(members, sweep.pack_size, settings.pack_memory_bytes, settings.max_ensemble,
+                      processes=workers.processes, worker_gpus=workers.gpus)
 
 
 class SweepSummaryOut(BaseModel):

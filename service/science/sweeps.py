@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -26,7 +27,12 @@ from service.contract.limits import Limits
 from service.contract.members import PER_MEMBER_PATHS, ensemble_lists, without_per_member
 from service.contract.spec import ExperimentSpec
 
-CPU_PACK_SIZE = 8
+# The most members of a CPU pack: on one thread, ci-small packs of 1, 2 and 4 members cost the
+# same per member-step, 8 cost 4% more and 12 11% more (their activations fall out of cache),
+# and a pack whose members' training sets differ pays for its largest one (bench/README.md,
+# "Cores"). So on the CPU a pack holds at most 4 members that share a training set, and the
+# sweep is spread over the worker's processes instead.
+CPU_PACK_SIZE = 4
 
 
 class SweepSpec(BaseModel):
@@ -45,8 +51,10 @@ class SweepSpec(BaseModel):
     )
     pack_size: int | None = Field(
         None, ge=1,
-        description="Most members trained together in one pack. Default: 8 on the CPU; on a GPU "
-        "(training.device cuda or auto) as many as fit in GROKLAB_PACK_MEMORY_BYTES.",
+        description="Most members trained together in one pack. Default: on the CPU, one pack "
+        "per training process of the workers (GROKLAB_WORKER_PROCESSES), of at most "
+        f"{CPU_PACK_SIZE} members; on a GPU (training.device cuda, or auto on workers with GPUs) "
+        "as many as fit in GROKLAB_PACK_MEMORY_BYTES.",
     )
 
     @field_validator("grid")
@@ -215,28 +223,72 @@ def pack_key(spec: ExperimentSpec) -> str:
     return json.dumps(without_per_member(spec.model_dump(mode="json")), sort_keys=True)
 
 
+def cpu_pack_key(spec: ExperimentSpec) -> str:
+    """What members of one default CPU pack share: pack_key and the training set. A pack whose
+    members' training sets differ trains each member on as many rows as the largest one (padded,
+    weighted), which a GPU absorbs but a CPU pays for."""
+    split = (spec.task.train_fraction, spec.task.split_seed)
+    return json.dumps([pack_key(spec), split])
+
+
+
+def trains_on_gpu(spec: ExperimentSpec, worker_gpus: int) -> bool:
+    """Whether a member will train on a GPU: it asks for cuda, or for auto on workers that have
+    GPUs (GROKLAB_WORKER_GPUS, else the API host's own)."""
+    return spec.training.device == "cuda" or (spec.training.device == "auto" and worker_gpus > 0)
+
+
 def default_pack_size(spec: ExperimentSpec, memory_bytes: int, max_ensemble: int) -> int:
-    """8 on the CPU; on a GPU as many members as fit in memory_bytes (at most max_ensemble),
+    """On a GPU, as many members as fit in memory_bytes (at most max_ensemble),
     each holding budgets.member_memory(spec).training."""
-    if spec.training.device == "cpu":
-        return min(CPU_PACK_SIZE, max_ensemble)
     return max(1, min(max_ensemble, memory_bytes // max(1, member_memory(spec).training)))
 
 
+def cpu_pack_sizes(n_members: int, processes: int, best: int = CPU_PACK_SIZE) -> list[int]:
+    """The sizes of the CPU packs of n_members like-shaped members for `processes` training
+    processes: as many packs as processes (a multiple of them when every process would get more
+    than `best` members, so that each round of packs keeps every process busy), as equal in
+    size as can be, never more packs than members. 12 members on 2 processes with best 4: two
+    rounds of two packs, [3, 3, 3, 3]."""
+    if n_members < 1:
+        return []
+    rounds = math.ceil(n_members / (max(1, processes) * best))
+    n_packs = min(n_members, max(1, processes) * rounds)
+    small, extra = divmod(n_members, n_packs)
+    return [small + 1] * extra + [small] * (n_packs - extra)
+
+
 def plan_packs(
-    members: list[Member], pack_size: int | None, memory_bytes: int, max_ensemble: int
+    members: list[Member], pack_size: int | None, memory_bytes: int, max_ensemble: int,
+    processes: int = 1, worker_gpus: int = 0,
 ) -> list[list[Member]]:
-    """Members grouped by pack_key (in grid order), each group cut into packs of at most
-    pack_size (default_pack_size when None)."""
+    """Members grouped by pack_key (in grid order), each group cut into packs: of pack_size
+    when asked for; else on a GPU as many as fit in memory_bytes (spread over the processes, one
+    per GPU, when they all fit), and on the CPU one pack per training process of at most
+    CPU_PACK_SIZE members that also share their training set (cpu_pack_key, cpu_pack_sizes).
+    `processes` and
+    `worker_gpus` describe a worker host (service.science.worker_plan): the API sizes packs when the
+    sweep is submitted, for workers like its own plan says (GROKLAB_WORKER_PROCESSES and
+    GROKLAB_WORKER_GPUS, else the API host's cores and GPUs)."""
     groups: dict[str, list[Member]] = {}
     for member in members:
-        groups.setdefault(pack_key(member.spec), []).append(member)
+        on_cpu = pack_size is None and not trains_on_gpu(member.spec, worker_gpus)
+        key = cpu_pack_key(member.spec) if on_cpu else pack_key(member.spec)
+        groups.setdefault(key, []).append(member)
     packs = []
     for group in groups.values():
-        size = pack_size or default_pack_size(group[0].spec, memory_bytes, max_ensemble)
-        size = min(size, max_ensemble)
-        packs += [group[i : i + size] for i in range(0, len(group), size)]
-    return packs
+        if pack_size is None and not trains_on_gpu(group[0].spec, worker_gpus):
+            sizes = cpu_pack_sizes(len(group), processes, min(CPU_PACK_SIZE, max_ensemble))
+        else:
+            size = pack_size or min(default_pack_size(group[0].spec, memory_bytes, max_ensemble),
+                                    math.ceil(len(group) / max(1, processes)))
+            size = min(size, max_ensemble)
+            sizes = [size] * math.ceil(len(group) / size)
+        start = 0
+        for size in sizes:
+            packs.append(group[start : start + size])
+            start += size
+    return [pack for pack in packs if pack]
 
 
 def pack_spec(member_specs: list[ExperimentSpec]) -> ExperimentSpec:

@@ -99,7 +99,6 @@ from service.store.progress_measures import (
     withdraw_progress_measures,
 )
 from service.store.retention import CheckpointRetention, apply_retention
-from service.store.scheduling import fair_queue, job_state, next_fair_job
 from service.store.sweeps import (
     SweepStatus,
     cancel_sweep,

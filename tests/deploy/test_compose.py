@@ -48,6 +48,19 @@ def test_worker_reserves_a_gpu_and_scales_without_fixed_names_or_ports():
     assert "container_name" not in worker and "ports" not in worker
 
 
+def test_the_api_packs_sweeps_for_the_workers_it_feeds():
+    """The API sizes packs by the worker plan: it reads the same plan settings as the worker,
+    and the GPUs it assumes are those the worker reserves."""
+    services = load_compose()["services"]
+    plan = ("GROKLAB_WORKER_PROCESSES", "GROKLAB_TORCH_THREADS", "GROKLAB_WORKER_GPUS")
+    api, worker = services["api"]["environment"], services["worker"]["environment"]
+    assert {name: api[name] for name in plan} == {name: worker[name] for name in plan}
+    reserved = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"]
+    assert worker["GROKLAB_WORKER_GPUS"] == f"${{GROKLAB_WORKER_GPUS:-{reserved}}}"
+    # unset in the shell, the processes and threads arrive empty: worked out on the host
+    assert Settings(worker_processes="", torch_threads="").worker_processes is None
+
+
 def test_api_image_has_no_torch():
     dockerfile = (ROOT / "Dockerfile").read_text()
     api_stage = dockerfile.split("FROM api AS worker")[0]

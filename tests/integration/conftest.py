@@ -96,6 +96,11 @@ def stack_env(database_url: str, broker_url: str, data_dir: Path, **extra: str) 
         GROKLAB_HEARTBEAT_TIMEOUT_S="6",
         GROKLAB_REAPER_INTERVAL_S="1",
         GROKLAB_RECONCILE_AFTER_S="3",
+        # One training process per worker, whatever the test host's cores: these tests count
+        # workers as jobs at a time, and pack sweeps as for one process. A test of the
+        # multi-process worker passes its own.
+        GROKLAB_WORKER_PROCESSES="1",
+        GROKLAB_TORCH_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -73,8 +73,10 @@ def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 @pytest.fixture
 def api_settings(tmp_path: Path) -> Settings:
-    """Embedded-mode settings in a fresh folder: SQLite, filesystem broker."""
-    settings = Settings(data_dir=tmp_path, max_body_bytes=64 * 1024, max_page_size=20)
+    """Embedded-mode settings in a fresh folder: SQLite, filesystem broker; sweeps are packed
+    for workers of two training processes without GPUs, whatever the test host has."""
+    settings = Settings(data_dir=tmp_path, max_body_bytes=64 * 1024, max_page_size=20,
+                        worker_processes=2, worker_gpus=0)
     migrate(settings.resolved_database_url)
     return settings
 

@@ -54,7 +54,7 @@ def test_a_sweep_shares_the_schedule_and_checks_it_for_every_member(client):
     assert "data_schedule[0].train_fraction must be below task.train_fraction 0.3" in error["msg"]
     r = client.post("/api/v1/sweeps", json={
         "base": {**TINY, "data_schedule": [stage(30, 0.2)]},
-        "grid": {"task.train_fraction": [0.6, 0.3], "training.seed": [0, 1]},
+        "grid": {"task.train_fraction": [0.6, 0.3], "training.seed": [0, 1]}, "pack_size": 4,
     })
     assert r.status_code == 201, r.text
-    assert r.json()["n_packs"] == 1
+    assert r.json()["n_packs"] == 1  # the members share the schedule, so they share a pack

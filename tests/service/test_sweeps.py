@@ -18,7 +18,7 @@ from service import store
 from service.contract.limits import Limits
 from service.contract.models import Experiment, utcnow
 from service.contract.settings import Settings
-from service.science.sweeps import SweepSpec, expand, plan_packs
+from service.science.sweeps import SweepSpec, cpu_pack_sizes, expand, plan_packs
 from tests.service.specs import API, TINY
 
 SWEEPS = "/api/v1/sweeps"
@@ -72,8 +72,10 @@ def test_a_grid_becomes_queued_members_enqueued_as_packs(client, enqueued, api_s
     assert sweep["grid"] == GRID and sweep["pack_size"] is None
     assert client.get(f"{SWEEPS}/{sweep['id']}").json() == sweep
 
-    # Default packs on the CPU hold 8: one message wakes a worker for all eight members.
-    assert 1 <= sweep["n_packs"] == len(enqueued) <= 2
+    # Default packs on the CPU: members that share a training fraction, cut into one pack per
+    # training process of the workers (two here, see api_settings); one message wakes a worker
+    # for each pack.
+    assert sweep["n_packs"] == len(enqueued) == 2 * len(cpu_pack_sizes(4, 2)) == 4
     with api_sessions() as s:
         members = store.sweep_members(s, sweep["id"])
     assert {m.pack_id for m in members} == {job_id for job_id, _ in enqueued}
