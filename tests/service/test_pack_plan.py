@@ -64,9 +64,9 @@ def test_auto_packs_for_the_cpu_unless_the_workers_have_gpus():
 
 def test_gpu_packs_fill_the_memory_budget():
     twelve = members(12, device="cuda")
-    from service.science.sweeps import bytes_per_member
+    from service.contract.budgets import member_memory
 
-    per_member = bytes_per_member(twelve[0].spec)
+    per_member = member_memory(twelve[0].spec).training
     assert sizes(plan_packs(twelve, None, 5 * per_member, 256, processes=1)) == [5, 5, 2]
     assert sizes(plan_packs(twelve, None, 5 * per_member, 256, processes=2)) == [5, 5, 2]
     assert sizes(plan_packs(twelve, None, GPU_BYTES, 4, worker_gpus=1)) == [4, 4, 4]
