@@ -78,8 +78,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cuda-sizes", default="1,64,256")
     parser.add_argument("--cuda-steps", type=int, default=20)
+    parser.add_argument("--service", action="store_true",
+                        help="only the 12-member sweep through `groklab up` vs `groklab train` (bench/sweep_service.py)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    if args.service:
+        from bench.sweep_service import main as service_sweep
+
+        service_sweep()
+        return
     cpu_pack_vs_sequential(args.members, args.steps, args.rounds)
     if torch.cuda.is_available():
         cuda_packs([int(x) for x in args.cuda_sizes.split(",")], args.cuda_steps)

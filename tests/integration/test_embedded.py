@@ -103,7 +103,7 @@ def test_groklab_up_trains_two_packs_at_once(tmp_path):
     with groklab_up(tmp_path, GROKLAB_WORKER_PROCESSES="2", GROKLAB_TORCH_THREADS="1",
                     GROKLAB_METRICS_FLUSH_S="0.5") as url:
         client = httpx.Client(base_url=url, headers=_auth_headers(log_path.read_text()), timeout=30)
-        base = {k: v for k, v in tiny_spec("both", steps=50_000, eval_every=100,
+        base = {k: v for k, v in tiny_job("both", steps=50_000, eval_every=100,
                                             checkpoint_every=10_000).items() if k != "name"}
         base["training"]["device"] = "cpu"
         r = client.post("/api/v1/sweeps", json={
