@@ -41,6 +41,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def train_loop(bodies: list[dict], folder: Path, **env: str) -> float:
     """`groklab train` of each body, one after another; wall seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for i, body in enumerate(bodies):
         spec = folder / f"spec{i}.json"
