@@ -9,7 +9,7 @@ import uuid
 
 from service import store
 from service.infra.db import make_engine, make_sessionmaker
-from tests.service.specs import small_spec
+from tests.builders import tiny_spec
 
 PROCESSES = 4
 BATCHES = 15
@@ -40,9 +40,9 @@ def claim_until_empty(url: str, queue: str, name: str, start) -> list[tuple[str,
 def test_processes_claim_each_job_once_in_fair_order(db_url, sessions):
     queue, tag = f"q-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:8]  # this test's jobs only
     with sessions() as s:
-        many = [store.create_experiment(s, small_spec(name=f"a{i}"), queue, f"alice-{tag}").id
+        many = [store.create_experiment(s, tiny_spec(f"a{i}"), queue, f"alice-{tag}").id
                 for i in range(12)]
-        few = [store.create_experiment(s, small_spec(name=f"b{i}"), queue, f"bob-{tag}").id
+        few = [store.create_experiment(s, tiny_spec(f"b{i}"), queue, f"bob-{tag}").id
                for i in range(4)]
 
     context = multiprocessing.get_context("spawn")
