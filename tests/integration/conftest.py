@@ -69,12 +69,13 @@ class Stack:
     api: subprocess.Popen
     workers: list[subprocess.Popen]
 
-    def start_worker(self, name: str) -> subprocess.Popen:
-        """A worker process in a session of its own, so a test can kill -9 it whole."""
+    def start_worker(self, name: str, **env: str) -> subprocess.Popen:
+        """A worker process in a session of its own, so a test can kill -9 it whole; env
+        overrides the stack's settings for it (e.g. GROKLAB_WORKER_PROCESSES)."""
         log = open(self.logs / f"worker-{name}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker", "--name", f"{name}@%h"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.workers.append(proc)
         return proc

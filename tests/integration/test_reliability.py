@@ -137,8 +137,8 @@ def test_redelivery_after_visibility_timeout_never_runs_a_job_twice(postgres_ser
         # Every claim is logged: the broker did hand the job out again past the timeout, and
         # the job was claimed exactly once across both workers.
         logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
-        assert f"experiment {job['id']} not claimable (running)" in logs
-        assert logs.count(f"claimed {job['id']}") == 1
+        assert f"job {job['id']} not claimable (running)" in logs
+        assert logs.count(f"claimed job {job['id']}") == 1
 
 
 def test_200_concurrent_submissions_each_train_exactly_once(postgres_server_url, redis_databases, tmp_path):
@@ -166,4 +166,4 @@ def test_200_concurrent_submissions_each_train_exactly_once(postgres_server_url,
             assert done["status"] == "succeeded", done.get("error")
             assert done["attempt"] == 1
         logs = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
-        assert sum(logs.count(f"claimed {i}") for i in ids) == 200
+        assert sum(logs.count(f"claimed job {i}") for i in ids) == 200

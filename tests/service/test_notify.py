@@ -139,6 +139,7 @@ def test_a_run_posts_signed_events_in_order(client, api_settings, receiver, secr
 def test_each_member_of_a_pack_reports_its_own_events(client, api_settings, receiver, secret):
     r = client.post("/api/v1/sweeps", json={
         "base": {**UNGROKS, "notify": {"url": receiver.url}}, "grid": {"training.seed": [0, 1]},
+        "pack_size": 2,  # one pack of both, whatever the worker plan
     })
     assert r.status_code == 201, r.text
     seed0, seed1 = r.json()["experiment_ids"]

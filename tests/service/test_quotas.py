@@ -193,6 +193,7 @@ def test_a_pack_past_its_time_limit_fails_every_member_with_the_reason(client, a
 
     r = client.post("/api/v1/sweeps", json={
         "base": {**TINY, "analysis": {"every": None}}, "grid": {"training.seed": [0, 1]},
+        "pack_size": 2,  # one pack of both, whatever the worker plan
     })
     assert r.status_code == 201, r.text
     ids = r.json()["experiment_ids"]
