@@ -139,6 +139,11 @@ def running_stack(admin_url: str, broker_url: str, data_dir: Path, workers: int 
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        for p in stack.workers:  # its training processes too: none may outlive the test
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         drop_pg_database(admin_url, database_url)
 
 
