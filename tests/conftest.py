@@ -46,14 +46,22 @@ class RedisDatabases:
         self.base = base_url.rsplit("/", 1)[0]
         self.next = 1 + uuid.uuid4().int % 15
         self.used: list[str] = []
+        self.held: set[str] = set()  # for the whole session (the shared stack's): never handed out again
 
-    def allocate(self) -> str:
+    def allocate(self, hold: bool = False) -> str:
+        """The next database number in turn (1-15, round robin), skipping the held ones: a
+        session-long stack's worker must never share a queue with a later test's."""
         import redis
 
         url = f"{self.base}/{self.next}"
+        while url in self.held:
+            self.next = 1 + self.next % 15
+            url = f"{self.base}/{self.next}"
         self.next = 1 + self.next % 15
         redis.Redis.from_url(url).flushdb()
         self.used.append(url)
+        if hold:
+            self.held.add(url)
         return url
 
     def flush_all_used(self) -> None:
@@ -82,4 +90,4 @@ def redis_databases():
 @pytest.fixture(scope="session")
 def redis_test_url(redis_databases) -> str:
     """A Redis database of its own for this test session."""
-    return redis_databases.allocate()
+    return redis_databases.allocate(hold=True)
