@@ -11,12 +11,15 @@ per parameter per example, up to a constant); memory is bytes of float32.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+# A validated service.contract.spec.ExperimentSpec. Not imported, even for typing: the spec
+# calls these checks while it validates, so this module stays below it.
+ExperimentSpec = Any
 
 if TYPE_CHECKING:
     from service.contract.limits import Limits
     from service.contract.settings import Settings
-    from service.contract.spec import ExperimentSpec
 
 FLOAT_BYTES = 4
 # The full-grid analysis runs the model on ANALYSIS_CHUNK_ROWS // members pairs at a time

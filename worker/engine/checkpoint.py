@@ -20,7 +20,7 @@ A trainer's checkpoint holds everything needed to continue bit-for-bit:
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -33,8 +33,21 @@ from service.contract.checkpoint_format import CHECKPOINT_FORMAT, check_checkpoi
 from service.contract.spec import ExperimentSpec
 from worker.engine import ENGINE_VERSION
 
-if TYPE_CHECKING:
-    from worker.engine.train import Trainer
+
+
+class Trainer(Protocol):
+    """What the trainer's state functions read and write of a worker.engine.train.Trainer
+    (structurally: this module is below train.py, which imports it)."""
+
+    spec: ExperimentSpec
+    model: Any
+    optimizer: Any
+    grad_filter: Any
+    batch_generators: list[torch.Generator]
+    step: int
+    memorization_step: list[int | None]
+    generalization_step: list[int | None]
+    grok_streak: list[int]
 
 NOT_REACHED = -1  # trainer.memorization_step / generalization_step of a member that has none yet
 
