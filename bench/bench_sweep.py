@@ -80,8 +80,15 @@ def main() -> None:
     parser.add_argument("--cuda-steps", type=int, default=20)
     parser.add_argument("--service", action="store_true",
                         help="only the 12-member sweep through `groklab up` vs `groklab train` (bench/sweep_service.py)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="only the 4-member sweep on C = 1 and 2 cores (taskset) vs one thread")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    if args.scaling:
+        from bench.sweep_service import scaling
+
+        scaling()
+        return
     if args.service:
         from bench.sweep_service import main as service_sweep
 

@@ -10,10 +10,11 @@ fails the same way and keeps its metrics and checkpoints.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +26,9 @@ from worker.alerts import WebhookSender, experiment_alerts
 from worker.analysis.callback import analysis_callback
 from worker.db import sessions_for
 from worker.outage import DATABASE_DOWN
+from worker.processes import ThreadShare
 from worker.recorder import JobRecorder
+from worker.timing import JobClock
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +150,17 @@ def run_claimed_job(job_id: str, worker_name: str, settings: Settings) -> str:
         flush_every_s=settings.metrics_flush_s, alerts=alerts, patience_s=settings.db_outage_s,
         retention=store.CheckpointRetention.from_settings(settings),
     )
-    raised = False
+    raised, clock = False, JobClock()
+    check_deadline, share = deadline_check(specs, settings), ThreadShare.from_env()
+
+    def poll() -> None:  # before every step: the time limit, then the idle cores' share
+        check_deadline()
+        if share is not None:
+            share.adjust()
+
     try:
-        with heartbeating(recorder.beat, settings.heartbeat_s, job_id):
-            _train(specs, recorder, sessions, deadline_check(specs, settings), settings.torch_compile)
+        with heartbeating(recorder.beat, settings.heartbeat_s, job_id), share or nullcontext():
+            _train(specs, recorder, sessions, poll, clock, settings.torch_compile)
     except Exception as exc:
         raised = True  # every member still training fails with the reason
         log.exception("job %s failed", job_id)
@@ -158,9 +168,12 @@ def run_claimed_job(job_id: str, worker_name: str, settings: Settings) -> str:
             recorder.flush()
         except Exception:
             log.exception("could not flush the last metrics of job %s", job_id)
-        recorder.finish_all("failed", stopped="error", error=job_error(exc))
+        with clock.phase("finish"):
+            recorder.finish_all("failed", stopped="error", error=job_error(exc))
     finally:
         sender.close()
+    log.info("job %s, %d member(s), took %s; timing %s", job_id, len(claims), clock.describe(),
+             json.dumps(clock.report()))
     if len(recorder.lost) == len(claims):
         return "lost"  # requeued while we ran: the next attempt finishes it
     if len(claims) == 1:
@@ -182,36 +195,42 @@ def resume_point(session: Session, experiment_ids: list[str]) -> tuple[int | Non
 
 def _train(
     specs: list[ExperimentSpec], recorder: JobRecorder, sessions: sessionmaker[Session],
-    check_deadline: Callable[[], None], torch_compile: str = "off",
+    poll: Callable[[], None], clock: JobClock, torch_compile: str = "off",
 ) -> None:
-    """Train the job's members; torch_compile is GROKLAB_TORCH_COMPILE (auto: on CUDA only)."""
+    """Train the job's members, calling poll() before every step (it raises past the time
+    limit) and timing each phase on `clock`; torch_compile is GROKLAB_TORCH_COMPILE (auto: on
+    CUDA only)."""
     from worker.engine.compiled import compile_wanted
     from worker.engine.train import Trainer, resolve_device
 
-    compile_model = compile_wanted(torch_compile, resolve_device(specs[0].training.device))
-    with sessions() as s:
-        resume_step, blobs = resume_point(s, recorder.ids)
-    if blobs is not None:
-        trainer = Trainer.from_member_checkpoints(specs, blobs, compile_model=compile_model)
-        log.info("job of %s resumes at step %d", recorder.ids[0], trainer.step)
-    else:
-        trainer = Trainer.for_members(specs, compile_model=compile_model)
+    with clock.phase("setup"):
+        compile_model = compile_wanted(torch_compile, resolve_device(specs[0].training.device))
+        with sessions() as s:
+            resume_step, blobs = resume_point(s, recorder.ids)
+        if blobs is not None:
+            trainer = Trainer.from_member_checkpoints(specs, blobs, compile_model=compile_model)
+            log.info("job of %s resumes at step %d", recorder.ids[0], trainer.step)
+        else:
+            trainer = Trainer.for_members(specs, compile_model=compile_model)
+    clock.instrument(trainer)
     recorder.trainer, recorder.resumed_from_step = trainer, resume_step
     for member, alerts in enumerate(recorder.alerts):
         alerts.resume(trainer, rows=trainer.rows_of(member))
 
     def should_stop() -> bool:
-        check_deadline()  # past the time limit: raises, and the members fail with the reason
+        poll()  # past the time limit: raises, and the members fail with the reason
         return recorder.should_stop()
 
     trainer.run(
-        on_metrics=recorder.on_metrics,
-        on_checkpoint=recorder.on_checkpoint,
-        should_stop=should_stop,
-        on_progress=recorder.on_progress,
-        on_analysis=analysis_callback(trainer.spec, recorder.store_measures),
-        members_to_stop=recorder.members_to_stop,
-        on_member_left=recorder.on_member_left,
+        on_metrics=clock.timed("recording", recorder.on_metrics),
+        on_checkpoint=clock.timed("checkpoints", recorder.on_checkpoint),
+        should_stop=clock.timed("control", should_stop),
+        on_progress=clock.timed("recording", recorder.on_progress),
+        on_analysis=clock.timed("analysis", analysis_callback(trainer.spec, recorder.store_measures)),
+        members_to_stop=clock.timed("control", recorder.members_to_stop),
+        on_member_left=clock.timed("control", recorder.on_member_left),
     )
-    recorder.flush()
-    recorder.finish_all("succeeded", stopped="completed")
+    with clock.phase("recording"):
+        recorder.flush()
+    with clock.phase("finish"):
+        recorder.finish_all("succeeded", stopped="completed")

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.contract.budgets import member_memory
+from service.contract.budgets import compute, member_memory
 from service.contract.limits import Limits
 from service.contract.members import PER_MEMBER_PATHS, ensemble_lists, without_per_member
 from service.contract.spec import ExperimentSpec
@@ -269,7 +269,8 @@ def plan_packs(
     `processes` and
     `worker_gpus` describe a worker host (service.science.worker_plan): the API sizes packs when the
     sweep is submitted, for workers like its own plan says (GROKLAB_WORKER_PROCESSES and
-    GROKLAB_WORKER_GPUS, else the API host's cores and GPUs)."""
+    GROKLAB_WORKER_GPUS, else the API host's cores and GPUs). The packs come largest first (by
+    budgets.compute), in grid order among equals."""
     groups: dict[str, list[Member]] = {}
     for member in members:
         on_cpu = pack_size is None and not trains_on_gpu(member.spec, worker_gpus)
@@ -288,6 +289,10 @@ def plan_packs(
         for size in sizes:
             packs.append(group[start : start + size])
             start += size
+    # Longest first: workers claim a sweep's packs in this order (store.create_sweep), so the
+    # big packs start at once and the small ones fill in behind them, and no process is left
+    # with a big pack to train alone at the end (bench/README.md, "where the time goes").
+    packs.sort(key=lambda pack: -sum(compute(member.spec) for member in pack))
     return [pack for pack in packs if pack]
 
 

@@ -4,7 +4,9 @@ Grokking models are small: a ci-small step multiplies matrices of a few hundred 
 for torch's intra-op threads to split well, and threads that wait for a busy core make a shared
 machine crawl. So a CPU host runs one training process per core with one thread each
 (bench/README.md, "Cores": two single-threaded processes train two runs in the time one
-two-threaded process trains about one). A GPU host runs one process per GPU, each with its
+two-threaded process trains about one). While some of a CPU host's processes have no job, the
+busy ones share the idle cores out (`elastic`, worker/processes.py: ThreadShare), so a single
+run alone on the worker trains on every core as `groklab train` does. A GPU host runs one process per GPU, each with its
 share of the cores. In every plan derived here processes x threads <= cores;
 GROKLAB_WORKER_PROCESSES and GROKLAB_TORCH_THREADS override it.
 
@@ -31,6 +33,8 @@ class WorkerPlan:
     torch_threads: int
     cores: int
     gpus: int
+    # The thread count was derived, not given: a process alone may use the idle cores.
+    elastic: bool = False
 
     @property
     def oversubscribed(self) -> bool:
@@ -42,6 +46,8 @@ class WorkerPlan:
         device = f"{self.gpus} GPU(s), " if self.gpus else ""
         line = (f"{self.processes} training process(es) x {self.torch_threads} torch thread(s) "
                 f"({device}{self.cores} core(s))")
+        if self.elastic and self.cores > self.torch_threads:
+            line += f"; a job alone uses up to {self.cores} threads while the others idle"
         if self.oversubscribed:
             line += ("; more threads than cores: GROKLAB_WORKER_PROCESSES x "
                      "GROKLAB_TORCH_THREADS should not exceed the cores")
@@ -59,6 +65,8 @@ def plan_worker(
     - `torch_threads` alone: as many processes as fit in the cores at that many threads each
       (on a GPU host, still one per GPU).
     - both: taken as given.
+    Elastic (idle cores shared out among the busy processes) on a CPU host whose thread count
+    was not given.
     """
     if cores < 1:
         raise ValueError(f"cores must be at least 1 (got {cores})")
@@ -73,9 +81,10 @@ def plan_worker(
             processes = gpus
         else:
             processes = max(1, cores // torch_threads) if torch_threads else cores
+    elastic = not gpus and torch_threads is None
     if torch_threads is None:
         torch_threads = max(1, cores // processes)
-    return WorkerPlan(processes, torch_threads, cores, gpus)
+    return WorkerPlan(processes, torch_threads, cores, gpus, elastic)
 
 
 def worker_plan(settings: Settings) -> WorkerPlan:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, insert, literal, select, update
@@ -50,7 +50,7 @@ def create_sweep(
     inserted, not read back), and the (pack id, queue) of each pack, to enqueue once this has
     committed.
 
-    Every member of a pack gets the pack's queue, queue_of(first member's spec): the members of
+    Packs are claimed in the order given. Every member of a pack gets the pack's queue, queue_of(first member's spec): the members of
     a pack share their device, so they share a queue."""
     now = utcnow()
     sweep = Sweep(
@@ -64,8 +64,11 @@ def create_sweep(
     )
     rows: list[dict[str, Any]] = []
     jobs: list[Job] = []
-    for pack in packs:
+    for order, pack in enumerate(packs):
         pack_id, queue = str(uuid.uuid4()), queue_of(pack[0].spec)
+        # The fair order takes one owner's jobs oldest first: a microsecond apart, the packs
+        # are claimed in the order given (plan_packs: largest first), not by their random ids.
+        created = now + timedelta(microseconds=order)
         jobs.append((pack_id, queue))
         rows += [
             {
@@ -77,7 +80,7 @@ def create_sweep(
                 "queue": queue,
                 "step": 0,
                 "total_steps": member.spec.training.steps,
-                "created_at": now,
+                "created_at": created,
                 "attempt": 0,
                 "max_attempts": 3,
                 "cancel_requested": False,

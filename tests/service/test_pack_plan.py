@@ -50,10 +50,20 @@ def test_a_cpu_sweep_is_packed_for_the_worker_processes():
     on_two = plan_packs(twelve, None, GPU_BYTES, 256, processes=2)
     assert sizes(on_two) == cpu_pack_sizes(12, 2)
     assert all(len(pack) <= CPU_PACK_SIZE for pack in on_two)
-    # grid order kept, every member once
+    # grid order kept (the packs cost the same), every member once
     assert [m.index for pack in on_two for m in pack] == list(range(12))
     assert sizes(plan_packs(twelve, None, GPU_BYTES, 256, processes=16)) == [1] * 12
     assert sizes(plan_packs(twelve, None, GPU_BYTES, 256, processes=1)) == cpu_pack_sizes(12, 1)
+
+
+def test_the_largest_packs_come_first():
+    """Full batch: a pack of a larger training fraction costs more per step; those packs lead,
+    so that they start first and the small ones fill in behind them."""
+    grid = members(2, **{"task.train_fraction": [0.3, 0.5, 0.7]})
+    packs = plan_packs(grid, None, GPU_BYTES, 256, processes=2)
+    fractions = [pack[0].spec.task.train_fraction for pack in packs]
+    assert fractions == sorted(fractions, reverse=True) and set(fractions) == {0.3, 0.5, 0.7}
+    assert sorted(m.index for pack in packs for m in pack) == list(range(6))
 
 
 def test_auto_packs_for_the_cpu_unless_the_workers_have_gpus():

@@ -470,6 +470,17 @@ def test_store_creates_a_sweep_of_1024_members_in_one_go(session):
     assert store.job_queues(session, [m.id for m in stored]) == dict(jobs)
 
 
+def test_workers_claim_a_sweeps_packs_in_the_planned_order(session):
+    """The packs share the submit's time; the fair order still takes them as planned (largest
+    first), not by their random ids."""
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    spec, packs = planned({"task.train_fraction": [0.3, 0.5, 0.7], "training.seed": [0, 1, 2]},
+                          pack_size=1)
+    _, _, jobs = store.create_sweep(session, spec, packs, lambda s: queue, owner)
+    assert store.fair_queue(session, queue, limit=len(jobs)) == [job_id for job_id, _ in jobs]
+
+
 def test_store_lists_filters_and_cancels(session):
     owner = f"owner-{uuid.uuid4().hex[:8]}"
     spec, packs = planned({"training.seed": [0, 1, 2]})

@@ -58,8 +58,17 @@ def test_overrides_past_the_cores_are_kept_and_said():
     assert plan.oversubscribed
     assert "more threads than cores" in plan.describe()
     assert plan_worker(16, 0).describe() == (
-        "16 training process(es) x 1 torch thread(s) (16 core(s))")
+        "16 training process(es) x 1 torch thread(s) (16 core(s)); "
+        "a job alone uses up to 16 threads while the others idle")
     assert "2 GPU(s)" in plan_worker(16, 2).describe()
+
+
+def test_only_a_derived_cpu_thread_count_is_elastic():
+    assert plan_worker(2, 0).elastic and plan_worker(8, 0, processes=2).elastic
+    assert not plan_worker(8, 0, torch_threads=1).elastic  # the user's count is kept as given
+    assert not plan_worker(8, 0, processes=2, torch_threads=4).elastic
+    assert not plan_worker(16, 2).elastic  # a GPU process has its share of the cores already
+    assert "a job alone" not in plan_worker(8, 0, torch_threads=1).describe()
 
 
 @pytest.mark.parametrize(

@@ -7,16 +7,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from service.science.worker_plan import plan_worker
-from worker.processes import (GPU_SLOTS, THREAD_VARIABLES, gpu_for_child, prepare_children,
-                              training_process_name)
+from worker.processes import (BUSY_DIR, GPU_SLOTS, HOST_CORES, THREAD_VARIABLES, ThreadShare, gpu_for_child,
+                              prepare_children, training_process_name)
 
 ROOT = Path(__file__).resolve().parents[2]
+CHILD_VARIABLES = (*THREAD_VARIABLES, GPU_SLOTS, BUSY_DIR, HOST_CORES, "CUDA_VISIBLE_DEVICES",
+                   "GROKLAB_TORCH_THREADS", "GROKLAB_WORKER_PROCESSES")
 
 
-def test_the_children_inherit_the_plan(monkeypatch):
-    for variable in (*THREAD_VARIABLES, GPU_SLOTS, "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(variable, raising=False)
+@pytest.fixture
+def child_env(monkeypatch):
+    """prepare_children writes os.environ: the variables are restored after the test."""
+    for variable in CHILD_VARIABLES:
+        monkeypatch.setenv(variable, "")
+        monkeypatch.delenv(variable)
+
+
+def test_the_children_inherit_the_plan(monkeypatch, child_env):
     prepare_children(plan_worker(16, 0, processes=4))
     assert {v: os.environ[v] for v in THREAD_VARIABLES} == dict.fromkeys(THREAD_VARIABLES, "4")
     assert os.environ["GROKLAB_TORCH_THREADS"] == "4"
@@ -52,3 +62,40 @@ def test_a_child_starts_with_the_threads_of_the_plan():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "3"
+
+
+def test_busy_processes_share_out_the_idle_cores(tmp_path):
+    """A job alone on a 4-core worker of 4 single-threaded processes trains on 4 threads; when
+    a second starts, each takes 2 (the first within its next look); the last one alone again
+    takes all 4; a process without a job is back at the plan's thread."""
+    now = [0.0]
+    threads: dict[str, list[int]] = {"a": [], "b": []}
+
+    def share(name: str, index: int) -> ThreadShare:
+        return ThreadShare(tmp_path, index, cores=4, base=1, set_threads=threads[name].append,
+                           clock=lambda: now[0], every_s=2.0)
+
+    a, b = share("a", 0), share("b", 1)
+    with a:
+        assert a.threads == 4 and threads["a"] == [4]
+        with b:
+            assert b.threads == 2
+            now[0] += 1.0
+            assert a.adjust() == 4  # looked less than every_s ago: unchanged
+            now[0] += 1.5
+            assert a.adjust() == 2
+        assert b.threads == 1 and threads["b"] == [2, 1]
+        now[0] += 2.0
+        assert a.adjust() == 4
+    assert threads["a"] == [4, 2, 4, 1] and not list(tmp_path.iterdir())
+
+
+def test_elastic_only_where_the_plan_is(child_env):
+    prepare_children(plan_worker(2, 0, torch_threads=1))
+    assert ThreadShare.from_env() is None  # GROKLAB_TORCH_THREADS given: fixed
+    prepare_children(plan_worker(2, 0))
+    share = ThreadShare.from_env()
+    assert share is not None and share.cores == 2 and share.base == 1
+    assert Path(os.environ[BUSY_DIR]).is_dir()
+    prepare_children(plan_worker(1, 0))  # one core: nothing to share
+    assert ThreadShare.from_env() is None
