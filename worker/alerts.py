@@ -198,10 +198,7 @@ class WebhookSender:
 
     def _deliver(self, url: str, secret: str, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        headers = {
-            "Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body),
-            "User-Agent": "groklab-alerts",
-        }
+        headers = {"Content-Type": "application/json", "User-Agent": "groklab-alerts"}
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts) | stop_when_event_set(self._abandon),
             wait=wait_exponential(multiplier=self.backoff_s, max=BACKOFF_MAX_S),
@@ -212,7 +209,9 @@ class WebhookSender:
         try:
             for attempt in retrying:
                 with attempt:
-                    status = post_once(url, body, headers, self.allowed_hosts(), self.timeout_s)
+                    # signed at each try: a retry minutes later is still within tolerance
+                    signed = {**headers, SIGNATURE_HEADER: signature(secret, body)}
+                    status = post_once(url, body, signed, self.allowed_hosts(), self.timeout_s)
         except (Refused, _Retryable, ValueError) as exc:
             self.undelivered += 1
             log.warning("alert %s of %s not delivered to %s: %s",

@@ -30,3 +30,7 @@ RESUME_QUOTA: dict[int | str, dict[str, Any]] = {
           "queued + running jobs (a paused job is not counted; each sweep member counts); the "
           "detail names it; see Retry-After."},
 }
+TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorOut, "description": "Too many open streams of this token or of this "
+          "API process; the detail names the limit; see Retry-After."},
+}

@@ -10,7 +10,7 @@ from service.cli.tokens import token_session
 
 app = typer.Typer(
     help="Webhook secrets: each owner's alerts (a spec's notify) are signed with its secret "
-    "(X-Groklab-Signature: sha256=<HMAC-SHA256 of the body>). A secret is shown once, when set.",
+    "(X-Groklab-Signature: t=<unix time>,v1=<HMAC-SHA256 of '<t>.' + body>). A secret is shown once, when set.",
     no_args_is_help=True,
 )
 OwnerOption = Annotated[str, typer.Option(help="The owner whose experiments' alerts it signs.")]

@@ -7,19 +7,24 @@ submission (service/contract/spec.py), the worker checks it again and signs and 
 The allowed hosts (GROKLAB_NOTIFY_ALLOWED_HOSTS) are a comma-separated list of `host` or
 `host:port` entries (IPv6 in brackets: `[::1]:9000`); `host` allows any port, `host:port` that
 port only; an empty list denies every host. Each delivery is signed with the owner's webhook
-secret: `X-Groklab-Signature: sha256=<hex HMAC-SHA256 of the exact body>`.
+secret over the time of sending and the exact body, as Stripe and GitHub sign theirs:
+`X-Groklab-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`. A receiver
+checks the HMAC and that t is within a tolerance of its clock (signature_matches: 5 minutes),
+so a captured delivery cannot be replayed later.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+import time
 from urllib.parse import urlsplit
 
 NOTIFY_EVENTS: tuple[str, ...] = ("memorized", "grokked", "ungrokked", "finished", "failed")
 SIGNATURE_HEADER = "X-Groklab-Signature"
 SECRET_PREFIX = "whsec_"
 DEFAULT_PORTS = {"http": 80, "https": 443}
+SIGNATURE_TOLERANCE_S = 300  # how far a delivery's t may be from the receiver's clock
 
 
 def parse_allowed_hosts(text: str) -> tuple[str, ...]:
@@ -80,11 +85,27 @@ def new_webhook_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
-def signature(secret: str, body: bytes) -> str:
-    """The X-Groklab-Signature header value of a body: sha256=<hex HMAC-SHA256>."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signature(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The X-Groklab-Signature header value of a body sent at `timestamp` (unix seconds, default
+    now): t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>." + body>."""
+    t = int(time.time()) if timestamp is None else int(timestamp)
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
 
 
-def signature_matches(secret: str, body: bytes, header: str | None) -> bool:
-    """A receiver's check of X-Groklab-Signature (constant-time)."""
-    return header is not None and hmac.compare_digest(signature(secret, body), header)
+def signature_matches(
+    secret: str, body: bytes, header: str | None,
+    tolerance_s: float = SIGNATURE_TOLERANCE_S, now: float | None = None,
+) -> bool:
+    """A receiver's check of X-Groklab-Signature: the HMAC matches (constant-time) and t is
+    within tolerance_s of now (a replayed delivery is refused)."""
+    if not header:
+        return False
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        t = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance_s:
+        return False
+    return hmac.compare_digest(signature(secret, body, t), f"t={t},v1={fields.get('v1', '')}")

@@ -210,7 +210,24 @@ class Settings(BaseSettings):
         "that has live-event watchers (one read per experiment, whatever the watchers).",
     )
     events_ping_s: float = Field(
-        15.0, gt=0, description="Keep-alive comment interval of live-event streams."
+        15.0, gt=0, description="Keep-alive comment interval of live-event streams; the "
+        "stream's token is checked again at this interval (a revoked token's stream ends).",
+    )
+    events_max_streams: int = Field(
+        2000, ge=1, description="Live-event streams one API process serves at once; past it, "
+        "429 with Retry-After.",
+    )
+    events_max_streams_per_token: int = Field(
+        20, ge=1, description="Live-event streams one token may hold open at once (per API "
+        "process); past it, 429.",
+    )
+    events_max_lifetime_s: float = Field(
+        3600.0, gt=0, description="A live-event stream ends after this long; the client "
+        "reconnects with Last-Event-ID (its token checked again) and misses nothing.",
+    )
+    events_send_timeout_s: float = Field(
+        30.0, gt=0, description="A live-event stream whose client takes longer than this to "
+        "accept a write is closed.",
     )
 
     @field_validator("worker_processes", "torch_threads", "worker_gpus", mode="before")

@@ -10,7 +10,8 @@ topic per watched experiment and reads the database once per topic, not once per
 GROKLAB_EVENTS_POLL_S, and with Redis at once (at most every MIN_REFRESH_S) when a note arrives
 on its one pattern subscription. What it reads (new points after the topic's cursor, the
 status JSON) is encoded once and put on each watcher's queue. With no watcher left its tasks
-end; the next watcher starts them again.
+end; the next watcher starts again each one that is not running. The hub also counts the open
+streams, per token and in all (GROKLAB_EVENTS_MAX_STREAMS_PER_TOKEN, GROKLAB_EVENTS_MAX_STREAMS).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -162,7 +164,27 @@ class EventHub:
         self.topics: dict[str, Topic] = {}
         self._dirty: set[str] = set()
         self._wake: asyncio.Event | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._poller: asyncio.Task | None = None
+        self._listener: asyncio.Task | None = None
+        self.max_streams = settings.events_max_streams
+        self.max_streams_per_token = settings.events_max_streams_per_token
+        self.streams: Counter[str] = Counter()  # open streams by token id
+
+    def admit(self, token_id: str) -> str | None:
+        """Count one more stream of this token, or say why not (the route answers 429)."""
+        if sum(self.streams.values()) >= self.max_streams:
+            return (f"this API process already serves {self.max_streams} live-event streams "
+                    "(GROKLAB_EVENTS_MAX_STREAMS); try again later")
+        if self.streams[token_id] >= self.max_streams_per_token:
+            return (f"this token already holds {self.max_streams_per_token} live-event streams "
+                    "(GROKLAB_EVENTS_MAX_STREAMS_PER_TOKEN); close one first")
+        self.streams[token_id] += 1
+        return None
+
+    def release(self, token_id: str) -> None:
+        self.streams[token_id] -= 1
+        if self.streams[token_id] <= 0:
+            del self.streams[token_id]
 
     async def subscribe(self, experiment_id: str) -> Watcher:
         """A watcher of the experiment, receiving from now on (call before reading the replay:
@@ -190,12 +212,14 @@ class EventHub:
 
     # ---- background tasks -----------------------------------------------------------------
     def _start(self) -> None:
-        if any(not task.done() for task in self._tasks):
-            return
-        self._wake = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._poll(), name="groklab-events-poll")]
-        if self.redis_url is not None:
-            self._tasks.append(asyncio.create_task(self._listen(), name="groklab-events-redis"))
+        """Start each background task that is not running, whatever the other's state: the
+        poll ends when the last watcher leaves, the Redis listener a moment later (or fails),
+        and a watcher that comes in between must get both."""
+        if self._poller is None or self._poller.done():
+            self._wake = asyncio.Event()  # the listener reads self._wake at each note
+            self._poller = asyncio.create_task(self._poll(), name="groklab-events-poll")
+        if self.redis_url is not None and (self._listener is None or self._listener.done()):
+            self._listener = asyncio.create_task(self._listen(), name="groklab-events-redis")
 
     async def _poll(self) -> None:
         """Read every topic each poll_s, and the noted ones as their notes arrive; end when no

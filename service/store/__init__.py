@@ -116,6 +116,7 @@ from service.store.tokens import (
     list_tokens,
     revoke_token_row,
     token_by_hash,
+    token_is_live,
     tokens_with_id_prefix,
 )
 from service.store.usage import active_jobs, submission_times
@@ -132,6 +133,7 @@ __all__ = [
     "list_tokens",
     "revoke_token_row",
     "token_by_hash",
+    "token_is_live",
     "tokens_with_id_prefix",
     "active_jobs",
     "submission_times",

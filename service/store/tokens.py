@@ -85,3 +85,10 @@ def token_by_hash(session: Session, token_hash: str) -> ApiToken | None:
     row = session.scalars(select(ApiToken).where(ApiToken.token_hash == token_hash)).first()
     session.commit()
     return row
+
+
+def token_is_live(session: Session, token_id: str) -> bool:
+    """The token exists and is not revoked (a long-lived stream checks it again)."""
+    row = session.execute(select(ApiToken.revoked_at).where(ApiToken.id == token_id)).first()
+    session.commit()
+    return row is not None and row.revoked_at is None

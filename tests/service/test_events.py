@@ -106,18 +106,25 @@ def test_last_event_id_replays_only_the_later_steps(client, running):
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["header", "last-event-id"]
 
 
-@pytest.fixture
-def fast_client(tmp_path, enqueued):
-    """A client of an app whose event hub reads every 50 ms."""
-    settings = Settings(data_dir=tmp_path / "fast", events_poll_s=0.05)
-    (tmp_path / "fast").mkdir()
-    migrate(settings.resolved_database_url)
-    app = create_app(settings)
+def events_client(folder, **settings):
+    """A client (alice's write token) of an app with these settings; .token_id is its token's."""
+    folder.mkdir()
+    app_settings = Settings(data_dir=folder, **settings)
+    migrate(app_settings.resolved_database_url)
+    app = create_app(app_settings)
     from service.access import auth
 
     with app.state.sessions() as s:
-        token = auth.create_token(s, "alice", "write")[1]
-    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as c:
+        row, token = auth.create_token(s, "alice", "write")
+    client = TestClient(app, headers={"Authorization": f"Bearer {token}"})
+    client.token_id = row.id
+    return client
+
+
+@pytest.fixture
+def fast_client(tmp_path, enqueued):
+    """A client of an app whose event hub reads every 50 ms."""
+    with events_client(tmp_path / "fast", events_poll_s=0.05) as c:
         yield c
 
 
@@ -170,3 +177,93 @@ def test_status_metrics_and_analysis_answer_304_while_unchanged(client, running)
     for path, tag in tags.items():
         changed = client.get(path, headers={"If-None-Match": tag})
         assert changed.status_code == 200 and changed.headers["etag"] != tag, path
+
+
+# ---- limits ----------------------------------------------------------------------------------
+
+
+def running_job(client) -> str:
+    exp_id = client.post(API, json=TINY).json()["id"]
+    with client.app.state.sessions() as s:
+        store.claim_experiment(s, exp_id, "test-worker")
+    return exp_id
+
+
+def test_streams_past_the_tokens_limit_are_429_until_one_closes(tmp_path, enqueued):
+    with events_client(tmp_path / "app", events_poll_s=0.05, events_max_streams_per_token=2) as client:
+        exp_id = running_job(client)
+        url = f"{API}/{exp_id}/events"
+        with client.stream("GET", url) as one, client.stream("GET", url) as two:
+            assert one.status_code == two.status_code == 200
+            third = client.get(url)
+            assert third.status_code == 429 and "2 live-event streams" in third.json()["detail"]
+            assert third.headers["Retry-After"]
+        # both closed: the token's count is back to none
+        assert client.app.state.events_hub.streams == {}
+        with client.stream("GET", url) as again:
+            assert again.status_code == 200
+
+
+def test_a_stream_ends_after_its_lifetime_and_resumes_with_last_event_id(tmp_path, enqueued):
+    with events_client(tmp_path / "app", events_poll_s=0.05, events_max_lifetime_s=0.5) as client:
+        exp_id = running_job(client)
+        with client.app.state.sessions() as s:
+            attempt = store.get_experiment(s, exp_id).attempt
+        store_steps(client, exp_id, attempt, range(3))
+        with client.stream("GET", f"{API}/{exp_id}/events") as r:
+            events = list(iter_events(r))  # ends by itself: the job still runs
+        assert [e["event"] for e in events] == ["status", "metrics"]
+        store_steps(client, exp_id, attempt, range(3, 6))
+        with client.stream("GET", f"{API}/{exp_id}/events",
+                           headers={"Last-Event-ID": events[-1]["id"]}) as r:
+            resumed = list(iter_events(r))
+        assert sorted(received_points(events + resumed)) == points(range(6))
+
+
+def test_a_revoked_tokens_stream_ends_at_the_next_check(tmp_path, enqueued):
+    from service.access import auth
+
+    with events_client(tmp_path / "app", events_poll_s=0.05, events_ping_s=0.2) as client:
+        exp_id = running_job(client)
+        with client.stream("GET", f"{API}/{exp_id}/events") as r:
+            events = []
+            for event in iter_events(r):
+                events.append(event)
+                if len(events) == 1:  # the status: revoke while it streams
+                    with client.app.state.sessions() as s:
+                        auth.revoke_token(s, client.token_id)
+        assert [e["event"] for e in events] == ["status", "error"]
+        assert json.loads(events[-1]["data"]) == {"detail": "the token was revoked"}
+        assert client.get(f"{API}/{exp_id}/events").status_code == 401
+
+
+def test_a_watcher_gets_events_while_the_last_ones_listener_lingers(tmp_path, enqueued):
+    """The poll ends when the last watcher leaves; the Redis listener may still be alive a
+    moment longer. A watcher that comes then must start the poll again, not get only pings."""
+    import asyncio
+
+    from service.infra.events import EventHub
+
+    with events_client(tmp_path / "app", events_poll_s=0.05) as client:
+        exp_id = running_job(client)
+        with client.app.state.sessions() as s:
+            attempt = store.get_experiment(s, exp_id).attempt
+
+        async def scenario() -> list:
+            hub = EventHub(client.app.state.sessions, client.app.state.settings)
+            first = await hub.subscribe(exp_id)
+            hub.unsubscribe(exp_id, first)
+            await asyncio.sleep(0.3)
+            assert hub._poller.done()  # no watcher: the poll ended
+            hub.redis_url = "redis://listening"  # a listener still alive, as after a note
+            hub._listener = asyncio.create_task(asyncio.sleep(30))
+            second = await hub.subscribe(exp_id)
+            store_steps(client, exp_id, attempt, range(2))
+            try:
+                return [await asyncio.wait_for(second.queue.get(), 3.0)]
+            finally:
+                hub._listener.cancel()
+                hub.unsubscribe(exp_id, second)
+
+        kind, _ = asyncio.run(scenario())[0]
+        assert kind in ("metrics", "status")

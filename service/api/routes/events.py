@@ -1,17 +1,22 @@
 """Live events of an experiment: server-sent events (status, metrics, end)."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
+from uuid import UUID
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, HTTPException, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
+from service import store
+from service.access.auth import Principal
 from service.api.deps import ExperimentIdPath, ReadPrincipal, SettingsDep, visible
-from service.api.responses import NOT_FOUND, UNAUTHORIZED
+from service.api.responses import NOT_FOUND, TOO_MANY, UNAUTHORIZED
 from service.contract.models import FINISHED_STATUSES
-from service.infra.events import Batch, EventHub, frame, status_json
+from service.contract.settings import Settings
+from service.infra.events import Batch, EventHub, encode, frame, status_json
 from service.store.live import experiment_snapshot, metric_points_after
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTHORIZED)
@@ -28,7 +33,11 @@ EVENTS_DOC = """Live events of a job as server-sent events (`text/event-stream`)
 On connect every stored point is replayed first (from the database), then live points follow;
 with `Last-Event-ID: N` (the id of the last metrics event received) only the points with
 step > N are replayed. No point is sent twice in one stream. A stream that falls too far
-behind is closed: reconnect with Last-Event-ID."""
+behind, or whose client does not accept a write within GROKLAB_EVENTS_SEND_TIMEOUT_S, is
+closed, and every stream ends after GROKLAB_EVENTS_MAX_LIFETIME_S: reconnect with
+Last-Event-ID. The token is checked again every ping interval: once revoked, `event: error`
+(`{"detail": ...}`) ends the stream. 429 past GROKLAB_EVENTS_MAX_STREAMS_PER_TOKEN open
+streams of one token, or GROKLAB_EVENTS_MAX_STREAMS of the API process."""
 
 
 def get_hub(request: Request) -> EventHub:
@@ -43,8 +52,8 @@ def get_hub(request: Request) -> EventHub:
 @router.get(
     "/{experiment_id}/events",
     response_class=EventSourceResponse,
-    responses={**NOT_FOUND, 200: {"content": {"text/event-stream": {}},
-                                  "description": "The event stream."}},
+    responses={**NOT_FOUND, **TOO_MANY, 200: {"content": {"text/event-stream": {}},
+                                              "description": "The event stream."}},
     description=EVENTS_DOC,
 )
 async def experiment_events(
@@ -57,8 +66,26 @@ async def experiment_events(
 ) -> EventSourceResponse:
     hub = get_hub(request)
     sessions = request.app.state.sessions
-    exp_id = str(experiment_id)
     after = -1 if last_event_id is None else last_event_id
+    refused = hub.admit(principal.token_id)
+    if refused is not None:
+        raise HTTPException(status_code=429, detail=refused, headers={"Retry-After": "5"})
+    try:
+        return await _open_stream(request, hub, sessions, principal, experiment_id, settings, after)
+    except BaseException:
+        hub.release(principal.token_id)
+        raise
+
+
+async def _open_stream(
+    request: Request, hub: EventHub, sessions, principal: Principal, experiment_id: UUID,
+    settings: Settings, after: int,
+) -> EventSourceResponse:
+    """The stream of one admitted watcher; the hub's count of its token's streams is released
+    when it ends."""
+    exp_id = str(experiment_id)
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + settings.events_max_lifetime_s
 
     def read_start() -> tuple[str, bool, list[dict], bool]:
         """One thread hop per connect: the job (404 unless visible), the replay's first page."""
@@ -71,6 +98,10 @@ async def experiment_events(
     def read_points(step: int) -> tuple[list[dict], bool]:
         with sessions() as session:
             return metric_points_after(session, exp_id, step)
+
+    def token_live() -> bool:
+        with sessions() as session:
+            return store.token_is_live(session, principal.token_id)
 
     watcher = await hub.subscribe(exp_id)  # before the replay: nothing falls in between
     try:
@@ -95,8 +126,22 @@ async def experiment_events(
             if finished:  # read before the replay: every point was in it
                 yield frame("end", status)
                 return
+            next_check = loop.time() + settings.events_ping_s
             while not watcher.overflowed:  # live: frames the hub encoded once for everyone
-                items = [await watcher.queue.get()]
+                now = loop.time()
+                if now >= ends_at:
+                    return  # its lifetime is up: the client reconnects with Last-Event-ID
+                if now >= next_check:  # the token again, once per ping interval
+                    next_check = now + settings.events_ping_s
+                    if not await run_in_threadpool(token_live):
+                        yield frame("error", encode({"detail": "the token was revoked"}))
+                        return
+                try:
+                    first = await asyncio.wait_for(
+                        watcher.queue.get(), min(ends_at, next_check) - loop.time())
+                except asyncio.TimeoutError:
+                    continue
+                items = [first]
                 while not watcher.queue.empty():
                     items.append(watcher.queue.get_nowait())
                 frames, ended = [], False
@@ -118,9 +163,10 @@ async def experiment_events(
                     return
         finally:
             hub.unsubscribe(exp_id, watcher)
+            hub.release(principal.token_id)
 
     return EventSourceResponse(
-        stream(), ping=settings.events_ping_s,
+        stream(), ping=settings.events_ping_s, send_timeout=settings.events_send_timeout_s,
         ping_message_factory=lambda: ServerSentEvent(comment="ping"),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
