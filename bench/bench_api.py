@@ -263,7 +263,8 @@ def main() -> None:
         data_dir = Path(tmp)
         settings, token, (status_id, running_id) = prepare(data_dir)
         port = free_port()
-        proc = start_api(data_dir, port, {})
+        # one token watches with all 1,000 streams: lift its per-token cap for the benchmark
+        proc = start_api(data_dir, port, {"GROKLAB_EVENTS_MAX_STREAMS_PER_TOKEN": "2000"})
         auth_header = {"Authorization": f"Bearer {token}"}
         status_path = f"/api/v1/experiments/{status_id}"
         try:
