@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.api.deps import get_enqueue
-from service.api.middleware import BodySizeLimit
+from service.api.middleware import BodySizeLimit, SecurityHeaders
 from service.api.routes import analysis, checkpoints, experiments, health, metrics, sweeps
 from service.api.routes import events, web
 from service.contract.finite import without_non_finite
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, drain_bytes=settings.body_drain_bytes
     )
+    app.add_middleware(SecurityHeaders)  # outside the size limit: its 413 gets them too
     observability.install(app)  # GET /metrics; the latency middleware wraps the others
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)

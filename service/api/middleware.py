@@ -106,3 +106,44 @@ async def _answer(send: Send, status: int, detail: str, close: bool = False) -> 
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+# The dashboard's scripts and styles are its own files (/ui/...); it calls only this API.
+# Inline style attributes stay allowed (the charts set element styles); inline scripts, eval,
+# other origins and framing do not.
+DASHBOARD_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+
+class SecurityHeaders:
+    """On every response: nosniff, no framing (X-Frame-Options, for browsers without CSP's
+    frame-ancestors) and no referrer; on the dashboard's page and files also its
+    Content-Security-Policy. (FastAPI's /docs loads Swagger UI from a CDN with an inline script,
+    so the policy is the dashboard's only.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        dashboard = path == "/" or path.startswith("/ui/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                extra = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                         (b"referrer-policy", b"no-referrer")]
+                if dashboard:
+                    extra.append((b"content-security-policy", DASHBOARD_CSP.encode()))
+                headers += [(name, value) for name, value in extra if name not in names]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -16,6 +16,25 @@ def test_the_page_and_its_files_are_served_without_a_token(api_app):
     assert "MIT License" in anonymous.get("/ui/vendor/uplot/LICENSE").text
 
 
+def test_the_dashboard_is_served_with_a_content_security_policy(api_app):
+    anonymous = TestClient(api_app)
+    for path in ("/", "/ui/app.js"):
+        r = anonymous.get(path)
+        csp = dict(part.strip().split(" ", 1) for part in r.headers["content-security-policy"].split(";"))
+        assert csp["script-src"] == "'self'" and csp["frame-ancestors"] == "'none'"
+        assert csp["connect-src"] == "'self'" and csp["object-src"] == "'none'"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["x-content-type-options"] == "nosniff"
+    # the API's answers, errors and the body-size refusal included, are not sniffed or framed
+    for r in (anonymous.get("/healthz"), anonymous.get("/api/v1/experiments"),
+              anonymous.post("/api/v1/experiments", content=b"x" * (64 * 2**20))):
+        assert r.headers["x-content-type-options"] == "nosniff", r.status_code
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "content-security-policy" not in r.headers  # the dashboard's policy only
+    # the page loads no script of its own inline: the policy would block it
+    assert "<script>" not in anonymous.get("/").text
+
+
 def test_no_file_outside_the_dashboard_folder_is_served(api_app):
     anonymous = TestClient(api_app)
     for path in ("/ui/%2e%2e/app.py", "/ui/..%2fapp.py", "/ui/%2e%2e/%2e%2e/settings.py",
