@@ -204,6 +204,10 @@ class Settings(BaseSettings):
         "in another process (the CLI, another API worker) takes effect within this time; 0: "
         "every request reads the token table.",
     )
+    metrics_token: str | None = Field(
+        None, description="When set, GET /metrics answers only `Authorization: Bearer <this>` "
+        "(401 otherwise); unset, it is open like /healthz (counts and timings, no tenant data).",
+    )
     events_poll_s: float = Field(
         1.0, gt=0,
         description="How often the API reads the status and new metrics of each experiment "
@@ -230,7 +234,7 @@ class Settings(BaseSettings):
         "accept a write is closed.",
     )
 
-    @field_validator("worker_processes", "torch_threads", "worker_gpus", mode="before")
+    @field_validator("worker_processes", "torch_threads", "worker_gpus", "metrics_token", mode="before")
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
         """An empty variable (compose's `${GROKLAB_WORKER_PROCESSES:-}`) means: work it out."""

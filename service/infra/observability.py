@@ -17,6 +17,7 @@ folder (before the processes start) and each process's samples are merged at scr
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -210,11 +212,21 @@ router = APIRouter(tags=["health"])
     "/metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}},
-                     "description": "Prometheus text format."}},
+                     "description": "Prometheus text format."},
+               401: {"description": "GROKLAB_METRICS_TOKEN is set and the request did not "
+                     "carry it as a bearer token."}},
 )
 def prometheus_metrics(request: Request) -> Response:
-    """Prometheus exposition format. No token, like /healthz: it carries counts and timings
-    only, never an owner, an experiment name or an id."""
+    """Prometheus exposition format. No groklab token, like /healthz: it carries counts and
+    timings only, never an owner, an experiment name or an id. With GROKLAB_METRICS_TOKEN set,
+    only `Authorization: Bearer <it>` is answered (401 otherwise)."""
+    wanted = request.app.state.settings.metrics_token
+    if wanted:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), wanted.encode()):
+            return JSONResponse({"detail": "GET /metrics needs the metrics token "
+                                 "(Authorization: Bearer <GROKLAB_METRICS_TOKEN>)"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(request.app.state.metrics_registry),
                     media_type=CONTENT_TYPE_LATEST)
 

@@ -95,6 +95,28 @@ def test_observability_profile_wires_prometheus_to_the_api_and_grafana_to_promet
     assert job["static_configs"][0]["targets"] == ["api:8000"]  # the api service's port
 
 
+def test_observability_listens_on_loopback_with_no_default_password_and_a_metrics_token():
+    services = load_compose()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    for service in (prometheus, grafana):
+        assert all(port.startswith("127.0.0.1:") for port in service["ports"]), service["ports"]
+    # Grafana's admin password comes from the environment, with no default, and the container
+    # refuses to start without one.
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    assert "admin" not in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].split(":-")[1]
+    assert 'test -n "$$GF_SECURITY_ADMIN_PASSWORD"' in grafana["entrypoint"][-1]
+    assert grafana["entrypoint"][-1].endswith("exec /run.sh")
+    # The API's metrics token reaches Prometheus's scrape as a credentials file.
+    token = "${GROKLAB_METRICS_TOKEN:-}"
+    assert services["api"]["environment"]["GROKLAB_METRICS_TOKEN"] == token
+    assert prometheus["environment"]["GROKLAB_METRICS_TOKEN"] == token
+    [job] = yaml.safe_load((OBSERVABILITY / "prometheus.yml").read_text())["scrape_configs"]
+    credentials = job["authorization"]["credentials_file"]
+    assert job["authorization"]["type"] == "Bearer"
+    assert f"> {credentials}" in prometheus["entrypoint"][-1]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["entrypoint"][-1]
+
+
 def test_grafana_provisioning_names_datasources_that_the_dashboard_uses():
     provisioning = OBSERVABILITY / "grafana" / "provisioning"
     datasources = yaml.safe_load((provisioning / "datasources" / "datasources.yml").read_text())

@@ -151,3 +151,21 @@ def test_several_api_processes_report_one_merged_histogram(tmp_path):
     healthz = frozenset({("route", "/healthz"), ("method", "GET"), ("status", "200")})
     assert samples[(f"{LATENCY}_count", healthz)] == 3
     assert ("groklab_running_jobs", frozenset()) in samples
+
+
+def test_a_metrics_token_closes_metrics_to_anyone_without_it(tmp_path):
+    from service.app import create_app
+    from service.contract.settings import Settings
+    from service.infra.db import migrate
+
+    settings = Settings(data_dir=tmp_path, metrics_token="scrape-secret")
+    migrate(settings.resolved_database_url)
+    anonymous = TestClient(create_app(settings))
+    refused = anonymous.get("/metrics")
+    assert refused.status_code == 401 and "GROKLAB_METRICS_TOKEN" in refused.json()["detail"]
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert anonymous.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    scraped = anonymous.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert scraped.status_code == 200 and LATENCY in scraped.text
+    # an empty setting (compose's ${GROKLAB_METRICS_TOKEN:-}) leaves it open
+    assert Settings(metrics_token="").metrics_token is None
