@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from service.api import openapi
 from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit, SecurityHeaders
 from service.api.routes import analysis, checkpoints, experiments, health, metrics, sweeps
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(InterfaceError, _database_unavailable)
+    openapi.install(app, settings)  # settings' limits in the document; 405 with every method
 
     app.include_router(health.router)
     app.include_router(web.router)  # the dashboard at / and GET /api/v1/whoami

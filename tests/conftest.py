@@ -16,6 +16,19 @@ PG_URL = os.environ.get(
 REDIS_URL = os.environ.get("GROKLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests train in-process on one torch thread, as a CPU worker's training process does
+    (service/science/worker_plan.py): a float sum split over two threads rounds differently,
+    and a run that grokks right at a threshold must not pass or fail by the test's order."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def service_missing(what: str, exc: BaseException) -> None:
     message = f"{what} is not reachable ({type(exc).__name__}: {exc})"
     if os.environ.get("CI", "").lower() == "true":

@@ -9,9 +9,10 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -58,8 +59,15 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def _array_as_tuple(value: Any) -> Any:
+    """A JSON array for a tuple field (strict validation takes only tuples)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a number is not read from a string, nor a bool from 0, 1 or "yes" (what the
+    # OpenAPI schema says is what is accepted); JSON arrays still fill tuples.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TaskSpec(_Section):
@@ -141,7 +149,7 @@ class OptimizerSpec(_Section):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(1.0, ge=0, le=100)
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: Annotated[tuple[float, float], BeforeValidator(_array_as_tuple)] = (0.9, 0.98)
     eps: float = Field(1e-8, gt=0, le=1)
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
     warmup_steps: int = Field(10, ge=0)

@@ -11,6 +11,16 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+class ValidationErrorOut(BaseModel):
+    """FastAPI's 422, and the checks made after it (invalid): a list of {loc, msg, type, input}."""
+
+    detail: list[dict[str, Any]]
+
+
+# A route whose own 422 has a sentence while its parameters' 422 is FastAPI's list.
+ErrorOrValidation = ErrorOut | ValidationErrorOut
+
+
 def invalid(loc: tuple[str, ...], msg: str, value: Any) -> HTTPException:
     """A 422 shaped like FastAPI's own validation errors (detail: [{loc, msg, type, input}])."""
     return HTTPException(

@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 
 from service.contract.settings import Settings
 from service.schemas.errors import invalid
-from service.schemas.experiments import NO_NUL
 from service.store import MAX_STEP
 
 
@@ -24,7 +23,7 @@ class MetricsQuery(BaseModel):
     names: str | None = Field(
         None,
         max_length=10_000,
-        pattern=NO_NUL,
+        pattern=r"^[^\x00]*[^\x00\s,][^\x00]*$",  # no NUL, and at least one name
         description="Comma-separated metric names, e.g. train_loss,val_acc. Default: all.",
     )
     from_step: int | None = Field(None, ge=0, le=MAX_STEP)

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from service import store
 from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
 from service.api.etag import json_with_etag
+from service.api.responses import NOT_FOUND, UNAUTHORIZED
 from service.contract.models import ANALYSIS_DONE, ANALYSIS_FAILED, PROGRESS_DONE, PROGRESS_FAILED
 from service.contract.spec import fourier_unavailable
 from service.infra import queueing
@@ -16,7 +17,7 @@ from service.schemas.analysis import THRESHOLD_DOC, fourier_view, grokking_thres
 from service.science.grokking import GrokkingThresholds
 from service.store.summary import experiment_phases, experiment_summary
 
-router = APIRouter(tags=["analysis"])
+router = APIRouter(tags=["analysis"], responses={**UNAUTHORIZED, **NOT_FOUND})
 
 
 @router.get("/experiments/{experiment_id}/analysis", description=THRESHOLD_DOC,

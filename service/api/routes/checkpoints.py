@@ -14,7 +14,7 @@ from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
 from service.api.responses import NOT_FOUND, UNAUTHORIZED
 from service.contract.models import Checkpoint
 from service.schemas.checkpoints import CheckpointOut
-from service.schemas.errors import ErrorOut, invalid
+from service.schemas.errors import ErrorOrValidation, ErrorOut, invalid
 from service.science import export
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=UNAUTHORIZED)
@@ -149,8 +149,8 @@ def _verified_stream(sessions: sessionmaker[Session], checkpoint: Checkpoint) ->
         },
         404: {"model": ErrorOut, "description": "No such experiment or checkpoint."},
         409: {"model": ErrorOut, "description": "The stored checkpoint is corrupt."},
-        422: {"model": ErrorOut, "description": "No export for this model (an MLP), or no "
-              "such ensemble member."},
+        422: {"model": ErrorOrValidation, "description": "No export for this model (an MLP), "
+              "or no such ensemble member (a sentence); or a bad parameter (FastAPI's list)."},
     },
 )
 def export_checkpoint(

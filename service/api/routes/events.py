@@ -61,12 +61,13 @@ async def experiment_events(
     principal: ReadPrincipal,
     experiment_id: ExperimentIdPath,
     settings: SettingsDep,
-    last_event_id: Annotated[int | None, Header(
-        ge=-1, description="The id of the last metrics event received: replay after it.")] = None,
+    last_event_id: Annotated[int, Header(
+        ge=-1, le=2**62, description="The id of the last metrics event received: replay after it "
+        "(-1, the default: replay everything).")] = -1,
 ) -> EventSourceResponse:
     hub = get_hub(request)
     sessions = request.app.state.sessions
-    after = -1 if last_event_id is None else last_event_id
+    after = last_event_id
     refused = hub.admit(principal.token_id)
     if refused is not None:
         raise HTTPException(status_code=429, detail=refused, headers={"Retry-After": "5"})
