@@ -21,7 +21,8 @@ How groklab's layout (worker/engine/models.py) maps to TransformerLens's:
 from __future__ import annotations
 
 import json
-from typing import Any
+import struct
+from typing import Any, Callable
 
 import numpy as np
 from safetensors import SafetensorError
@@ -120,6 +121,62 @@ def transformer_lens_state(
     return state
 
 
+# safetensors dtypes of parameters, as numpy reads them (little-endian)
+NUMPY_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
+def member_params(
+    head: bytes, read: Callable[[int, int], bytes], member: int
+) -> dict[str, np.ndarray]:
+    """One ensemble member's parameters ([1, ...] each, names without "param.") from a
+    checkpoint's head (the 8-byte length and the safetensors header) and `read(start, end)`,
+    which returns those bytes of the checkpoint: each parameter is [E, ...] with the members
+    along the first axis, so a member's part is one contiguous range, and only those ranges are
+    read. ExportUnavailable for a member the checkpoint does not hold; CheckpointUnreadable for
+    tensors that are not parameters of an ensemble."""
+    (length,) = struct.unpack("<Q", head[:8])
+    try:
+        header = json.loads(head[8 : 8 + length])
+    except ValueError as exc:
+        raise CheckpointUnreadable(f"unreadable safetensors header ({exc})") from None
+    entries = {name.removeprefix("param."): entry for name, entry in header.items()
+               if name.startswith("param.") and isinstance(entry, dict)}
+    if "W_E" not in entries:
+        raise CheckpointUnreadable("the checkpoint has no tensor param.W_E: it holds no model")
+    n_members = int(entries["W_E"]["shape"][0])
+    if not 0 <= member < n_members:
+        raise ExportUnavailable(
+            f"member must be in [0, {n_members - 1}]: this checkpoint holds {n_members} "
+            f"ensemble member(s) (got {member})"
+        )
+    params = {}
+    for name, entry in entries.items():
+        shape, (begin, end) = [int(n) for n in entry["shape"]], entry["data_offsets"]
+        dtype = NUMPY_DTYPES.get(entry.get("dtype"))
+        if dtype is None or not shape or shape[0] != n_members:
+            raise CheckpointUnreadable(
+                f"param.{name} is not an ensemble parameter ({entry.get('dtype')} {shape})")
+        stride, rest = divmod(end - begin, n_members)
+        if rest or stride != int(np.prod(shape[1:])) * np.dtype(dtype).itemsize:
+            raise CheckpointUnreadable(f"param.{name}'s bytes do not fit its shape {shape}")
+        start = 8 + length + begin + member * stride
+        data = read(start, start + stride)
+        params[name] = np.frombuffer(data, dtype=dtype).reshape([1, *shape[1:]])
+    return params
+
+
+def export_member_transformer_lens(
+    head: bytes, read: Callable[[int, int], bytes], spec: dict[str, Any], member: int,
+    metadata: dict[str, str] | None = None,
+) -> bytes:
+    """export_transformer_lens of a stored checkpoint read by ranges (member_params): the
+    API's path, which never holds more than the one member's parameters."""
+    reason = transformer_lens_unavailable(spec)
+    if reason is not None:
+        raise ExportUnavailable(reason)
+    return _export(member_params(head, read, member), spec, 0, member, metadata)
+
+
 def export_transformer_lens(
     blob: bytes, spec: dict[str, Any], member: int, metadata: dict[str, str] | None = None
 ) -> bytes:
@@ -143,8 +200,16 @@ def export_transformer_lens(
             f"member must be in [0, {n_members - 1}]: this checkpoint holds {n_members} "
             f"ensemble member(s) (got {member})"
         )
+    return _export(params, spec, member, member, metadata)
+
+
+def _export(
+    params: dict[str, np.ndarray], spec: dict[str, Any], index: int, member: int,
+    metadata: dict[str, str] | None,
+) -> bytes:
+    """The file of params[...][index], which is ensemble member `member`."""
     try:
-        state = transformer_lens_state(params, spec, member)
+        state = transformer_lens_state(params, spec, index)
     except CheckpointUnreadable:
         raise
     except (ValueError, IndexError) as exc:  # a tensor whose shape is not the spec's model's

@@ -179,6 +179,11 @@ def checkpoint_intact(session: Session, checkpoint: Checkpoint) -> bool:
 
 
 def _verify(session: Session, checkpoint: Checkpoint, keep: bool) -> bytes:
+    return _verify_head(session, checkpoint, keep)[1]
+
+
+def _verify_head(session: Session, checkpoint: Checkpoint, keep: bool) -> tuple[bytes, bytes]:
+    """(head: the length prefix and header, the bytes when `keep`) after the checks."""
     sha256, size, head, blob = _scan(session, checkpoint, keep)
     if not hmac.compare_digest(sha256, checkpoint.sha256):
         raise CheckpointCorrupt(
@@ -195,7 +200,44 @@ def _verify(session: Session, checkpoint: Checkpoint, keep: bool) -> bytes:
         check_checkpoint(head, size)
     except ValueError as exc:
         raise CheckpointCorrupt(checkpoint, str(exc)) from None
-    return blob
+    return head, blob
+
+
+def verified_checkpoint_head(
+    session: Session, experiment_id: str, step: int
+) -> tuple[Checkpoint, bytes] | None:
+    """The checkpoint at `step` and its head (the 8-byte length and the safetensors header),
+    after its bytes were streamed a chunk at a time and checked as verified_checkpoint does;
+    None when there is none. With read_checkpoint_range, a reader takes only the tensors (or
+    the parts of them) it needs: the API's export of one ensemble member never holds the
+    whole checkpoint. Raises CheckpointCorrupt."""
+    checkpoint = _find_checkpoint(session, experiment_id, step=step)
+    if checkpoint is None:
+        return None
+    return checkpoint, _verify_head(session, checkpoint, keep=False)[0]
+
+
+def read_checkpoint_range(session: Session, checkpoint: Checkpoint, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a stored checkpoint, reading only the chunks that hold them."""
+    out = bytearray()
+    if end <= start:
+        return bytes(out)
+    for seq in range(start // CHECKPOINT_CHUNK_BYTES, (end - 1) // CHECKPOINT_CHUNK_BYTES + 1):
+        data = session.scalar(
+            select(CheckpointChunk.data).where(
+                CheckpointChunk.experiment_id == checkpoint.experiment_id,
+                CheckpointChunk.step == checkpoint.step,
+                CheckpointChunk.seq == seq,
+            )
+        )
+        session.commit()
+        if data is None:
+            raise CheckpointCorrupt(checkpoint, f"chunk {seq} is missing")
+        base = seq * CHECKPOINT_CHUNK_BYTES
+        out += memoryview(data)[max(start - base, 0) : min(end - base, len(data))]
+    if len(out) != end - start:
+        raise CheckpointCorrupt(checkpoint, f"bytes {start}..{end} are past its end")
+    return bytes(out)
 
 
 def verified_checkpoint(

@@ -73,3 +73,67 @@ def test_parallel_downloads_of_a_large_checkpoint_stream_in_bounded_memory(stack
     print(f"\nAPI RSS growth during {DOWNLOADS} parallel downloads of a {SIZE >> 20} MiB "
           f"checkpoint: {growth / 2**20:.1f} MiB (baseline {baseline / 2**20:.0f} MiB)")
     assert growth < BOUND, f"the API grew by {growth / 2**20:.0f} MiB"
+
+
+EXPORT_MEMBERS = 84  # a transformer of width 128 (d_mlp 512) on p=47: 2.4 MiB per member with
+# its AdamW state, ~200 MiB for the checkpoint
+
+
+def test_parallel_exports_of_one_member_read_only_that_member(stack):
+    """Four parallel TransformerLens exports of one member of a ~200 MiB ensemble checkpoint:
+    the API streams the checkpoint once per request to check it, then reads the member's
+    parameters (under 1 MiB) only: it grew by 22.5 MiB here, where loading the whole
+    checkpoint for each export (as it did) grew it by 1,915 MiB."""
+    from tests.builders import tiny_spec
+    from worker.engine.train import Trainer
+
+    spec = tiny_spec(width=128, heads=4, model={"d_mlp": 512}, task={"p": 47},
+                     ensemble={"size": EXPORT_MEMBERS}, training={"device": "cpu"})
+    trainer = Trainer(spec)
+    trainer.train_step()  # the optimiser's state exists from the first step on
+    blob = trainer.to_checkpoint()
+    size = len(blob)
+    engine = make_engine(stack.database_url)
+    try:
+        with make_sessionmaker(engine)() as s:
+            experiment = store.create_experiment(s, spec, "storage-test", owner="it")
+            store.add_checkpoint(s, experiment.id, 0, blob, {})
+    finally:
+        engine.dispose()
+    del blob, trainer
+    url = f"/api/v1/experiments/{experiment.id}/checkpoints/0/export"
+
+    api = psutil.Process(stack.api.pid)
+
+    def api_rss() -> int:
+        return sum(p.memory_info().rss for p in (api, *api.children(recursive=True)))
+
+    assert stack.client.get(url, params={"member": 1}, timeout=120).status_code == 200  # warm
+    baseline = api_rss()
+    peak, done = baseline, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, api_rss())
+
+    def export(member: int) -> tuple[int, int]:
+        r = stack.client.get(url, params={"member": member}, timeout=120)
+        return r.status_code, len(r.content)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(DOWNLOADS) as pool:
+            results = list(pool.map(export, range(DOWNLOADS)))
+    finally:
+        done.set()
+        sampler.join()
+    assert [status for status, _ in results] == [200] * DOWNLOADS
+    assert all(0 < length < size / EXPORT_MEMBERS for _, length in results)
+    growth = peak - baseline
+    print(f"\nAPI RSS growth during {DOWNLOADS} parallel exports of one member of a "
+          f"{size / 2**20:.0f} MiB checkpoint: {growth / 2**20:.1f} MiB "
+          f"(baseline {baseline / 2**20:.0f} MiB)")
+    assert size > 190 * 2**20
+    assert growth < BOUND, f"the API grew by {growth / 2**20:.0f} MiB"

@@ -190,3 +190,34 @@ def test_groklab_export_writes_the_file(client, api_sessions, monkeypatch, tmp_p
     r = CliRunner().invoke(app, ["export", experiment_id, "400", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "error 404" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def file_metadata(blob: bytes) -> dict:
+    return json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
+
+
+def test_a_member_read_by_ranges_exports_as_the_whole_checkpoint_does():
+    """The API's path reads the header and then only the member's ranges of the parameters:
+    the same file as from the whole checkpoint, for every member, from a fraction of its bytes."""
+    from service.science.export import export_member_transformer_lens
+
+    spec = export_spec(CONFIGS["2 layers, LN, gelu"], ensemble={"size": 3})
+    _, blob = trained_checkpoint(spec)
+    head = blob[: 8 + int.from_bytes(blob[:8], "little")]
+    for member in range(3):
+        read: list[int] = []
+
+        def ranged(start: int, end: int) -> bytes:
+            read.append(end - start)
+            return blob[start:end]
+
+        whole = export_transformer_lens(blob, spec.model_dump(mode="json"), member)
+        ranges = export_member_transformer_lens(head, ranged, spec.model_dump(mode="json"), member)
+        assert file_metadata(ranges) == file_metadata(whole)  # (their order in the header varies)
+        tensors, expected = load_tensors(ranges), load_tensors(whole)
+        assert set(tensors) == set(expected)
+        assert all(torch.equal(tensors[name], expected[name]) for name in expected)
+        # a third of the parameters; none of the optimiser's state
+        assert sum(read) < (len(blob) - len(head)) / 3 / 2
+    with pytest.raises(ExportUnavailable, match="holds 3 ensemble member"):
+        export_member_transformer_lens(head, ranged, spec.model_dump(mode="json"), 3)

@@ -168,19 +168,25 @@ def export_checkpoint(
     reason = export.transformer_lens_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
+    # The bytes are streamed once to check them, then only this member's parameters are read:
+    # the API never holds a whole (ensemble, optimiser state and all) checkpoint.
     try:
-        stored = store.load_checkpoint_verified(session, experiment.id, step)
+        found = store.verified_checkpoint_head(session, experiment.id, step)
     except store.CheckpointCorrupt as exc:
         raise HTTPException(409, str(exc)) from None
-    if stored is None:
+    if found is None:
         raise HTTPException(404, f"experiment {experiment.id} has no checkpoint at step {step}")
+    checkpoint, head = found
     try:
-        blob = export.export_transformer_lens(
-            stored, experiment.spec, member,
+        blob = export.export_member_transformer_lens(
+            head, lambda start, end: store.read_checkpoint_range(session, checkpoint, start, end),
+            experiment.spec, member,
             metadata={"groklab_experiment_id": str(experiment.id), "groklab_step": str(step)},
         )
     except export.ExportUnavailable as exc:
         raise invalid(("query", "member"), str(exc), member) from None
+    except store.CheckpointCorrupt as exc:
+        raise HTTPException(409, str(exc)) from None
     except export.CheckpointUnreadable as exc:
         detail = f"checkpoint at step {step} of experiment {experiment.id} is corrupt: {exc}"
         return JSONResponse({"detail": detail}, status_code=409)
