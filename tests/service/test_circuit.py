@@ -183,3 +183,26 @@ def test_a_failure_is_retried_then_served_with_its_reason(client, api_sessions, 
         assert r.status_code == 409, r.text
         assert r.json()["detail"].startswith("the analysis of step 0 failed: ValueError: ")
     assert enqueued == [(experiment_id, "analysis")] * tries
+
+
+def test_groklab_circuit_prints_a_picture(client, api_sessions, api_settings, enqueued, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.cli import client as cli_client
+    from service.client import Client
+
+    monkeypatch.setattr(cli_client, "_client", lambda url: Client(http=client))
+    experiment_id, spec = experiment_with_checkpoint(client, api_sessions)
+    assert client.get(url(experiment_id, "neurons")).status_code == 202
+    assert compute(experiment_id, "circuit", api_settings) == "computed"
+    runner = CliRunner()
+    out = runner.invoke(app, ["circuit", experiment_id, "0", "neurons"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["n_neurons"] == spec.model.d_mlp
+    out = runner.invoke(app, ["circuit", experiment_id, "0", "waves", "--neurons", "99"])
+    assert out.exit_code == 1 and "422" in out.stderr and "query.neurons" in out.stderr
+    out = runner.invoke(app, ["circuit", experiment_id, "0", "clocks"])
+    assert out.exit_code == 2 and "embedding, neurons, waves or attention" in out.stderr
