@@ -9,6 +9,7 @@ Retry-After until the worker is done, then serves the cached rows as they are.
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from service import store
 from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
-from service.api.responses import NOT_FOUND
+from service.api.responses import NOT_FOUND, UNAUTHORIZED
 from service.api.routes.analysis import cached_or_requested
 from service.contract.circuit import (
     CIRCUIT_KIND,
@@ -28,9 +29,9 @@ from service.contract.circuit import (
     waves_kind,
 )
 from service.contract.settings import Settings
-from service.schemas.errors import ErrorOut, invalid
+from service.schemas.errors import ErrorOrValidation, ErrorOut, invalid
 
-router = APIRouter(tags=["circuit"])
+router = APIRouter(tags=["circuit"], responses=UNAUTHORIZED)
 
 Step = Annotated[int, Path(ge=0, le=store.MAX_STEP, description="A stored checkpoint's step.")]
 Member = Annotated[int, Query(ge=0, le=1_000_000, description="The ensemble member (row), "
@@ -47,13 +48,15 @@ def _responses(picture: str, example: dict[str, Any], unavailable: str) -> dict:
               "checkpoint at this step (the detail lists the stored steps)."},
         409: {"model": ErrorOut, "description": "The computation failed for good (after "
               "GROKLAB_ANALYSIS_MAX_ATTEMPTS tries, or a corrupt checkpoint): the detail says why."},
-        422: {"model": ErrorOut, "description": f"{unavailable} Or a query parameter out of "
-              "range (the detail names it: member must be below the ensemble size)."},
+        422: {"model": ErrorOrValidation, "description": f"{unavailable} (a sentence). Or a "
+              "parameter out of range (FastAPI's list naming it: member must be below the "
+              "ensemble size)."},
         503: {"model": ErrorOut, "description": "The broker is down: the computation could not "
               "be queued."},
     }
 
 
+NEURON_LIST = r"^[0-9]{1,7}(,[0-9]{1,7})*$"
 NOT_MODULAR = "The picture does not apply: not a modular task (S5), or p > 512."
 HEAD = {"step": 10000, "member": 0, "p": 113}
 GRID = [[0.0, 0.5], [0.5, 1.0]]  # p x p in a real answer
@@ -138,11 +141,10 @@ def get_neurons(
 def _neurons(neurons: str | None, n_neurons: int) -> list[int] | None:
     if neurons is None:
         return None
-    try:
-        chosen = [int(n) for n in neurons.split(",")]
-    except ValueError:
+    if not re.fullmatch(NEURON_LIST, neurons):
         raise invalid(("query", "neurons"), "neurons must be comma-separated neuron indices "
-                      "(e.g. 3,17)", neurons) from None
+                      "(e.g. 3,17)", neurons)
+    chosen = [int(n) for n in neurons.split(",")]
     chosen = list(dict.fromkeys(chosen))  # each once, in the order given
     if len(chosen) > WAVES_MAX_NEURONS:
         raise invalid(("query", "neurons"), f"at most {WAVES_MAX_NEURONS} neurons (got "
@@ -164,7 +166,7 @@ def get_waves(
     experiment: OwnedExperiment, step: Step, session: SessionDep, settings: SettingsDep,
     member: Member = 0,
     neurons: Annotated[str | None, Query(
-        max_length=200, description=f"Comma-separated neuron indices, at most "
+        max_length=200, pattern=NEURON_LIST, description=f"Comma-separated neuron indices, at most "
         f"{WAVES_MAX_NEURONS}; default: the top {WAVES_DEFAULT_NEURONS} neurons of distinct "
         f"best frequencies.")] = None,
     answer: Annotated[int, Query(ge=0, le=1_000_000, description="The answer c whose logit is "
