@@ -2,7 +2,7 @@
 fixed from its final checkpoint (worker.analysis.fixed_keys), for GET .../progress-measures.
 
 The API marks the request pending (service.store.progress_measures) and enqueues this on the
-experiment's queue; each checkpoint is loaded verified, one at a time, so memory stays that of
+analysis queue; each checkpoint is loaded verified, one at a time, so memory stays that of
 one model. Whatever goes wrong is stored with its reason, and the API answers 409 with it.
 """
 from __future__ import annotations

@@ -127,6 +127,9 @@ class Experiment(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Seconds the job has run, over every attempt (added by each heartbeat): its time limit
+    # counts this, so a job requeued after a lost worker does not start its limit afresh.
+    run_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     summary: Mapped[dict[str, Any] | None]
 
     # Sweep members: the sweep, the member's place in the grid and its axis values, and the pack

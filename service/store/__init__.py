@@ -30,6 +30,8 @@ One module per concern; callers use this package (`from service import store`):
 """
 from service.store.analysis_cache import (
     AnalysisRequest,
+    analysis_pending,
+    pending_analyses,
     fail_cached_analysis,
     get_cached_analysis,
     latest_cached_analysis,
@@ -87,6 +89,7 @@ from service.store.pausing import (
     pause_sweep,
     request_pause,
     request_resume,
+    resume_paused,
     resume_sweep,
     sweep_resumable,
 )
@@ -118,7 +121,7 @@ from service.store.tokens import (
     token_by_hash,
     tokens_with_id_prefix,
 )
-from service.store.usage import active_jobs, submission_times
+from service.store.usage import active_jobs, owner_lock, submission_times
 from service.store.webhooks import (
     get_webhook_secret,
     list_webhook_secrets,
@@ -127,6 +130,8 @@ from service.store.webhooks import (
 )
 
 __all__ = [
+    "analysis_pending",
+    "pending_analyses",
     "add_token",
     "count_tokens",
     "list_tokens",
@@ -134,6 +139,7 @@ __all__ = [
     "token_by_hash",
     "tokens_with_id_prefix",
     "active_jobs",
+    "owner_lock",
     "submission_times",
     "StackCounts",
     "check_database",
@@ -166,6 +172,7 @@ __all__ = [
     "NotPausable",
     "request_pause",
     "request_resume",
+    "resume_paused",
     "pause_sweep",
     "resume_sweep",
     "sweep_resumable",

@@ -11,20 +11,51 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service.contract.models import (
     ANALYSIS_DONE,
     ANALYSIS_FAILED,
     ANALYSIS_PENDING,
+    PROGRESS_PENDING,
     AnalysisCache,
+    Experiment,
+    ProgressMeasures,
     utcnow,
 )
 from service.store.dialect import upsert_insert
+from service.store.progress_measures import PENDING_RETRY_S
 
 # A pending analysis older than this is asked of a worker again (one more attempt).
 STALE_PENDING = timedelta(minutes=15)
+
+
+def pending_analyses(session: Session, owner: str) -> int:
+    """The owner's analyses waiting for a worker: checkpoint analyses and progress-measure
+    computations of its experiments that are pending and not stale (a stale one's message was
+    lost: it waits for nobody until it is asked again). In the caller's transaction."""
+    now = utcnow()
+    owned = select(Experiment.id).where(Experiment.owner == owner)
+    checkpoints = session.scalar(
+        select(func.count()).select_from(AnalysisCache).where(
+            AnalysisCache.experiment_id.in_(owned), AnalysisCache.status == ANALYSIS_PENDING,
+            AnalysisCache.created_at > now - STALE_PENDING)
+    )
+    measures = session.scalar(
+        select(func.count()).select_from(ProgressMeasures).where(
+            ProgressMeasures.experiment_id.in_(owned),
+            ProgressMeasures.status == PROGRESS_PENDING,
+            ProgressMeasures.requested_at > now - timedelta(seconds=PENDING_RETRY_S))
+    )
+    return int(checkpoints or 0) + int(measures or 0)
+
+
+def analysis_pending(session: Session, experiment_id: str, step: int) -> bool:
+    """Whether the analysis of this step waits for a worker already (asking again adds none)."""
+    status = session.scalar(select(AnalysisCache.status).where(
+        AnalysisCache.experiment_id == str(experiment_id), AnalysisCache.step == step))
+    return status == ANALYSIS_PENDING
 
 
 def get_cached_analysis(session: Session, experiment_id: str, step: int) -> dict | None:

@@ -7,9 +7,15 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import JSONResponse
 
 from service import store
-from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
+from service.api.deps import OwnedExperiment, SessionDep, SettingsDep, analysis_admitted
 from service.api.etag import json_with_etag
-from service.contract.models import ANALYSIS_DONE, ANALYSIS_FAILED, PROGRESS_DONE, PROGRESS_FAILED
+from service.contract.models import (
+    ANALYSIS_DONE,
+    ANALYSIS_FAILED,
+    PROGRESS_DONE,
+    PROGRESS_FAILED,
+    PROGRESS_PENDING,
+)
 from service.contract.spec import fourier_unavailable
 from service.infra import queueing
 from service.schemas.analysis import THRESHOLD_DOC, fourier_view, grokking_thresholds
@@ -49,6 +55,8 @@ def get_analysis(
     "/experiments/{experiment_id}/checkpoints/{step}/analysis",
     responses={202: {"description": "Queued for a worker; ask again shortly."},
                409: {"description": "The analysis failed (why) and will not be retried."},
+               429: {"description": "The owner has GROKLAB_MAX_PENDING_ANALYSES_PER_OWNER "
+                     "analyses waiting; Retry-After says when to ask again."},
                422: {"description": "Fourier measures do not apply to this experiment."}},
 )
 def get_checkpoint_analysis(
@@ -74,9 +82,11 @@ def get_checkpoint_analysis(
         raise HTTPException(
             status_code=404, detail=f"no checkpoint at step {step}; stored steps: {steps}"
         )
-    found = store.request_checkpoint_analysis(
-        session, experiment.id, step, settings.analysis_max_attempts
-    )
+    with analysis_admitted(session, settings, experiment.owner,  # 429 past the owner's limit
+                           lambda: store.analysis_pending(session, experiment.id, step)):
+        found = store.request_checkpoint_analysis(
+            session, experiment.id, step, settings.analysis_max_attempts
+        )
     if found.status == ANALYSIS_DONE:
         return fourier_view(found.data)
     if found.status == ANALYSIS_FAILED:
@@ -104,11 +114,14 @@ def get_checkpoint_analysis(
     "/experiments/{experiment_id}/progress-measures",
     responses={202: {"description": "Queued for a worker; ask again shortly."},
                409: {"description": "No checkpoint yet, or the computation failed (why)."},
+               429: {"description": "The owner has GROKLAB_MAX_PENDING_ANALYSES_PER_OWNER "
+                     "analyses waiting; Retry-After says when to ask again."},
                422: {"description": "Fourier measures do not apply to this experiment."}},
 )
 def get_progress_measures(
     experiment: OwnedExperiment,
     session: SessionDep,
+    settings: SettingsDep,
     key_freqs: Annotated[Literal["final"], Query(
         description="Where the key frequencies come from: 'final', those of the final "
         "(latest stored) checkpoint, fixed for every checkpoint as in Nanda et al. 2023."
@@ -118,8 +131,9 @@ def get_progress_measures(
     checkpoint, with the key frequencies fixed from the final checkpoint, as metric-shaped
     series; and the phases of grokking they show.
 
-    Computed by a worker on the first request (202 with Retry-After until it is ready; again
-    after a newer checkpoint is stored) and kept in the database after that."""
+    Computed by a worker on the `analysis` queue on the first request (202 with Retry-After
+    until it is ready; again after a newer checkpoint is stored) and kept in the database after
+    that. 429 when the owner has GROKLAB_MAX_PENDING_ANALYSES_PER_OWNER analyses waiting."""
     reason = fourier_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
@@ -141,9 +155,12 @@ def get_progress_measures(
                 **row.data,
                 "phases": experiment_phases(session, experiment.id, row.data["series"]),
             }
-    if store.request_progress_measures(session, experiment.id, final_step):
+    waiting = row is not None and row.status == PROGRESS_PENDING and row.final_step == final_step
+    with analysis_admitted(session, settings, experiment.owner, lambda: waiting):
+        requested = store.request_progress_measures(session, experiment.id, final_step)
+    if requested:
         try:
-            queueing.enqueue_progress_measures(experiment.id, final_step, experiment.queue)
+            queueing.enqueue_progress_measures(experiment.id, final_step)
         except Exception as exc:  # noqa: BLE001 - the broker is down: say so, never a 500
             store.withdraw_progress_measures(session, experiment.id, final_step)
             raise HTTPException(
