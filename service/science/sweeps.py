@@ -51,7 +51,9 @@ class SweepSpec(BaseModel):
     )
     pack_size: int | None = Field(
         None, ge=1,
-        description="Most members trained together in one pack. Default: on the CPU, one pack "
+        description="Most members trained together in one pack (at most GROKLAB_MAX_ENSEMBLE; "
+        "a pack is one job, so no pack is larger than the per-job budgets allow for its members "
+        "together). Default: on the CPU, one pack "
         "per training process of the workers (GROKLAB_WORKER_PROCESSES), of at most "
         f"{CPU_PACK_SIZE} members; on a GPU (training.device cuda, or auto on workers with GPUs) "
         "as many as fit in GROKLAB_PACK_MEMORY_BYTES.",
