@@ -4,8 +4,9 @@ jobs alone (check_active_jobs).
 
 Both are counted in the database (the source of truth), so they hold across several API
 processes; quota_held counts and inserts in one transaction under the owner's lock, so that
-concurrent submissions never pass on the same count. A token may override either (api_tokens.max_active_jobs, .submissions_per_minute;
-`groklab token create --max-active-jobs N`); otherwise the settings apply, except to admin
+concurrent submissions never pass on the same count. A token may override either
+(api_tokens.max_active_jobs, .submissions_per_minute; `groklab token create --max-active-jobs
+N`; 0 there allows none); otherwise the settings apply, except to admin
 tokens (the operator's, and `groklab up`'s), which have no quota unless given one. Over a quota,
 the submission is refused with QuotaExceeded (the API's 429, with a Retry-After header and the
 limit named). The storage quota (GROKLAB_STORAGE_QUOTA_BYTES, every token) is
@@ -151,4 +152,3 @@ def analysis_held(
                 ANALYSIS_RETRY_AFTER_S,
             )
         yield
-

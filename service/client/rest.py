@@ -194,8 +194,8 @@ class Client:
 
     def events(self, experiment_id: str, last_event_id: str | None = None) -> Iterator[tuple[str, Any]]:
         """The job's live events as (event, data) until `end`: `status` (the job as get()
-        returns it, less its spec), `metrics` ({step, points: [{name, member, step, value}]}) and `end` (the
-        finished job). A dropped connection is resumed from the last event id it saw."""
+        returns it, less its spec), `metrics` ({step, points: [{name, member, step, value}]})
+        and `end` (the finished job). A dropped connection is resumed from the last event id it saw."""
         failures = 0
         while True:
             headers = {"Accept": "text/event-stream"}

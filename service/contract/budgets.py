@@ -288,4 +288,3 @@ def most_members(spec: ExperimentSpec, limits: Limits, at_most: int) -> int:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
     return low
-

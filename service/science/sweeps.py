@@ -153,9 +153,9 @@ def _blame(loc: tuple, grid: dict[str, list[Any]], point_index: dict[str, int]) 
 
 def check_size(sweep: SweepSpec, limits: Limits | None, max_members: int) -> None:
     """What is refused before any member is built, from the request alone: a member count
-    over max_members (GROKLAB_MAX_SWEEP_MEMBERS), a data_schedule longer than the limits allow
-    (in the base or as an axis value), a base larger than a stored spec may be. Raises
-    SweepInvalid."""
+    over max_members (GROKLAB_MAX_SWEEP_MEMBERS), a pack_size over the largest ensemble, a
+    data_schedule longer than the limits allow (in the base or as an axis value), a base larger
+    than a stored spec may be. Raises SweepInvalid."""
     if sweep.n_members > max_members:
         raise SweepInvalid([{
             "type": "value_error",
@@ -167,11 +167,12 @@ def check_size(sweep: SweepSpec, limits: Limits | None, max_members: int) -> Non
     if limits is None:
         return
     errors: list[dict[str, Any]] = []
-    if sweep.pack_size is not None and limits.max_ensemble and sweep.pack_size > limits.max_ensemble:
-        errors.append({"type": "value_error", "loc": ["body", "pack_size"], "input": sweep.pack_size,
-                       "msg": f"pack_size must be at most {limits.max_ensemble} "
+    most = limits.max_ensemble
+    if sweep.pack_size is not None and most is not None and sweep.pack_size > most:
+        errors.append({"type": "value_error", "loc": ["body", "pack_size"],
+                       "input": sweep.pack_size, "msg": f"pack_size must be at most {most} "
                        f"(GROKLAB_MAX_ENSEMBLE) (got {sweep.pack_size})"})
-    stages = limits.max_data_schedule_stages = limits.max_data_schedule_stages, []
+    stages = limits.max_data_schedule_stages
     schedules = [(["body", "base", "data_schedule"], "base.data_schedule",
                   sweep.base.get("data_schedule"))]
     schedules += [(["body", "grid", "data_schedule", i], f"grid.data_schedule[{i}]", value)
