@@ -21,13 +21,13 @@ How groklab's layout (worker/engine/models.py) maps to TransformerLens's:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
+from service.contract.checkpoint_format import header_length, read_header
 from service.contract.spec import S5_ORDER
 
 EXPORT_FORMATS: tuple[str, ...] = ("transformer_lens",)
@@ -120,10 +120,56 @@ def transformer_lens_state(
     return state
 
 
+# safetensors dtypes that numpy reads (groklab writes float32 parameters)
+DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+          "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def member_slices(header: dict[str, Any], data_start: int, member: int) -> dict[str, Any]:
+    """Where member `member` of each parameter (`param.<name>`, [E, ...] row-major, so one
+    member's values are contiguous) lies in a checkpoint: {name: (start, end, dtype, shape)},
+    absolute byte offsets and the member's shape. ExportUnavailable for a member the checkpoint
+    does not hold; CheckpointUnreadable for a header that does not describe such tensors."""
+    embed = header.get("param.W_E")
+    if not isinstance(embed, dict):
+        raise CheckpointUnreadable("the checkpoint has no tensor param.W_E: it holds no model")
+    out: dict[str, Any] = {}
+    for key, entry in header.items():
+        if not key.startswith("param."):
+            continue
+        try:
+            dtype, shape = np.dtype(DTYPES[entry["dtype"]]), [int(n) for n in entry["shape"]]
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointUnreadable(f"tensor {key!r} is not one numpy can read ({exc})") from None
+        per_member = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64)) if shape else 0
+        if not shape or end - begin != shape[0] * per_member:
+            raise CheckpointUnreadable(f"tensor {key!r} of shape {shape} is not [members, ...]")
+        if not 0 <= member < shape[0]:
+            raise ExportUnavailable(
+                f"member must be in [0, {shape[0] - 1}]: this checkpoint holds {shape[0]} "
+                f"ensemble member(s) (got {member})"
+            )
+        start = data_start + begin + member * per_member
+        out[key.removeprefix("param.")] = (start, start + per_member, dtype, shape[1:])
+    return out
+
+
 def export_transformer_lens(
     blob: bytes, spec: dict[str, Any], member: int, metadata: dict[str, str] | None = None
 ) -> bytes:
-    """A groklab checkpoint (already verified) as a TransformerLens safetensors file.
+    """A groklab checkpoint (already verified) as a TransformerLens safetensors file
+    (export_member on bytes in memory)."""
+    return export_member(lambda start, end: blob[start:end], len(blob), spec, member, metadata)
+
+
+def export_member(
+    read: Callable[[int, int], bytes], size: int, spec: dict[str, Any], member: int,
+    metadata: dict[str, str] | None = None,
+) -> bytes:
+    """One member of a groklab checkpoint of `size` bytes (already verified) as a
+    TransformerLens safetensors file, reading with read(start, end) only the checkpoint's header
+    and that member's parameters: never its other members, nor any optimizer state.
 
     ExportUnavailable for a model or member that has no export; CheckpointUnreadable when the
     checkpoint's tensors are not the spec's model."""
@@ -131,20 +177,17 @@ def export_transformer_lens(
     if reason is not None:
         raise ExportUnavailable(reason)
     try:
-        tensors = safetensors_load(bytes(blob))
-    except (SafetensorError, TypeError, ValueError) as exc:  # e.g. a dtype numpy has no type for
-        raise CheckpointUnreadable(f"unreadable safetensors tensors ({exc})") from None
-    params = {name.removeprefix("param."): t for name, t in tensors.items() if name.startswith("param.")}
-    if "W_E" not in params:
-        raise CheckpointUnreadable("the checkpoint has no tensor param.W_E: it holds no model")
-    n_members = params["W_E"].shape[0]
-    if not 0 <= member < n_members:
-        raise ExportUnavailable(
-            f"member must be in [0, {n_members - 1}]: this checkpoint holds {n_members} "
-            f"ensemble member(s) (got {member})"
-        )
+        head = read(0, 8)
+        if len(head) < 8 or header_length(head) > size:
+            raise ValueError("not a checkpoint: the safetensors header is longer than the blob")
+        header, data_start = read_header(head + read(8, header_length(head)), size)
+    except ValueError as exc:
+        raise CheckpointUnreadable(str(exc)) from None
+    params = {name: np.frombuffer(read(start, end), dtype=dtype).reshape([1, *shape])
+              for name, (start, end, dtype, shape) in member_slices(header, data_start,
+                                                                    member).items()}
     try:
-        state = transformer_lens_state(params, spec, member)
+        state = transformer_lens_state(params, spec, 0)
     except CheckpointUnreadable:
         raise
     except (ValueError, IndexError) as exc:  # a tensor whose shape is not the spec's model's

@@ -150,6 +150,29 @@ def checkpoint_chunks(session: Session, checkpoint: Checkpoint) -> Iterator[byte
         seq += 1
 
 
+def checkpoint_range(session: Session, checkpoint: Checkpoint, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a checkpoint, read from the chunks that hold them only (one query
+    each). Raises CheckpointCorrupt when a chunk is missing (deleted meanwhile, or never
+    written)."""
+    if not 0 <= start <= end <= checkpoint.size:
+        raise ValueError(f"bytes [{start}, {end}) are not inside the {checkpoint.size} stored")
+    out = bytearray()
+    for seq in range(start // CHECKPOINT_CHUNK_BYTES, -(-end // CHECKPOINT_CHUNK_BYTES)):
+        data = session.scalar(
+            select(CheckpointChunk.data).where(
+                CheckpointChunk.experiment_id == checkpoint.experiment_id,
+                CheckpointChunk.step == checkpoint.step,
+                CheckpointChunk.seq == seq,
+            )
+        )
+        session.commit()
+        if data is None:
+            raise CheckpointCorrupt(checkpoint, f"its chunk {seq} is missing")
+        offset = seq * CHECKPOINT_CHUNK_BYTES
+        out += memoryview(data)[max(0, start - offset) : end - offset]
+    return bytes(out)
+
+
 def read_checkpoint(session: Session, checkpoint: Checkpoint) -> bytes:
     """The stored bytes of a checkpoint, reassembled and unchecked (load_checkpoint_verified
     checks them)."""

@@ -190,3 +190,38 @@ def test_groklab_export_writes_the_file(client, api_sessions, monkeypatch, tmp_p
     r = CliRunner().invoke(app, ["export", experiment_id, "400", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "error 404" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_export_reads_only_the_header_and_the_members_weights(client, api_sessions, monkeypatch):
+    """An ensemble's export reads the checkpoint's header and one member's parameters, never
+    the other members or the optimizer state: what an export costs the API's memory."""
+    members = 8
+    body = {"name": "export", "preset": "ci-small", "task": {"p": P},
+            "model": {"d_model": 16, "n_heads": 2, "d_mlp": 32}, "optimizer": {"lr": 3e-2},
+            "training": {"steps": 10}, "ensemble": {"size": members}}
+    job = client.post(API, json=body).json()
+    spec = ExperimentSpec.model_validate(job["spec"])
+    trainer, blob = trained_checkpoint(spec, steps=4)
+    with api_sessions() as s:
+        store.add_checkpoint(s, job["id"], 4, blob, {})
+    read: list[int] = []
+    real_range = store.checkpoint_range
+
+    def counted(session, checkpoint, start, end):
+        read.append(end - start)
+        return real_range(session, checkpoint, start, end)
+
+    monkeypatch.setattr(store, "checkpoint_range", counted)
+    r = client.get(f"{API}/{job['id']}/checkpoints/4/export", params={"member": 5})
+    assert r.status_code == 200, r.text
+    assert r.content == export_transformer_lens(
+        blob, spec.model_dump(mode="json"), 5,
+        metadata={"groklab_experiment_id": job["id"], "groklab_step": "4"})
+    hooked, _ = load_hooked_transformer(r.content)
+    assert max_logit_difference(hooked, trainer, 5) < TOLERANCE
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    params = sum(e["data_offsets"][1] - e["data_offsets"][0]
+                 for name, e in header.items() if name.startswith("param."))
+    head = 8 + int.from_bytes(blob[:8], "little")
+    assert sum(read) == head + params // members  # a member's share of the weights, no more
+    assert sum(read) < len(blob) / (2 * members)

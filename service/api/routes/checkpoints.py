@@ -164,21 +164,24 @@ def export_checkpoint(
 ) -> Response:
     """One ensemble member of a checkpoint as a TransformerLens model: tensor names are
     `HookedTransformer(HookedTransformerConfig(**cfg)).state_dict()`'s, with cfg the JSON in
-    the file's metadata `transformer_lens_config`. Transformers only (422 for an MLP)."""
+    the file's metadata `transformer_lens_config`. Transformers only (422 for an MLP).
+
+    The checkpoint's sha256 is checked a chunk at a time; then only its header and the chunks
+    holding that member's parameters are read (never the other members or optimizer state)."""
     reason = export.transformer_lens_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
-    try:
-        stored = store.load_checkpoint_verified(session, experiment.id, step)
-    except store.CheckpointCorrupt as exc:
-        raise HTTPException(409, str(exc)) from None
-    if stored is None:
-        raise HTTPException(404, f"experiment {experiment.id} has no checkpoint at step {step}")
-    try:
-        blob = export.export_transformer_lens(
-            stored, experiment.spec, member,
+    try:  # checked a chunk at a time; then only its header and the member's weights are read
+        stored = store.verified_checkpoint(session, experiment.id, step)
+        if stored is None:
+            raise HTTPException(404, f"experiment {experiment.id} has no checkpoint at step {step}")
+        blob = export.export_member(
+            lambda start, end: store.checkpoint_range(session, stored, start, end), stored.size,
+            experiment.spec, member,
             metadata={"groklab_experiment_id": str(experiment.id), "groklab_step": str(step)},
         )
+    except store.CheckpointCorrupt as exc:
+        raise HTTPException(409, str(exc)) from None
     except export.ExportUnavailable as exc:
         raise invalid(("query", "member"), str(exc), member) from None
     except export.CheckpointUnreadable as exc:
