@@ -166,3 +166,13 @@ def test_token_create_help_says_what_zero_and_unset_mean():
     assert r.exit_code == 0
     text = " ".join(r.output.replace("│", " ").split())  # rich's boxes, wrapped lines
     assert "0: none" in text and "Leave it out for the setting" in text
+
+
+def test_the_python_client_lists_with_or_without_specs(client):
+    from service.client import Client
+
+    job = client.post(API, json=TINY).json()
+    groklab = Client(http=client)
+    assert [("spec" in item) for item in groklab.list()] == [False]
+    assert [item["spec"] for item in groklab.list(with_spec=True)] == [job["spec"]]
+    assert groklab.get(job["id"])["spec"] == job["spec"]
