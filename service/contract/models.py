@@ -301,19 +301,21 @@ class CheckpointChunk(Base):
 CHECKPOINT_CHUNK_BYTES = 1 << 20
 
 ANALYSIS_PENDING = "pending"
+ANALYSIS_RUNNING = "running"
 ANALYSIS_DONE = "done"
 ANALYSIS_FAILED = "failed"
 
 
 class AnalysisCache(Base):
     """The Fourier measures of one checkpoint step. status: pending (queued for a worker; data
-    NULL), done (data holds them), failed (error says why; attempts counts the tries, retried
-    on request while it is under GROKLAB_ANALYSIS_MAX_ATTEMPTS)."""
+    NULL), running (a worker took it, in fair order), done (data holds them), failed (error
+    says why; attempts counts the tries, retried on request while it is under
+    GROKLAB_ANALYSIS_MAX_ATTEMPTS)."""
 
     __tablename__ = "analysis_cache"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'done', 'failed')", name="ck_analysis_cache_status"
+            "status IN ('pending', 'running', 'done', 'failed')", name="ck_analysis_cache_status"
         ),
     )
 
@@ -329,6 +331,7 @@ class AnalysisCache(Base):
 
 
 PROGRESS_PENDING = "pending"
+PROGRESS_RUNNING = "running"
 PROGRESS_DONE = "done"
 PROGRESS_FAILED = "failed"
 
@@ -336,13 +339,15 @@ PROGRESS_FAILED = "failed"
 class ProgressMeasures(Base):
     """The progress measures of Nanda et al. 2023 recomputed at every stored checkpoint with the
     key frequencies fixed from the checkpoint at final_step: one row per experiment, written by
-    a worker on request (GET .../progress-measures). status: pending (queued for a worker), done
-    (data holds the series and the key frequencies), failed (error says why)."""
+    a worker on request (GET .../progress-measures). status: pending (queued for a worker),
+    running (a worker took it, in fair order), done (data holds the series and the key
+    frequencies), failed (error says why)."""
 
     __tablename__ = "progress_measures"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'done', 'failed')", name="ck_progress_measures_status"
+            "status IN ('pending', 'running', 'done', 'failed')",
+            name="ck_progress_measures_status",
         ),
     )
 

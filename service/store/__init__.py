@@ -28,6 +28,9 @@ One module per concern; callers use this package (`from service import store`):
 - summary: an experiment's grokking summary and phases, from its stored series (imported from
   its own module, service.store.summary: it reads through the others)
 """
+from service.store.analysis_queue import CHECKPOINT as CHECKPOINT_ANALYSIS
+from service.store.analysis_queue import MEASURES as PROGRESS_MEASURES_ANALYSIS
+from service.store.analysis_queue import AnalysisPick, claim_analysis, next_fair_analysis
 from service.store.analysis_cache import (
     AnalysisRequest,
     analysis_pending,
@@ -131,6 +134,11 @@ from service.store.webhooks import (
 )
 
 __all__ = [
+    "CHECKPOINT_ANALYSIS",
+    "PROGRESS_MEASURES_ANALYSIS",
+    "AnalysisPick",
+    "claim_analysis",
+    "next_fair_analysis",
     "analysis_pending",
     "pending_analyses",
     "add_token",

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from service import store
 from service.access import auth
 from service.app import create_app
+from service.contract.models import AnalysisCache
 from tests.service.blobs import checkpoint_bytes
 from tests.service.specs import API, TINY
 
@@ -63,3 +64,32 @@ def test_pending_analyses_per_owner_are_capped_and_queued_on_the_analysis_queue(
                                                     "series": []})
     with _client(analysis_app, "alice", "read") as alice:
         assert alice.get(f"{API}/{ids[2]}/progress-measures").status_code == 202
+
+
+def test_workers_take_analyses_in_fair_order_across_owners(analysis_app, enqueued):
+    """alice asks for two analyses, then bob for one: a worker woken by alice's second message
+    takes bob's (the owner with none running) before it; each is taken once."""
+    from worker.analysis_queue import run_next_analysis
+
+    with _client(analysis_app, "alice") as alice, _client(analysis_app, "bob") as bob:
+        a1, a2 = with_checkpoint(analysis_app, alice), with_checkpoint(analysis_app, alice)
+        b1 = with_checkpoint(analysis_app, bob)
+        assert alice.get(f"{API}/{a1}/checkpoints/20/analysis").status_code == 202
+        assert alice.get(f"{API}/{a2}/progress-measures").status_code == 202
+        assert bob.get(f"{API}/{b1}/checkpoints/20/analysis").status_code == 202
+    settings = analysis_app.state.settings
+    with analysis_app.state.sessions() as s:
+        first = store.next_fair_analysis(s)
+        assert (first.experiment_id, first.kind) == (a1, store.CHECKPOINT_ANALYSIS)
+        assert store.claim_analysis(s, first)  # a worker is on alice's first one
+        assert not store.claim_analysis(s, first)  # and no second worker gets it
+        assert store.next_fair_analysis(s).experiment_id == b1  # bob's, though it came last
+    # Workers woken by the remaining messages: bob's, then alice's second (no checkpoint holds
+    # a real model here, so the computations fail, each stored with its reason).
+    taken = [run_next_analysis("test", settings) for _ in range(3)]
+    assert [t.split(":")[0] for t in taken] == [
+        f"checkpoint {b1} 20", f"progress-measures {a2} 20", "nothing waiting"]
+    with analysis_app.state.sessions() as s:  # each ran once, to its end (failed, with why)
+        assert s.get(AnalysisCache, (b1, 20)).status == "failed"
+        assert store.get_progress_measures(s, a2).status == "failed"
+        assert s.get(AnalysisCache, (a1, 20)).status == "running"  # the first worker's still

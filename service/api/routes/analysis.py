@@ -15,6 +15,7 @@ from service.contract.models import (
     PROGRESS_DONE,
     PROGRESS_FAILED,
     PROGRESS_PENDING,
+    PROGRESS_RUNNING,
 )
 from service.contract.spec import fourier_unavailable
 from service.infra import queueing
@@ -155,7 +156,8 @@ def get_progress_measures(
                 **row.data,
                 "phases": experiment_phases(session, experiment.id, row.data["series"]),
             }
-    waiting = row is not None and row.status == PROGRESS_PENDING and row.final_step == final_step
+    waiting = row is not None and row.status in (PROGRESS_PENDING, PROGRESS_RUNNING) \
+        and row.final_step == final_step
     with analysis_admitted(session, settings, experiment.owner, lambda: waiting):
         requested = store.request_progress_measures(session, experiment.id, final_step)
     if requested:
