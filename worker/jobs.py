@@ -74,21 +74,25 @@ class TimeLimitExceeded(Exception):
     """The job ran past its time limit (service.contract.budgets.time_limit_s)."""
 
 
-def deadline_check(specs: list[ExperimentSpec], settings: Settings) -> Callable[[], None]:
+def deadline_check(
+    specs: list[ExperimentSpec], settings: Settings, ran_before_s: float = 0.0,
+) -> Callable[[], None]:
     """A check to call before each step: raises TimeLimitExceeded once the job has run past
     its time limit: GROKLAB_TIME_LIMIT_FLOOR_S + GROKLAB_TIME_LIMIT_S_PER_COMPUTE x the compute
-    of its members (one limit for the whole job)."""
+    of its members (one limit for the whole job). The limit counts the running time of every
+    attempt: ran_before_s, what the earlier ones ran (the members' run_s), and this one's."""
     from service.contract.budgets import compute, time_limit_s
 
     limit = time_limit_s(specs[0], settings)
     if limit is not None:
         limit += settings.time_limit_s_per_compute * sum(compute(s) for s in specs[1:])
-    started = time.monotonic()
+    started = time.monotonic() - ran_before_s
 
     def check() -> None:
         if limit is not None and time.monotonic() - started > limit:
             raise TimeLimitExceeded(
-                f"the job ran past its time limit of {limit:.0f} s (GROKLAB_TIME_LIMIT_FLOOR_S "
+                f"the job ran past its time limit of {limit:.0f} s, counted over all its "
+                f"attempts (GROKLAB_TIME_LIMIT_FLOOR_S "
                 f"{settings.time_limit_floor_s:g} + GROKLAB_TIME_LIMIT_S_PER_COMPUTE "
                 f"{settings.time_limit_s_per_compute:g} x its compute); its metrics and "
                 "checkpoints are kept"
@@ -151,7 +155,9 @@ def run_claimed_job(job_id: str, worker_name: str, settings: Settings) -> str:
         retention=store.CheckpointRetention.from_settings(settings),
     )
     raised, clock = False, JobClock()
-    check_deadline, share = deadline_check(specs, settings), ThreadShare.from_env()
+    ran_before_s = max(m.run_s or 0.0 for m in members)  # by earlier attempts
+    check_deadline = deadline_check(specs, settings, ran_before_s)
+    share = ThreadShare.from_env()
 
     def poll() -> None:  # before every step: the time limit, then the idle cores' share
         check_deadline()

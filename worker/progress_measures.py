@@ -1,9 +1,9 @@
 """Compute an experiment's progress measures at every stored checkpoint with the key frequencies
 fixed from its final checkpoint (worker.analysis.fixed_keys), for GET .../progress-measures.
 
-The API marks the request pending (service.store.progress_measures) and enqueues this on the
-experiment's queue; each checkpoint is loaded verified, one at a time, so memory stays that of
-one model. Whatever goes wrong is stored with its reason, and the API answers 409 with it.
+The API marks the request pending (service.store.progress_measures) and enqueues it on the
+analysis queue, where a worker takes it in fair order across owners (worker/analysis_queue.py);
+each checkpoint is loaded verified, one at a time, so memory stays that of one model. Whatever goes wrong is stored with its reason, and the API answers 409 with it.
 """
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import logging
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
-from service.contract.models import PROGRESS_PENDING
+from service.contract.models import PROGRESS_PENDING, PROGRESS_RUNNING
 from service.contract.settings import Settings, get_settings
 from service.contract.spec import ExperimentSpec
 from worker.db import sessions_for
 
 log = logging.getLogger(__name__)
+
+WAITING = (PROGRESS_PENDING, PROGRESS_RUNNING)  # asked for, and not computed yet
 
 
 def compute_progress_measures(
@@ -28,7 +30,7 @@ def compute_progress_measures(
     sessions = sessions_for(settings or get_settings())
     with sessions() as s:
         row = store.get_progress_measures(s, experiment_id)
-        if row is None or row.status != PROGRESS_PENDING or row.final_step != final_step:
+        if row is None or row.status not in WAITING or row.final_step != final_step:
             return "not-requested"  # done already, or replaced by a newer request
         exp = store.get_experiment(s, experiment_id)
         if exp is None:

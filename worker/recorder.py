@@ -80,6 +80,7 @@ class JobRecorder:
         self._last_flush = now
         self._last_progress = -1e18
         self._last_cancel_poll = now
+        self._ran_until = now  # running time up to here is stored (members' run_s)
         self._events = events.publisher()  # live events, per member experiment (never fails)
 
     def active_claims(self) -> list[tuple[str, int]]:
@@ -170,10 +171,13 @@ class JobRecorder:
                 self._events.status(exp_id)
 
     def beat(self) -> None:
-        """The heartbeat of the job: every member still training, in one UPDATE."""
-        claims = self.active_claims()
+        """The heartbeat of the job: every member still training, in one UPDATE, which also
+        adds the time run since the last beat that reached the database to each member's
+        run_s (what the time limit counts over every attempt)."""
+        claims, now = self.active_claims(), self.clock()
         with self.sessions() as s:
-            ours = store.members_heartbeat(s, claims)
+            ours = store.members_heartbeat(s, claims, ran_s=now - self._ran_until)
+        self._ran_until = now
         self._lose_all_but(claims, ours)
 
     def members_to_stop(self) -> dict[int, str]:

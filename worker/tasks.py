@@ -21,15 +21,17 @@ def run_experiment(self, experiment_id: str) -> str:
     return run_job(experiment_id, worker_name=name)
 
 
+# An analysis message only wakes the worker: it takes the next waiting analysis in fair order
+# across owners (worker/analysis_queue.py), which may be another than the one named.
 @shared_task(name=ANALYZE_CHECKPOINT)
 def analyze_checkpoint(experiment_id: str, step: int, kind: str = "fourier") -> str:
-    from worker.checkpoint_analysis import analyze_checkpoint as analyze
+    from worker.analysis_queue import run_next_analysis
 
-    return analyze(experiment_id, step, kind=kind)
+    return run_next_analysis(f"checkpoint analysis {experiment_id} {step} {kind}")
 
 
 @shared_task(name=PROGRESS_MEASURES)
 def progress_measures(experiment_id: str, final_step: int) -> str:
-    from worker.progress_measures import compute_progress_measures
+    from worker.analysis_queue import run_next_analysis
 
-    return compute_progress_measures(experiment_id, final_step)
+    return run_next_analysis(f"progress measures {experiment_id} {final_step}")

@@ -18,8 +18,9 @@ from service.access.auth import Principal
 from service.access.quotas import (
     QuotaExceeded,
     StorageQuotaExceeded,
-    check_active_jobs,
+    analysis_held,
     check_quota,
+    quota_held,
 )
 from service.contract.limits import Limits
 from service.contract.models import Experiment, Sweep
@@ -78,18 +79,34 @@ def require_quota(
 ) -> None:
     """507 or 429 unless the owner may submit `new_jobs` more experiments now
     (service.access.quotas): over the storage quota a 507, over a quota that waiting frees a
-    429 with Retry-After (whole seconds, at least 1)."""
+    429 with Retry-After (whole seconds, at least 1). A check before costly work (a sweep's
+    expansion); the insert is admitted again under the owner's lock (admitted)."""
     with _quota_answers():
         check_quota(session, settings, principal, new_jobs)
 
 
-def require_active_quota(
-    session: Session, settings: Settings, principal: Principal, resumed: int
-) -> None:
-    """429 (as require_quota's) unless the owner may have `resumed` more active jobs: a paused
-    job is inactive, and resuming it counts against the active-jobs quota again."""
-    with _quota_answers():
-        check_active_jobs(session, settings, principal, resumed, action="resuming adds")
+@contextmanager
+def admitted(
+    session: Session, settings: Settings, principal: Principal, new_jobs: int = 1,
+    *, resuming: bool = False,
+) -> Iterator[None]:
+    """The quota check (require_quota's answers: 507, 429) and the block that stores what it
+    admitted, in one transaction under the owner's lock (service.access.quotas.quota_held).
+    `resuming`: paused jobs queued again count against the active-jobs quota alone (a paused
+    job is inactive; a resume is not a submission)."""
+    with _quota_answers(), quota_held(session, settings, principal, new_jobs, resuming=resuming):
+        yield
+
+
+@contextmanager
+def analysis_admitted(
+    session: Session, settings: Settings, owner: str, already_pending: Callable[[], bool],
+) -> Iterator[None]:
+    """429 with Retry-After when the owner has GROKLAB_MAX_PENDING_ANALYSES_PER_OWNER analyses
+    waiting and this request would add one; else the block that requests it, under the owner's
+    lock (service.access.quotas.analysis_held)."""
+    with _quota_answers(), analysis_held(session, settings, owner, already_pending):
+        yield
 
 
 @contextmanager

@@ -57,20 +57,25 @@ def token_create(
     ] = "read",
     max_active_jobs: Annotated[
         int | None,
-        typer.Option(min=0, help="Queued + running jobs at once (default: the setting "
-                     "GROKLAB_MAX_ACTIVE_JOBS_PER_OWNER)."),
+        typer.Option(min=0, help="Queued + running jobs at once; 0: none (the token cannot "
+                     "submit). Leave it out for the setting GROKLAB_MAX_ACTIVE_JOBS_PER_OWNER "
+                     "(no limit for an admin token)."),
     ] = None,
     submissions_per_minute: Annotated[
         int | None,
-        typer.Option(min=0, help="Submissions per minute (default: GROKLAB_SUBMISSIONS_PER_MINUTE)."),
+        typer.Option(min=0, help="Submissions per minute; 0: none. Leave it out for the setting "
+                     "GROKLAB_SUBMISSIONS_PER_MINUTE (no limit for an admin token)."),
     ] = None,
     max_compute: Annotated[
         float | None,
-        typer.Option(min=0, help="Compute per job, in member x parameter x example x step units "
-                     "(default: GROKLAB_MAX_COMPUTE_PER_JOB)."),
+        typer.Option(min=0, help="Compute per job, in member x parameter x example x step units; "
+                     "0: none. Leave it out for the setting GROKLAB_MAX_COMPUTE_PER_JOB."),
     ] = None,
 ) -> None:
-    """Create a token and print it, once, alone on stdout (TOKEN=$(groklab token create ...))."""
+    """Create a token and print it, once, alone on stdout (TOKEN=$(groklab token create ...)).
+
+    A quota given here replaces the setting for this token: 0 allows none, and a quota left
+    out is the setting's (whose 0 means no limit)."""
     from service.access import auth
 
     try:

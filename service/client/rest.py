@@ -145,11 +145,13 @@ class Client:
 
     def list(
         self, status: str | None = None, name: str | None = None, *, sweep_id: str | None = None,
-        owner: str | None = None, limit: int | None = None,
+        owner: str | None = None, limit: int | None = None, with_spec: bool = False,
     ) -> Iterator[dict]:
-        """Every job that matches, newest first, fetched `limit` per page (default 50)."""
+        """Every job that matches, newest first, fetched `limit` per page (default 50); each
+        without its spec unless `with_spec` (get() always has it)."""
         return self._pages("/experiments", {
             "status": status, "name": name, "sweep_id": sweep_id, "owner": owner, "limit": limit,
+            "fields": "spec" if with_spec else None,
         })
 
     def cancel(self, experiment_id: str) -> dict:
@@ -192,8 +194,8 @@ class Client:
 
     def events(self, experiment_id: str, last_event_id: str | None = None) -> Iterator[tuple[str, Any]]:
         """The job's live events as (event, data) until `end`: `status` (the job as get()
-        returns it), `metrics` ({step, points: [{name, member, step, value}]}) and `end` (the
-        finished job). A dropped connection is resumed from the last event id it saw."""
+        returns it, less its spec), `metrics` ({step, points: [{name, member, step, value}]})
+        and `end` (the finished job). A dropped connection is resumed from the last event id it saw."""
         failures = 0
         while True:
             headers = {"Accept": "text/event-stream"}

@@ -195,14 +195,14 @@ def _size(n: float) -> str:
 
 
 def refusals(spec: ExperimentSpec, limits: Limits) -> list[Refusal]:
-    """Every product budget of `limits` that the spec exceeds. A limit that is
-    None or 0 is not checked."""
+    """Every product budget of `limits` that the spec exceeds. A limit that is None is not
+    checked; 0 allows nothing (a token made with --max-compute 0)."""
     out: list[Refusal] = []
     t, e = spec.training, spec.ensemble.size
     n = spec.param_count()
 
     def over(limit: int | float | None, value: int | float) -> bool:
-        return bool(limit) and value > limit  # type: ignore[operator]
+        return limit is not None and value > limit
 
     if over(limits.max_compute, c := compute(spec)):
         out.append(Refusal(
@@ -271,3 +271,20 @@ def refusals(spec: ExperimentSpec, limits: Limits) -> list[Refusal]:
             p,
         ))
     return out
+
+
+def most_members(spec: ExperimentSpec, limits: Limits, at_most: int) -> int:
+    """The largest ensemble of copies of this single-run spec (at most at_most) that keeps
+    within the per-job budgets of `limits`: how many sweep members may train together as one
+    pack, which is one job (compute, checkpoint bytes, filter and analysis memory grow with the
+    members). The spec itself passed them, so at least 1."""
+
+    def fits(n: int) -> bool:
+        ensemble = spec.ensemble.model_copy(update={"size": n})
+        return not refusals(spec.model_copy(update={"ensemble": ensemble}), limits)
+
+    low, high = 1, max(1, at_most)
+    while low < high:  # the budgets grow with the members: the largest n that fits
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low

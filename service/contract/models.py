@@ -127,6 +127,9 @@ class Experiment(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Seconds the job has run, over every attempt (added by each heartbeat): its time limit
+    # counts this, so a job requeued after a lost worker does not start its limit afresh.
+    run_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     summary: Mapped[dict[str, Any] | None]
 
     # Sweep members: the sweep, the member's place in the grid and its axis values, and the pack
@@ -298,6 +301,7 @@ class CheckpointChunk(Base):
 CHECKPOINT_CHUNK_BYTES = 1 << 20
 
 ANALYSIS_PENDING = "pending"
+ANALYSIS_RUNNING = "running"
 ANALYSIS_DONE = "done"
 ANALYSIS_FAILED = "failed"
 
@@ -305,14 +309,15 @@ ANALYSIS_FAILED = "failed"
 class AnalysisCache(Base):
     """An analysis of one checkpoint step, by kind: "fourier" (the Fourier measures), or a
     circuit picture (service/contract/circuit.py: "circuit", "embedding:0", "waves:0:top:0",
-    ...). status: pending (queued for a worker; data NULL), done (data holds them), failed
-    (error says why; attempts counts the tries, retried on request while it is under
+    ...). status: pending (queued for a worker; data NULL), running (a worker took it, in fair
+    order), done (data holds them), failed (error says why; attempts counts the tries, retried
+    on request while it is under
     GROKLAB_ANALYSIS_MAX_ATTEMPTS)."""
 
     __tablename__ = "analysis_cache"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'done', 'failed')", name="ck_analysis_cache_status"
+            "status IN ('pending', 'running', 'done', 'failed')", name="ck_analysis_cache_status"
         ),
     )
 
@@ -329,6 +334,7 @@ class AnalysisCache(Base):
 
 
 PROGRESS_PENDING = "pending"
+PROGRESS_RUNNING = "running"
 PROGRESS_DONE = "done"
 PROGRESS_FAILED = "failed"
 
@@ -336,13 +342,15 @@ PROGRESS_FAILED = "failed"
 class ProgressMeasures(Base):
     """The progress measures of Nanda et al. 2023 recomputed at every stored checkpoint with the
     key frequencies fixed from the checkpoint at final_step: one row per experiment, written by
-    a worker on request (GET .../progress-measures). status: pending (queued for a worker), done
-    (data holds the series and the key frequencies), failed (error says why)."""
+    a worker on request (GET .../progress-measures). status: pending (queued for a worker),
+    running (a worker took it, in fair order), done (data holds the series and the key
+    frequencies), failed (error says why)."""
 
     __tablename__ = "progress_measures"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'done', 'failed')", name="ck_progress_measures_status"
+            "status IN ('pending', 'running', 'done', 'failed')",
+            name="ck_progress_measures_status",
         ),
     )
 

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     max_steps: int = Field(1_000_000, description="Most training steps a spec may ask for.")
     max_params: int = Field(50_000_000, description="Most model parameters per ensemble member.")
     max_ensemble: int = Field(256, description="Largest ensemble a spec may ask for.")
+    max_data_schedule_stages: int = Field(
+        256, ge=1, description="Most stages a spec's data_schedule may have."
+    )
+    max_spec_bytes: int = Field(
+        64 * 1024, ge=1024,
+        description="Largest spec as stored (JSON, presets resolved), per experiment and per "
+        "sweep member.",
+    )
     max_page_size: int = Field(500, description="Largest page of experiments in a list.")
     max_sweep_members: int = Field(
         1024, description="Most members (grid points) one sweep may have."
@@ -113,6 +121,12 @@ class Settings(BaseSettings):
         description="Submissions (experiments or sweeps) one owner may make in 60 s, counted in "
         "the database across API processes; over it, 429 and Retry-After. Admin tokens are "
         "exempt unless given their own. 0: no limit.",
+    )
+    max_pending_analyses_per_owner: int = Field(
+        16, ge=0,
+        description="Checkpoint analyses and progress-measure computations one owner may have "
+        "waiting for a worker (on the analysis queue); asking for one more is refused with 429 "
+        "and Retry-After (asking again about a pending one is not). 0: no limit.",
     )
     max_compute_per_job: float = Field(
         1e16, ge=0,

@@ -300,6 +300,15 @@ class ExperimentSpec(_Section):
             base = PRESETS[preset]
         return deep_merge(base, data)
 
+    @field_validator("data_schedule", mode="before")
+    @classmethod
+    def _cap_stages(cls, stages: Any, info: ValidationInfo) -> Any:
+        limit = limits_in(info).max_data_schedule_stages
+        if limit is not None and isinstance(stages, list) and len(stages) > limit:
+            raise ValueError(f"data_schedule has {len(stages)} stages; at most {limit} allowed "
+                             "(GROKLAB_MAX_DATA_SCHEDULE_STAGES)")
+        return stages
+
     @model_validator(mode="after")
     def _check_budget(self, info: ValidationInfo) -> "ExperimentSpec":
         limit = limits_in(info).max_params
@@ -372,6 +381,14 @@ class ExperimentSpec(_Section):
                     f"training.batch_size {self.training.batch_size}"
                 )
             last_step, before, before_name = stage.at_step, stage.train_fraction, f"{here}.train_fraction"
+        return self
+
+    @model_validator(mode="after")
+    def _cap_stored_size(self, info: ValidationInfo) -> "ExperimentSpec":
+        limit = limits_in(info).max_spec_bytes
+        if limit is not None and (size := len(self.model_dump_json())) > limit:
+            raise ValueError(f"the spec is {size} bytes as stored (JSON, presets resolved); at "
+                             f"most {limit} allowed (GROKLAB_MAX_SPEC_BYTES)")
         return self
 
     # ---- derived facts the engine and the service both use -------------------------------

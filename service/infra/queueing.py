@@ -37,9 +37,12 @@ def enqueue_checkpoint_analysis(
     )
 
 
-def enqueue_progress_measures(experiment_id: str, final_step: int, queue: str) -> None:
+def enqueue_progress_measures(
+    experiment_id: str, final_step: int, queue: str = celery_app.ANALYSIS_QUEUE
+) -> None:
     """Ask a worker for the progress measures at every checkpoint with the key frequencies of
-    the one at final_step (the result lands in the progress_measures table)."""
+    the one at final_step (the result lands in the progress_measures table). On the analysis
+    queue, like checkpoint analyses: never ahead of other owners' training jobs."""
     celery_app.get_celery_app().send_task(
         celery_app.PROGRESS_MEASURES, args=[experiment_id, final_step], queue=queue
     )

@@ -76,7 +76,12 @@ class ExperimentOut(BaseModel):
     owner: str = Field(description="Owner of the token that submitted it.")
     status: Status
     queue: str = Field(description="Celery queue the job was sent to (gpu or cpu).")
-    spec: dict[str, Any] = Field(description="The full spec, presets resolved.")
+    spec: dict[str, Any] | None = Field(
+        None, exclude_if=lambda spec: spec is None,
+        description="The full spec, presets resolved. Carried by the answers about one "
+        "experiment (GET /experiments/{id}, submit, cancel, pause, resume); left out of lists "
+        "unless asked for (fields=spec) and of live events' status frames.",
+    )
     progress: Progress
     created_at: datetime
     started_at: datetime | None
@@ -97,14 +102,15 @@ class ExperimentOut(BaseModel):
     )
 
     @classmethod
-    def of(cls, experiment: Experiment) -> ExperimentOut:
+    def of(cls, experiment: Experiment, *, with_spec: bool = False) -> ExperimentOut:
+        """The job as answered; its spec (which may be tens of KiB) only `with_spec`."""
         return cls(
             id=experiment.id,
             name=experiment.name,
             owner=experiment.owner,
             status=experiment.status,  # type: ignore[arg-type]
             queue=experiment.queue,
-            spec=experiment.spec,
+            spec=experiment.spec if with_spec else None,
             progress=Progress(
                 step=experiment.step,
                 total_steps=experiment.total_steps,
@@ -184,6 +190,9 @@ class ExperimentListQuery(PageQuery):
     status: Status | None = Field(None, description="Only jobs in this state.")
     name: str | None = Field(None, max_length=200, pattern=NO_NUL, description="Exact name.")
     sweep_id: UUID | None = Field(None, description="Only the members of this sweep.")
+    fields: Literal["spec"] | None = Field(
+        None, description="spec: also return each experiment's spec (left out by default)."
+    )
 
 
 class StateConflict(BaseModel):

@@ -18,7 +18,14 @@ from service.contract.settings import Settings
 from service.schemas.errors import invalid
 from service.schemas.experiments import NO_NUL, PageQuery, Status
 from service.science.phase_diagram import AxisInvalid, MemberResult, phase_columns, phase_diagram
-from service.science.sweeps import Member, SweepInvalid, SweepSpec, expand, plan_packs
+from service.science.sweeps import (
+    Member,
+    SweepInvalid,
+    SweepSpec,
+    check_size,
+    expand,
+    plan_packs,
+)
 from service.store import SweepStatus
 from service.science.worker_plan import worker_plan
 
@@ -38,19 +45,30 @@ SWEEP_EXAMPLES = {
 }
 
 
+def check_sweep_size(sweep: SweepSpec, settings: Settings, principal: Principal) -> None:
+    """FastAPI's 422 for what the request alone shows too large (science.sweeps.check_size:
+    the member count, pack_size, a data_schedule's stages, the base's bytes), before any
+    member is built."""
+    try:
+        check_size(sweep, Limits.from_settings(settings, principal), settings.max_sweep_members)
+    except SweepInvalid as exc:
+        raise RequestValidationError(exc.errors) from None
+
+
 def plan_sweep(
     sweep: SweepSpec, settings: Settings, principal: Principal | None = None
 ) -> list[list[Member]]:
-    """The sweep's members, validated within the app's limits and grouped into packs; or
-    FastAPI's 422 naming each bad axis value (`grid.task.p[2]: ...`) or the member cap."""
+    """The sweep's members, validated within the app's limits and grouped into packs no larger
+    than the per-job budgets allow; or FastAPI's 422 naming each bad axis value
+    (`grid.task.p[2]: ...`) or the member cap."""
+    limits = Limits.from_settings(settings, principal)
     try:
-        members = expand(sweep, Limits.from_settings(settings, principal),
-                         settings.max_sweep_members)
+        members = expand(sweep, limits, settings.max_sweep_members)
     except SweepInvalid as exc:
-        raise RequestValidationError(exc.errors, body=sweep.model_dump(mode="json")) from None
+        raise RequestValidationError(exc.errors) from None
     workers = worker_plan(settings)  # the worker hosts are taken to be like this host's plan
     return plan_packs(members, sweep.pack_size, settings.pack_memory_bytes, settings.max_ensemble,
-                      processes=workers.processes, worker_gpus=workers.gpus)
+                      processes=workers.processes, worker_gpus=workers.gpus, limits=limits)
 
 
 class SweepSummaryOut(BaseModel):

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.contract.budgets import compute, member_memory
+from service.contract.budgets import compute, member_memory, most_members
 from service.contract.limits import Limits
 from service.contract.members import PER_MEMBER_PATHS, ensemble_lists, without_per_member
 from service.contract.spec import ExperimentSpec
@@ -51,7 +51,9 @@ class SweepSpec(BaseModel):
     )
     pack_size: int | None = Field(
         None, ge=1,
-        description="Most members trained together in one pack. Default: on the CPU, one pack "
+        description="Most members trained together in one pack (at most GROKLAB_MAX_ENSEMBLE; "
+        "a pack is one job, so no pack is larger than the per-job budgets allow for its members "
+        "together). Default: on the CPU, one pack "
         "per training process of the workers (GROKLAB_WORKER_PROCESSES), of at most "
         f"{CPU_PACK_SIZE} members; on a GPU (training.device cuda, or auto on workers with GPUs) "
         "as many as fit in GROKLAB_PACK_MEMORY_BYTES.",
@@ -149,10 +151,11 @@ def _blame(loc: tuple, grid: dict[str, list[Any]], point_index: dict[str, int]) 
     return None
 
 
-def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Member]:
-    """The members of a sweep, validated. Raises SweepInvalid naming each bad axis value
-    (`grid.task.p[2]: p must be prime for op 'x/y' (got 100)`) or a member count over
-    max_members (GROKLAB_MAX_SWEEP_MEMBERS)."""
+def check_size(sweep: SweepSpec, limits: Limits | None, max_members: int) -> None:
+    """What is refused before any member is built, from the request alone: a member count
+    over max_members (GROKLAB_MAX_SWEEP_MEMBERS), a pack_size over the largest ensemble, a
+    data_schedule longer than the limits allow (in the base or as an axis value), a base larger
+    than a stored spec may be. Raises SweepInvalid."""
     if sweep.n_members > max_members:
         raise SweepInvalid([{
             "type": "value_error",
@@ -161,6 +164,37 @@ def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Me
             f"{max_members} members (GROKLAB_MAX_SWEEP_MEMBERS)",
             "input": {path: len(values) for path, values in sweep.grid.items()},
         }])
+    if limits is None:
+        return
+    errors: list[dict[str, Any]] = []
+    most = limits.max_ensemble
+    if sweep.pack_size is not None and most is not None and sweep.pack_size > most:
+        errors.append({"type": "value_error", "loc": ["body", "pack_size"],
+                       "input": sweep.pack_size, "msg": f"pack_size must be at most {most} "
+                       f"(GROKLAB_MAX_ENSEMBLE) (got {sweep.pack_size})"})
+    stages = limits.max_data_schedule_stages
+    schedules = [(["body", "base", "data_schedule"], "base.data_schedule",
+                  sweep.base.get("data_schedule"))]
+    schedules += [(["body", "grid", "data_schedule", i], f"grid.data_schedule[{i}]", value)
+                  for i, value in enumerate(sweep.grid.get("data_schedule", []))]
+    for loc, where, value in schedules:
+        if stages is not None and isinstance(value, list) and len(value) > stages:
+            errors.append({"type": "value_error", "loc": loc, "input": len(value),
+                           "msg": f"{where}: data_schedule has {len(value)} stages; at most "
+                           f"{stages} allowed (GROKLAB_MAX_DATA_SCHEDULE_STAGES)"})
+    size = len(json.dumps(sweep.base, separators=(",", ":")))
+    if limits.max_spec_bytes is not None and size > limits.max_spec_bytes:
+        errors.append({"type": "value_error", "loc": ["body", "base"], "input": size,
+                       "msg": f"base: {size} bytes of JSON; a stored spec may be at most "
+                       f"{limits.max_spec_bytes} (GROKLAB_MAX_SPEC_BYTES)"})
+    if errors:
+        raise SweepInvalid(errors)
+
+
+def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Member]:
+    """The members of a sweep, validated. Raises SweepInvalid naming each bad axis value
+    (`grid.task.p[2]: p must be prime for op 'x/y' (got 100)`), or what check_size refuses."""
+    check_size(sweep, limits, max_members)
     in_grid = [path for path in sweep.grid if path.split(".")[0] == "ensemble"]
     if "ensemble" in sweep.base or in_grid:
         raise SweepInvalid([{
@@ -260,7 +294,7 @@ def cpu_pack_sizes(n_members: int, processes: int, best: int = CPU_PACK_SIZE) ->
 
 def plan_packs(
     members: list[Member], pack_size: int | None, memory_bytes: int, max_ensemble: int,
-    processes: int = 1, worker_gpus: int = 0,
+    processes: int = 1, worker_gpus: int = 0, limits: Limits | None = None,
 ) -> list[list[Member]]:
     """Members grouped by pack_key (in grid order), each group cut into packs: of pack_size
     when asked for; else on a GPU as many as fit in memory_bytes (spread over the processes, one
@@ -270,7 +304,8 @@ def plan_packs(
     `worker_gpus` describe a worker host (service.science.worker_plan): the API sizes packs when the
     sweep is submitted, for workers like its own plan says (GROKLAB_WORKER_PROCESSES and
     GROKLAB_WORKER_GPUS, else the API host's cores and GPUs). The packs come largest first (by
-    budgets.compute), in grid order among equals."""
+    budgets.compute), in grid order among equals. With `limits`, no pack is larger than the
+    per-job budgets allow (budgets.most_members): a pack is one job."""
     groups: dict[str, list[Member]] = {}
     for member in members:
         on_cpu = pack_size is None and not trains_on_gpu(member.spec, worker_gpus)
@@ -278,12 +313,16 @@ def plan_packs(
         groups.setdefault(key, []).append(member)
     packs = []
     for group in groups.values():
+        cap = max_ensemble
+        if limits is not None:  # the member that costs most (the largest training set)
+            costliest = max(group, key=lambda member: compute(member.spec)).spec
+            cap = most_members(costliest, limits, min(max_ensemble, pack_size or max_ensemble))
         if pack_size is None and not trains_on_gpu(group[0].spec, worker_gpus):
-            sizes = cpu_pack_sizes(len(group), processes, min(CPU_PACK_SIZE, max_ensemble))
+            sizes = cpu_pack_sizes(len(group), processes, min(CPU_PACK_SIZE, cap))
         else:
             size = pack_size or min(default_pack_size(group[0].spec, memory_bytes, max_ensemble),
                                     math.ceil(len(group) / max(1, processes)))
-            size = min(size, max_ensemble)
+            size = min(size, cap)
             sizes = [size] * math.ceil(len(group) / size)
         start = 0
         for size in sizes:

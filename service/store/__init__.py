@@ -29,8 +29,13 @@ One module per concern; callers use this package (`from service import store`):
 - summary: an experiment's grokking summary and phases, from its stored series (imported from
   its own module, service.store.summary: it reads through the others)
 """
+from service.store.analysis_queue import CHECKPOINT as CHECKPOINT_ANALYSIS
+from service.store.analysis_queue import MEASURES as PROGRESS_MEASURES_ANALYSIS
+from service.store.analysis_queue import AnalysisPick, claim_analysis, next_fair_analysis
 from service.store.analysis_cache import (
     AnalysisRequest,
+    analysis_pending,
+    pending_analyses,
     fail_cached_analysis,
     get_cached_analysis,
     latest_cached_analysis,
@@ -91,6 +96,7 @@ from service.store.pausing import (
     pause_sweep,
     request_pause,
     request_resume,
+    resume_paused,
     resume_sweep,
     sweep_resumable,
 )
@@ -123,7 +129,7 @@ from service.store.tokens import (
     token_is_live,
     tokens_with_id_prefix,
 )
-from service.store.usage import active_jobs, submission_times
+from service.store.usage import active_jobs, owner_lock, submission_times
 from service.store.webhooks import (
     get_webhook_secret,
     list_webhook_secrets,
@@ -132,6 +138,13 @@ from service.store.webhooks import (
 )
 
 __all__ = [
+    "CHECKPOINT_ANALYSIS",
+    "PROGRESS_MEASURES_ANALYSIS",
+    "AnalysisPick",
+    "claim_analysis",
+    "next_fair_analysis",
+    "analysis_pending",
+    "pending_analyses",
     "add_token",
     "count_tokens",
     "list_tokens",
@@ -140,6 +153,7 @@ __all__ = [
     "token_is_live",
     "tokens_with_id_prefix",
     "active_jobs",
+    "owner_lock",
     "submission_times",
     "StackCounts",
     "check_database",
@@ -172,6 +186,7 @@ __all__ = [
     "NotPausable",
     "request_pause",
     "request_resume",
+    "resume_paused",
     "pause_sweep",
     "resume_sweep",
     "sweep_resumable",

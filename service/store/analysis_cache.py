@@ -12,17 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service.contract.models import (
     ANALYSIS_DONE,
     ANALYSIS_FAILED,
     ANALYSIS_PENDING,
+    ANALYSIS_RUNNING,
+    PROGRESS_PENDING,
+    PROGRESS_RUNNING,
     AnalysisCache,
+    Experiment,
+    ProgressMeasures,
     utcnow,
 )
 from service.store.dialect import upsert_insert
+from service.store.progress_measures import PENDING_RETRY_S
 
 FOURIER = "fourier"
 KEY = ["experiment_id", "step", "kind"]
@@ -34,6 +40,34 @@ STALE_PENDING = timedelta(minutes=15)
 def _row(experiment_id: str, step: int, kind: str) -> tuple:
     return (AnalysisCache.experiment_id == str(experiment_id), AnalysisCache.step == step,
             AnalysisCache.kind == kind)
+
+
+def pending_analyses(session: Session, owner: str) -> int:
+    """The owner's analyses waiting for a worker or computed by one: checkpoint analyses and
+    progress-measure computations of its experiments that are pending or running and not stale (a stale one's message was
+    lost: it waits for nobody until it is asked again). In the caller's transaction."""
+    now = utcnow()
+    owned = select(Experiment.id).where(Experiment.owner == owner)
+    checkpoints = session.scalar(
+        select(func.count()).select_from(AnalysisCache).where(
+            AnalysisCache.experiment_id.in_(owned),
+            AnalysisCache.status.in_((ANALYSIS_PENDING, ANALYSIS_RUNNING)),
+            AnalysisCache.created_at > now - STALE_PENDING)
+    )
+    measures = session.scalar(
+        select(func.count()).select_from(ProgressMeasures).where(
+            ProgressMeasures.experiment_id.in_(owned),
+            ProgressMeasures.status.in_((PROGRESS_PENDING, PROGRESS_RUNNING)),
+            ProgressMeasures.requested_at > now - timedelta(seconds=PENDING_RETRY_S))
+    )
+    return int(checkpoints or 0) + int(measures or 0)
+
+
+def analysis_pending(session: Session, experiment_id: str, step: int, kind: str = FOURIER) -> bool:
+    """Whether the analysis of this kind at this step waits for a worker already, or runs on
+    one (asking again adds none)."""
+    status = session.scalar(select(AnalysisCache.status).where(*_row(experiment_id, step, kind)))
+    return status in (ANALYSIS_PENDING, ANALYSIS_RUNNING)
 
 
 def get_cached_analysis(
@@ -130,8 +164,9 @@ def request_checkpoint_analysis(
     if row is None:  # deleted in between: ask again
         return request_checkpoint_analysis(session, experiment_id, step, max_attempts, kind)
     status, data, error, attempts, since = row
-    # A task lost with its message (a broker flushed) would leave the row pending for ever.
-    stale = status == ANALYSIS_PENDING and utcnow() - since > STALE_PENDING
+    # A task lost with its message (a broker flushed), or with its worker, would leave the row
+    # pending (running) for ever.
+    stale = status in (ANALYSIS_PENDING, ANALYSIS_RUNNING) and utcnow() - since > STALE_PENDING
     if (status == ANALYSIS_FAILED or stale) and attempts < max_attempts:
         retried = session.execute(
             update(AnalysisCache)
@@ -142,6 +177,8 @@ def request_checkpoint_analysis(
         session.commit()
         return AnalysisRequest("queued" if retried else ANALYSIS_PENDING, error=error,
                                attempts=attempts + 1)
+    if status == ANALYSIS_RUNNING:  # to the caller, as pending: a worker has it
+        status = ANALYSIS_PENDING
     return AnalysisRequest(status, data=data, error=error, attempts=attempts)
 
 

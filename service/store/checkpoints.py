@@ -264,12 +264,12 @@ def load_checkpoint_verified(
 
 
 def owner_checkpoint_bytes(session: Session, owner: str) -> int:
-    """The bytes of every stored checkpoint of an owner's experiments (one aggregate query)."""
+    """The bytes of every stored checkpoint of an owner's experiments (one aggregate query), in
+    the caller's transaction (the quota's, see usage.owner_lock)."""
     total = session.scalar(
         select(func.coalesce(func.sum(Checkpoint.size), 0))
         .join(Experiment, Experiment.id == Checkpoint.experiment_id)
         .where(Experiment.owner == owner)
     )
-    session.commit()
     return int(total or 0)
 

@@ -97,9 +97,12 @@ def _update_members(session: Session, claims: list[Claim], **values: Any) -> set
     return ours
 
 
-def members_heartbeat(session: Session, claims: list[Claim]) -> set[str]:
-    """Mark the job's members alive in one UPDATE; returns the ids still this worker's."""
-    return _update_members(session, claims, heartbeat_at=db_utcnow())
+def members_heartbeat(session: Session, claims: list[Claim], ran_s: float = 0.0) -> set[str]:
+    """Mark the job's members alive in one UPDATE, adding ran_s seconds (the time run since the
+    last beat) to each one's run_s: the running time of every attempt, which the time limit
+    counts. Returns the ids still this worker's."""
+    return _update_members(session, claims, heartbeat_at=db_utcnow(),
+                           run_s=Experiment.run_s + max(0.0, ran_s))
 
 
 def heartbeat(session: Session, experiment_id: str, attempt: int) -> bool:

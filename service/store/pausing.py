@@ -83,6 +83,20 @@ def request_resume(session: Session, experiment_id: str) -> tuple[Experiment | N
     raise RuntimeError(f"experiment {experiment_id} kept changing state while resuming")
 
 
+def resume_paused(session: Session, experiment_id: str) -> Experiment | None:
+    """Queue a paused job again in one compare-and-swap UPDATE (no read before it, so that it
+    can run in the transaction of the quota that admitted it); None unless it was paused."""
+    found = session.execute(
+        update(Experiment)
+        .where(Experiment.id == str(experiment_id), Experiment.status == PAUSED)
+        .values(status=QUEUED, pause_requested=False)
+        .returning(Experiment.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    session.commit()
+    return get_experiment(session, experiment_id) if found is not None else None
+
+
 # ---- a sweep: every member at once -----------------------------------------------------------
 
 

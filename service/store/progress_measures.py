@@ -17,6 +17,7 @@ from service.contract.models import (
     PROGRESS_DONE,
     PROGRESS_FAILED,
     PROGRESS_PENDING,
+    PROGRESS_RUNNING,
     ProgressMeasures,
     utcnow,
 )
@@ -62,7 +63,7 @@ def request_progress_measures(
                 ProgressMeasures.experiment_id == str(experiment_id),
                 or_(
                     ProgressMeasures.final_step != final_step,
-                    (ProgressMeasures.status == PROGRESS_PENDING)
+                    ProgressMeasures.status.in_((PROGRESS_PENDING, PROGRESS_RUNNING))
                     & (ProgressMeasures.requested_at < now - timedelta(seconds=retry_after_s)),
                 ),
             )
@@ -90,7 +91,7 @@ def _finish(session: Session, experiment_id: str, final_step: int, **values) -> 
         .where(
             ProgressMeasures.experiment_id == str(experiment_id),
             ProgressMeasures.final_step == final_step,
-            ProgressMeasures.status == PROGRESS_PENDING,
+            ProgressMeasures.status.in_((PROGRESS_PENDING, PROGRESS_RUNNING)),
         )
         .values(finished_at=utcnow(), **values)
     ).rowcount

@@ -500,7 +500,8 @@ async function experimentPage(main, id, v) {
       });
     };
     streamEvents(id, v.signal, {
-      status: (e) => { state.experiment = e; renderHeader(); },
+      // A status frame leaves the spec out: keep the one GET /experiments/{id} gave.
+      status: (e) => { state.experiment = { ...e, spec: e.spec || state.experiment.spec }; renderHeader(); },
       metrics: (batch) => { addPoints(batch.points); renderCharts(); },
       end: async (e) => { state.experiment = e; await refresh(); },
     }).catch((err) => {

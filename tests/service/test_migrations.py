@@ -68,3 +68,35 @@ def test_experiments_from_before_tokens_belong_to_the_local_owner(empty_url):
             assert connection.execute(text("SELECT count(*) FROM api_tokens")).scalar() == 0
     finally:
         engine.dispose()
+
+
+def test_token_overrides_of_zero_become_the_setting_and_jobs_get_no_run_time(empty_url):
+    """Before 0010 a token's override of 0 meant no limit; now 0 allows none, so the upgrade
+    gives such tokens the setting instead of locking them out."""
+    from sqlalchemy import text
+
+    command.upgrade(alembic_config(empty_url), "0008")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO api_tokens (id, owner, scope, token_hash, created_at, "
+                "max_active_jobs, submissions_per_minute, max_compute) VALUES "
+                "('t0', 'a', 'write', 'h0', '2026-01-01 00:00:00', 0, 0, 0), "
+                "('t7', 'b', 'write', 'h7', '2026-01-01 00:00:00', 7, 2, 1e12)"
+            ))
+            connection.execute(text(
+                "INSERT INTO experiments (id, name, owner, status, spec, queue, step, "
+                "total_steps, created_at, attempt, max_attempts, cancel_requested) VALUES "
+                "('old', 'n', 'a', 'queued', '{}', 'cpu', 0, 1, '2026-01-01 00:00:00', 0, 3, "
+                "false)"
+            ))
+        migrate(empty_url)
+        with engine.connect() as connection:
+            rows = connection.execute(text(
+                "SELECT id, max_active_jobs, submissions_per_minute, max_compute FROM api_tokens "
+                "ORDER BY id")).all()
+            assert [tuple(r) for r in rows] == [("t0", None, None, None), ("t7", 7, 2, 1e12)]
+            assert connection.execute(text("SELECT run_s FROM experiments")).scalar() == 0
+    finally:
+        engine.dispose()

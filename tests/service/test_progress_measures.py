@@ -61,14 +61,14 @@ def test_pending_then_computed_once_then_served_from_the_table(client, api_sessi
     assert "step 60" in first.json()["detail"]
     again = client.get(measures_url(experiment_id))
     assert again.status_code == 202
-    assert enqueued == [(experiment_id, "cpu")]  # asked twice, enqueued once
+    assert enqueued == [(experiment_id, "analysis")]  # asked twice, enqueued once (analysis queue)
 
     assert compute(experiment_id, 60, api_settings) == "computed"
     assert compute(experiment_id, 60, api_settings) == "not-requested"  # a redelivery: no work
     r = client.get(measures_url(experiment_id))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert enqueued == [(experiment_id, "cpu")]
+    assert enqueued == [(experiment_id, "analysis")]
     assert body["final_step"] == 60 and body["key_freqs"] == "final"
 
     # The key frequencies are those of the final checkpoint, and they are fixed: at step 60
@@ -113,7 +113,7 @@ def test_a_newer_checkpoint_makes_the_measures_out_of_date(client, api_sessions,
         store.add_checkpoint(s, experiment_id, 80, checkpoint_bytes(b"later"), {})
     r = client.get(measures_url(experiment_id))
     assert r.status_code == 202 and "step 80" in r.json()["detail"]
-    assert enqueued == [(experiment_id, "cpu")] * 2
+    assert enqueued == [(experiment_id, "analysis")] * 2
     # a late result for the old step never overwrites the newer request
     with api_sessions() as s:
         assert not store.put_progress_measures(s, experiment_id, 60, {"series": []})
@@ -131,7 +131,7 @@ def test_a_failure_is_stored_with_its_reason(client, api_sessions, api_settings,
         r = client.get(measures_url(experiment_id))
         assert r.status_code == 409, r.text
         assert "CheckpointCorrupt" in r.json()["detail"] and "40" in r.json()["detail"]
-    assert enqueued == [(experiment_id, "cpu")]  # a stored failure is not retried
+    assert enqueued == [(experiment_id, "analysis")]  # a stored failure is not retried
 
 
 def test_s5_is_refused_with_the_reason(client, enqueued):
@@ -172,7 +172,7 @@ def test_a_broker_failure_is_a_503_and_the_next_request_tries_again(client, api_
         r = client.get(measures_url(experiment_id))
     assert r.status_code == 503 and "redis is down" in r.json()["detail"]
     assert client.get(measures_url(experiment_id)).status_code == 202
-    assert enqueued == [(experiment_id, "cpu")]
+    assert enqueued == [(experiment_id, "analysis")]
 
 
 def test_the_analysis_shows_the_phases_of_the_recorded_series(client, api_sessions):

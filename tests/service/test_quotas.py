@@ -206,3 +206,35 @@ def test_a_pack_past_its_time_limit_fails_every_member_with_the_reason(client, a
         failed = client.get(f"{API}/{experiment_id}").json()
         assert failed["status"] == "failed"
         assert "time limit" in failed["error"]
+
+
+def test_the_time_limit_counts_every_attempt_not_only_the_last(client, api_settings):
+    from worker.jobs import run_job
+    from worker.recorder import JobRecorder
+
+    job = client.post(API, json={**TINY, "analysis": {"every": None}}).json()
+    sessions = client.app.state.sessions
+    now = [100.0]
+    with sessions() as s:
+        (member,) = store.claim_job(s, job["id"], "lost-worker")
+    # The first attempt's heartbeats add the time it ran: 1800 s, then 1200 s more.
+    recorder = JobRecorder(sessions, [(member.id, member.attempt)], clock=lambda: now[0])
+    for ran in (1800.0, 1200.0):
+        now[0] += ran
+        recorder.beat()
+    with sessions() as s:
+        assert store.get_experiment(s, job["id"]).run_s == pytest.approx(3000.0)
+        requeued, _ = store.reap_stale_jobs(s, stale_after_s=-1)  # its worker is lost
+    assert requeued == [job["id"]]
+    now[0] += 500.0
+    recorder.beat()  # a beat of the lost attempt adds nothing to the next one's
+    with sessions() as s:
+        assert store.get_experiment(s, job["id"]).run_s == pytest.approx(3000.0)
+
+    # 3000 s of a 3000 s limit are spent: the second attempt fails at once, not 3000 s later.
+    settings = api_settings.model_copy(update={"time_limit_floor_s": 3000.0,
+                                               "time_limit_s_per_compute": 0.0})
+    assert run_job(job["id"], "test-worker", settings=settings) == "failed"
+    failed = client.get(f"{API}/{job['id']}").json()
+    assert failed["attempt"] == 2
+    assert "time limit" in failed["error"] and "all its attempts" in failed["error"]

@@ -8,10 +8,17 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from service import store
-from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
+from service.api.deps import OwnedExperiment, SessionDep, SettingsDep, analysis_admitted
 from service.api.etag import json_with_etag
 from service.api.responses import NOT_FOUND, UNAUTHORIZED
-from service.contract.models import ANALYSIS_DONE, ANALYSIS_FAILED, PROGRESS_DONE, PROGRESS_FAILED
+from service.contract.models import (
+    ANALYSIS_DONE,
+    ANALYSIS_FAILED,
+    PROGRESS_DONE,
+    PROGRESS_FAILED,
+    PROGRESS_PENDING,
+    PROGRESS_RUNNING,
+)
 from service.contract.settings import Settings
 from service.contract.spec import fourier_unavailable
 from service.infra import queueing
@@ -52,6 +59,8 @@ def get_analysis(
     "/experiments/{experiment_id}/checkpoints/{step}/analysis",
     responses={202: {"description": "Queued for a worker; ask again shortly."},
                409: {"description": "The analysis failed (why) and will not be retried."},
+               429: {"description": "The owner has GROKLAB_MAX_PENDING_ANALYSES_PER_OWNER "
+                     "analyses waiting; Retry-After says when to ask again."},
                422: {"description": "Fourier measures do not apply to this experiment."}},
 )
 def get_checkpoint_analysis(
@@ -69,18 +78,20 @@ def get_checkpoint_analysis(
     reason = fourier_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
-    found = cached_or_requested(session, settings, experiment.id, step, "fourier")
+    found = cached_or_requested(session, settings, experiment.id, step, "fourier",
+                                experiment.owner)
     return found if isinstance(found, JSONResponse) else fourier_view(found)
 
 
 def cached_or_requested(
-    session: Session, settings: Settings, experiment_id: str, step: int, kind: str,
+    session: Session, settings: Settings, experiment_id: str, step: int, kind: str, owner: str,
 ) -> dict | JSONResponse:
     """The cached analysis of a kind of one checkpoint, or what stands for it while there is
     none: a 202 JSONResponse (status pending, Retry-After) once a worker was asked (one task
     for concurrent requests); HTTPException 404 (no checkpoint at that step: the stored steps
-    listed), 409 (failed GROKLAB_ANALYSIS_MAX_ATTEMPTS times, or for good: why) or 503 (the
-    broker is down)."""
+    listed), 409 (failed GROKLAB_ANALYSIS_MAX_ATTEMPTS times, or for good: why), 429 (the
+    owner has GROKLAB_MAX_PENDING_ANALYSES_PER_OWNER analyses waiting) or 503 (the broker is
+    down)."""
     cached = store.get_cached_analysis(session, experiment_id, step, kind)
     if cached is not None:
         return cached
@@ -89,9 +100,11 @@ def cached_or_requested(
         raise HTTPException(
             status_code=404, detail=f"no checkpoint at step {step}; stored steps: {steps}"
         )
-    found = store.request_checkpoint_analysis(
-        session, experiment_id, step, settings.analysis_max_attempts, kind
-    )
+    with analysis_admitted(session, settings, owner,  # 429 past the owner's limit
+                           lambda: store.analysis_pending(session, experiment_id, step, kind)):
+        found = store.request_checkpoint_analysis(
+            session, experiment_id, step, settings.analysis_max_attempts, kind
+        )
     if found.status == ANALYSIS_DONE:
         return found.data
     if found.status == ANALYSIS_FAILED:
@@ -119,11 +132,14 @@ def cached_or_requested(
     "/experiments/{experiment_id}/progress-measures",
     responses={202: {"description": "Queued for a worker; ask again shortly."},
                409: {"description": "No checkpoint yet, or the computation failed (why)."},
+               429: {"description": "The owner has GROKLAB_MAX_PENDING_ANALYSES_PER_OWNER "
+                     "analyses waiting; Retry-After says when to ask again."},
                422: {"description": "Fourier measures do not apply to this experiment."}},
 )
 def get_progress_measures(
     experiment: OwnedExperiment,
     session: SessionDep,
+    settings: SettingsDep,
     key_freqs: Annotated[Literal["final"], Query(
         description="Where the key frequencies come from: 'final', those of the final "
         "(latest stored) checkpoint, fixed for every checkpoint as in Nanda et al. 2023."
@@ -133,8 +149,9 @@ def get_progress_measures(
     checkpoint, with the key frequencies fixed from the final checkpoint, as metric-shaped
     series; and the phases of grokking they show.
 
-    Computed by a worker on the first request (202 with Retry-After until it is ready; again
-    after a newer checkpoint is stored) and kept in the database after that."""
+    Computed by a worker on the `analysis` queue on the first request (202 with Retry-After
+    until it is ready; again after a newer checkpoint is stored) and kept in the database after
+    that. 429 when the owner has GROKLAB_MAX_PENDING_ANALYSES_PER_OWNER analyses waiting."""
     reason = fourier_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
@@ -156,9 +173,13 @@ def get_progress_measures(
                 **row.data,
                 "phases": experiment_phases(session, experiment.id, row.data["series"]),
             }
-    if store.request_progress_measures(session, experiment.id, final_step):
+    waiting = row is not None and row.status in (PROGRESS_PENDING, PROGRESS_RUNNING) \
+        and row.final_step == final_step
+    with analysis_admitted(session, settings, experiment.owner, lambda: waiting):
+        requested = store.request_progress_measures(session, experiment.id, final_step)
+    if requested:
         try:
-            queueing.enqueue_progress_measures(experiment.id, final_step, experiment.queue)
+            queueing.enqueue_progress_measures(experiment.id, final_step)
         except Exception as exc:  # noqa: BLE001 - the broker is down: say so, never a 500
             store.withdraw_progress_measures(session, experiment.id, final_step)
             raise HTTPException(

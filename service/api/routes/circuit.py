@@ -77,12 +77,13 @@ def _applicable(spec: dict[str, Any], picture: str) -> None:
 
 def _served(
     session: Any, settings: Settings, experiment_id: str, step: int, kind: str, task_kind: str,
+    owner: str,
 ) -> JSONResponse:
     """The cached row of `kind`, or the answer that stands for it while the task of
     `task_kind` (which writes it) is asked for, pending or failed."""
     cached = store.get_cached_analysis(session, experiment_id, step, kind)
     if cached is None:
-        found = cached_or_requested(session, settings, experiment_id, step, task_kind)
+        found = cached_or_requested(session, settings, experiment_id, step, task_kind, owner)
         if isinstance(found, JSONResponse):
             return found
         cached = found if task_kind == kind else store.get_cached_analysis(
@@ -100,7 +101,7 @@ def _picture(
     _applicable(experiment.spec, picture)
     _member(experiment.spec, member)
     return _served(session, settings, experiment.id, step, picture_kind(picture, member),
-                   CIRCUIT_KIND)
+                   CIRCUIT_KIND, experiment.owner)
 
 
 @router.get(
@@ -186,7 +187,7 @@ def get_waves(
         raise invalid(("query", "answer"), f"answer must be in 0..{p - 1} (got {answer})", answer)
     kind = waves_kind(member, chosen, answer)
     task_kind = CIRCUIT_KIND if kind == default_waves_kind(member) else kind
-    return _served(session, settings, experiment.id, step, kind, task_kind)
+    return _served(session, settings, experiment.id, step, kind, task_kind, experiment.owner)
 
 
 @router.get(

@@ -22,8 +22,7 @@ from service.api.deps import (
     SettingsDep,
     SubmittedSpec,
     WritePrincipal,
-    require_active_quota,
-    require_quota,
+    admitted,
     require_webhook_secret,
     visible,
 )
@@ -70,14 +69,14 @@ def submit_experiment(
     `training.device` is `cuda`, otherwise on the default queue (GROKLAB_DEFAULT_QUEUE).
     """
     require_webhook_secret(session, principal.owner, [spec], ("body", "notify", "url"))
-    require_quota(session, settings, principal)
     queue = queue_for(spec, settings.default_queue)
-    experiment = store.create_experiment(session, spec, queue, owner=principal.owner)
+    with admitted(session, settings, principal):
+        experiment = store.create_experiment(session, spec, queue, owner=principal.owner)
     try:
         enqueue(experiment.id, queue)
     except Exception:  # noqa: BLE001 - the database holds the job; it can be re-enqueued
         log.exception("experiment %s stored but not enqueued on %r", experiment.id, queue)
-    return ExperimentOut.of(experiment)
+    return ExperimentOut.of(experiment, with_spec=True)
 
 
 @router.get("", response_model=ExperimentPage)
@@ -88,7 +87,7 @@ def list_experiments(
     query: Annotated[ExperimentListQuery, Query()],
 ) -> ExperimentPage:
     """Jobs, newest first, a page at a time (stable cursor pagination): the token owner's own,
-    or everyone's for an admin token."""
+    or everyone's for an admin token. Without their specs unless `fields=spec`."""
     limit = query.page_size(settings)
     owner = query.owner_for(principal)
     try:
@@ -98,7 +97,9 @@ def list_experiments(
         )
     except ValueError as exc:
         raise invalid(("query", "cursor"), str(exc), query.cursor) from exc
-    return ExperimentPage(items=[ExperimentOut.of(e) for e in items], next_cursor=next_cursor)
+    with_spec = query.fields == "spec"
+    return ExperimentPage(items=[ExperimentOut.of(e, with_spec=with_spec) for e in items],
+                          next_cursor=next_cursor)
 
 
 @router.get(
@@ -123,7 +124,7 @@ def _status_body(sessions: sessionmaker[Session], principal: Principal, experime
     with sessions() as session:
         found = experiment_snapshot(session, str(experiment_id))
     experiment = visible(found, principal, "experiment", experiment_id)
-    return ExperimentOut.of(experiment).model_dump_json().encode()
+    return ExperimentOut.of(experiment, with_spec=True).model_dump_json().encode()
 
 
 @router.post(
@@ -149,7 +150,7 @@ def cancel_experiment(
         return JSONResponse(conflict.model_dump(), status_code=409)
     cancelled = store.request_cancel(session, experiment.id)
     assert cancelled is not None  # experiments are never deleted
-    return ExperimentOut.of(cancelled)
+    return ExperimentOut.of(cancelled, with_spec=True)
 
 
 def _conflict(exc: store.NotPausable) -> JSONResponse:
@@ -180,7 +181,7 @@ def pause_experiment(
     except store.NotPausable as exc:
         return _conflict(exc)
     assert paused is not None  # experiments are never deleted
-    return ExperimentOut.of(paused)
+    return ExperimentOut.of(paused, with_spec=True)
 
 
 @router.post(
@@ -207,12 +208,16 @@ def resume_experiment(
 
     A resumed job counts against the owner's active-jobs quota again: 429 when it would exceed
     it. A resume is not a submission (the submission rate does not count it)."""
+    resumed, queued = None, False
     if experiment.status == PAUSED:
-        require_active_quota(session, settings, principal, resumed=1)
-    try:
-        resumed, queued = store.request_resume(session, experiment.id)
-    except store.NotPausable as exc:
-        return _conflict(exc)
+        with admitted(session, settings, principal, 1, resuming=True):
+            resumed = store.resume_paused(session, experiment.id)
+        queued = resumed is not None
+    if resumed is None:  # not paused (any more): withdraw a pause request, or 409
+        try:
+            resumed, queued = store.request_resume(session, experiment.id)
+        except store.NotPausable as exc:
+            return _conflict(exc)
     assert resumed is not None  # experiments are never deleted
     if queued:
         try:
@@ -220,4 +225,4 @@ def resume_experiment(
         except Exception:  # noqa: BLE001 - the database holds the job; it can be re-enqueued
             log.exception("experiment %s resumed but not enqueued on %r", resumed.id,
                           resumed.queue)
-    return ExperimentOut.of(resumed)
+    return ExperimentOut.of(resumed, with_spec=True)

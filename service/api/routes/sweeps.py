@@ -18,7 +18,7 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
     WritePrincipal,
-    require_active_quota,
+    admitted,
     require_quota,
     require_webhook_secret,
 )
@@ -37,6 +37,7 @@ from service.schemas.sweeps import (
     SweepOut,
     SweepPage,
     SweepSummaryOut,
+    check_sweep_size,
     members_csv,
     members_out,
     phase_diagram_csv,
@@ -85,14 +86,17 @@ def submit_sweep(
     """Submit a grid over spec paths: one ordinary experiment per point of the Cartesian product
     of `grid` (at most GROKLAB_MAX_SWEEP_MEMBERS), each `base` with the point's values. Members
     whose shapes agree train together in packs (one queue job each) of at most `pack_size`."""
+    check_sweep_size(body, settings, principal)
+    # From the grid's size alone, before a member is built: an owner at its quota costs nothing.
+    require_quota(session, settings, principal, new_jobs=body.n_members)
     packs = plan_sweep(body, settings, principal)
     specs = [member.spec for pack in packs for member in pack]
     require_webhook_secret(session, principal.owner, specs, ("body", "base", "notify", "url"))
-    require_quota(session, settings, principal, new_jobs=len(specs))
-    sweep, members, jobs = store.create_sweep(
-        session, body, packs, lambda spec: queue_for(spec, settings.default_queue),
-        owner=principal.owner,
-    )
+    with admitted(session, settings, principal, new_jobs=len(specs)):
+        sweep, members, jobs = store.create_sweep(
+            session, body, packs, lambda spec: queue_for(spec, settings.default_queue),
+            owner=principal.owner,
+        )
     for pack_id, queue in jobs:
         try:
             enqueue(pack_id, queue)
@@ -206,8 +210,9 @@ def resume_sweep(
         state = store.sweep_status(session, sweep)
         return _conflict(state, f"sweep {sweep.id} is {state.status} and has no paused member; "
                          "only a sweep with paused members (or pauses requested) can be resumed")
-    require_active_quota(session, settings, principal, resumed=paused)
-    for job_id, queue in store.resume_sweep(session, sweep.id):
+    with admitted(session, settings, principal, paused, resuming=True):
+        jobs = store.resume_sweep(session, sweep.id)
+    for job_id, queue in jobs:
         try:
             enqueue(job_id, queue)
         except Exception:  # noqa: BLE001 - the database holds the pack; the reconciler re-enqueues
