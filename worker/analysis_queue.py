@@ -33,7 +33,7 @@ def run_next_analysis(woken_by: str, settings: Settings | None = None) -> str:
             outcome = analyze_checkpoint(pick.experiment_id, pick.step, settings, kind=pick.cache_kind)
         else:
             outcome = compute_progress_measures(pick.experiment_id, pick.step, settings)
-        what = f"{pick.kind} ({pick.cache_kind})" if pick.cache_kind else pick.kind
+        what = f"{pick.kind} ({pick.cache_kind})" if pick.cache_kind not in ("", "fourier") else pick.kind
         log.info("woken by %s: %s of %s at %d: %s", woken_by, what, pick.experiment_id,
                  pick.step, outcome)
         return f"{what} {pick.experiment_id} {pick.step}: {outcome}"

@@ -90,6 +90,6 @@ def test_workers_take_analyses_in_fair_order_across_owners(analysis_app, enqueue
     assert [t.split(":")[0] for t in taken] == [
         f"checkpoint {b1} 20", f"progress-measures {a2} 20", "nothing waiting"]
     with analysis_app.state.sessions() as s:  # each ran once, to its end (failed, with why)
-        assert s.get(AnalysisCache, (b1, 20)).status == "failed"
+        assert s.get(AnalysisCache, (b1, 20, "fourier")).status == "failed"
         assert store.get_progress_measures(s, a2).status == "failed"
-        assert s.get(AnalysisCache, (a1, 20)).status == "running"  # the first worker's still
+        assert s.get(AnalysisCache, (a1, 20, "fourier")).status == "running"  # the first worker's still
