@@ -5,16 +5,13 @@ pause and resume an experiment and a sweep with a write token's buttons. Screens
 land in the test's tmp_path."""
 from __future__ import annotations
 
-import shutil
 import uuid
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.browser import browser, chart_drawn, severe_errors, wait  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -27,38 +24,6 @@ CHART_SERIES = {
     "chart-gini": 2,  # gini_embed, gini_unembed
     "chart-key-freqs": 1,  # key_freq_count
 }
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, (
-        "the dashboard test needs Debian's chromium and chromium-driver "
-        "(apt-get install -y chromium chromium-driver; .ci/run installs them)"
-    )
-    options = Options()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1800"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    b = webdriver.Chrome(options=options, service=Service(driver))
-    yield b
-    b.quit()
-
-
-def wait(browser, condition, timeout: float = 30):
-    return WebDriverWait(browser, timeout).until(condition)
-
-
-def chart_drawn(chart_id: str):
-    """The chart's series count once it has drawn (uPlot's canvas in place), else False."""
-    def drawn(browser):
-        return browser.execute_script(
-            "const el = document.getElementById(arguments[0]);"
-            "return el && el.dataset.drawn && el.querySelector('canvas') ? "
-            "Number(el.dataset.seriesCount) : false;", chart_id)
-    return drawn
 
 
 def banner_text(browser) -> str | bool:
@@ -111,9 +76,7 @@ def test_dashboard_shows_a_finished_run_and_its_errors(stack, grokked_run, brows
     assert "invalid or revoked token" in wait(browser, banner_text)
     assert browser.find_element(By.ID, "signin").is_displayed()
     browser.save_screenshot(str(tmp_path / "bad-token.png"))
-    severe = [e["message"] for e in browser.get_log("browser")
-              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
-    assert severe == [], severe
+    assert severe_errors(browser) == []
 
 
 def header_says(element_id: str, words: str):
@@ -151,6 +114,4 @@ def test_a_write_token_pauses_and_resumes_with_the_buttons(bare_stack, browser, 
     wait(browser, EC.element_to_be_clickable((By.ID, "resume-sweep"))).click()
     wait(browser, header_says("sweep-header", "queued 2"))
     assert client.get(f"/api/v1/sweeps/{sweep['id']}").json()["counts"]["queued"] == 2
-    severe = [e["message"] for e in browser.get_log("browser")
-              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
-    assert severe == [], severe
+    assert severe_errors(browser) == []
