@@ -51,7 +51,8 @@ const Circuit = (() => {
   // Mounts the section in `section`; ctx: {id, signal, member(), phases()}. Returns
   // {update(checkpoints)} for the page to call with the stored checkpoints after each refresh.
   function mount(section, ctx) {
-    const state = { steps: [], step: null, member: null, answer: 0, cache: new Map(), loading: null, timer: null };
+    // loading: picture name -> the AbortController of its load in flight.
+    const state = { steps: [], step: null, member: null, answer: 0, cache: new Map(), loading: {}, timer: null };
     const figures = {};
     const slider = h("input", { type: "range", id: "circuit-slider", min: 0, max: 1, step: 1,
                                 "aria-label": "checkpoint step" });
@@ -147,19 +148,21 @@ const Circuit = (() => {
       else if (changed) slider.value = state.step;
     }
 
-    // Draws the named pictures at the chosen step; a newer choice cancels the older one's loads.
+    // Draws the named pictures at the chosen step; a newer choice cancels their older loads.
     function drawAll(names) {
-      if (state.loading) state.loading.abort();
-      const controller = new AbortController();
-      ctx.signal.addEventListener("abort", () => controller.abort(), { once: true });
-      state.loading = controller;
       const step = state.step;
       state.member = ctx.member();
-      for (const name of names) draw(name, step, controller.signal).catch((err) => {
-        if (err.name === "AbortError") return;
-        if (err.status === 401) fail(err); // signed out: back to the sign-in form
-        else show(name, step, { error: err.message });
-      });
+      for (const name of names) {
+        if (state.loading[name]) state.loading[name].abort();
+        const controller = new AbortController();
+        ctx.signal.addEventListener("abort", () => controller.abort(), { once: true });
+        state.loading[name] = controller;
+        draw(name, step, controller.signal).catch((err) => {
+          if (err.name === "AbortError") return;
+          if (err.status === 401) fail(err); // signed out: back to the sign-in form
+          else show(name, step, { error: err.message });
+        });
+      }
     }
 
     async function draw(name, step, signal) {

@@ -69,7 +69,7 @@ const SweepCharts = (() => {
   // The plot of stepsByValue: x the axis's values (evenly spaced), y the steps (log); members
   // that never got there as a hollow triangle in the "never" row at the top, with their count.
   function medians(el, rows, axis, onHover) {
-    const width = Math.max(360, Math.min(900, el.clientWidth - 4 || 600));
+    const width = Math.max(360, Math.min(900, (el.clientWidth || 604) - 4));
     const height = 300;
     const box = { left: 58, right: width - 16, top: 44, bottom: height - 44 };
     const neverY = 18;
@@ -145,8 +145,9 @@ const SweepCharts = (() => {
         if (s.n || s.never) counts[side] += 1;
       });
     }
-    Object.assign(canvas.dataset, { values: rows.length, memorisePoints: counts.memorise,
-                                    generalisePoints: counts.generalise, never: counts.never });
+    const drawn = { values: rows.length, memorisePoints: counts.memorise,
+                    generalisePoints: counts.generalise, never: counts.never };
+    Object.assign(canvas.dataset, drawn);
     canvas.addEventListener("mousemove", (ev) => {
       const i = Math.floor((ev.offsetX - box.left) / band);
       onHover(i >= 0 && i < rows.length ? rows[i] : null);
@@ -156,7 +157,7 @@ const SweepCharts = (() => {
       h("span", { class: "legend-item" }, h("span", { class: "swatch", style: `background:${MEMORISE};border-radius:50%` }), "memorised: train acc ≥ 0.99 (median, whisker min–max)"),
       h("span", { class: "legend-item" }, h("span", { class: "swatch", style: `background:${GENERALISE};transform:rotate(45deg) scale(0.8)` }), "generalised: val acc ≥ 0.99"),
       h("span", { class: "legend-item" }, "△ in the top row: finished members that never got there (count above)")));
-    Object.assign(el.dataset, canvas.dataset);
+    Object.assign(el.dataset, drawn);
     return counts;
   }
 
