@@ -22,10 +22,10 @@ def run_experiment(self, experiment_id: str) -> str:
 
 
 @shared_task(name=ANALYZE_CHECKPOINT)
-def analyze_checkpoint(experiment_id: str, step: int) -> str:
+def analyze_checkpoint(experiment_id: str, step: int, kind: str = "fourier") -> str:
     from worker.checkpoint_analysis import analyze_checkpoint as analyze
 
-    return analyze(experiment_id, step)
+    return analyze(experiment_id, step, kind=kind)
 
 
 @shared_task(name=PROGRESS_MEASURES)

@@ -303,9 +303,11 @@ ANALYSIS_FAILED = "failed"
 
 
 class AnalysisCache(Base):
-    """The Fourier measures of one checkpoint step. status: pending (queued for a worker; data
-    NULL), done (data holds them), failed (error says why; attempts counts the tries, retried
-    on request while it is under GROKLAB_ANALYSIS_MAX_ATTEMPTS)."""
+    """An analysis of one checkpoint step, by kind: "fourier" (the Fourier measures), or a
+    circuit picture (service/contract/circuit.py: "circuit", "embedding:0", "waves:0:top:0",
+    ...). status: pending (queued for a worker; data NULL), done (data holds them), failed
+    (error says why; attempts counts the tries, retried on request while it is under
+    GROKLAB_ANALYSIS_MAX_ATTEMPTS)."""
 
     __tablename__ = "analysis_cache"
     __table_args__ = (
@@ -318,6 +320,7 @@ class AnalysisCache(Base):
         String(36), ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
     )
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(100), primary_key=True, server_default="fourier")
     status: Mapped[str] = mapped_column(String(16), server_default=ANALYSIS_DONE)
     data: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)

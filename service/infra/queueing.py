@@ -27,11 +27,13 @@ def enqueue_experiment(experiment_id: str, queue: str) -> None:
 
 
 def enqueue_checkpoint_analysis(
-    experiment_id: str, step: int, queue: str = celery_app.ANALYSIS_QUEUE
+    experiment_id: str, step: int, queue: str = celery_app.ANALYSIS_QUEUE, kind: str = "fourier"
 ) -> None:
-    """Ask a worker to analyse one stored checkpoint (the result lands in the analysis cache)."""
+    """Ask a worker for one kind of analysis of one stored checkpoint (the Fourier measures,
+    or the circuit pictures: service/contract/circuit.py); the result lands in the analysis
+    cache."""
     celery_app.get_celery_app().send_task(
-        celery_app.ANALYZE_CHECKPOINT, args=[experiment_id, step], queue=queue
+        celery_app.ANALYZE_CHECKPOINT, args=[experiment_id, step, kind], queue=queue
     )
 
 

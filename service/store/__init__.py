@@ -14,7 +14,8 @@ One module per concern; callers use this package (`from service import store`):
 - checkpoints: checkpoint bytes in chunks, verified before they are loaded or served
 - retention: which checkpoints an experiment keeps
 - series_summary: bounded facts of a whole series (first step reaching a threshold)
-- analysis_cache: the cached Fourier analysis per checkpoint step
+- analysis_cache: the cached analysis per checkpoint step and kind (Fourier measures, circuit
+  pictures)
 - progress_measures: the measures with fixed key frequencies, requested and computed once
 - packs: the members of a sweep that train together, claimed and beat as one job
 - scheduling: which queued job a woken worker claims next, fairly between owners
@@ -33,6 +34,7 @@ from service.store.analysis_cache import (
     fail_cached_analysis,
     get_cached_analysis,
     latest_cached_analysis,
+    put_cached_analyses,
     put_cached_analysis,
     request_checkpoint_analysis,
     withdraw_analysis_request,
@@ -204,6 +206,7 @@ __all__ = [
     "list_checkpoints",
     "list_experiments",
     "load_checkpoint_verified",
+    "put_cached_analyses",
     "put_cached_analysis",
     "queued_jobs",
     "reap_stale_jobs",

@@ -207,11 +207,12 @@ class TransformerBlock(nn.Module):
         """[..., n_heads * d_head] -> [..., n_heads, d_head]"""
         return x.unflatten(-1, (self.n_heads, self.d_head))
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, patterns: list | None = None) -> Tensor:
         """Causal attention of queries at the LAST q.shape[2] positions.
 
         q [E, N, Tq, H, dh], k and v [E, N, T, H, dh] -> z [E, N, Tq, H * dh]. The query at
         position i sees keys 0..i: with three positions a loop over queries is cheaper than a mask.
+        patterns (a list) receives each query's attention weights [E, N, i+1, H], for analysis.
         """
         T, Tq = k.shape[2], q.shape[2]
         scale = 1.0 / math.sqrt(self.d_head)
@@ -220,6 +221,8 @@ class TransformerBlock(nn.Module):
             i = T - Tq + j  # absolute position of this query
             scores = (q[:, :, j : j + 1] * k[:, :, : i + 1]).sum(-1) * scale  # [E, N, i+1, H]
             pattern = scores.softmax(dim=2)
+            if patterns is not None:
+                patterns.append(pattern)
             out.append((pattern.unsqueeze(-1) * v[:, :, : i + 1]).sum(2).flatten(-2))
         return out[0].unsqueeze(2) if Tq == 1 else torch.stack(out, dim=2)
 
@@ -352,6 +355,25 @@ class EnsembleTransformer(EnsembleModule):
             x = layer_norm(x, self.ln_f_w, self.ln_f_b)
         logits = member_matmul(x, self.W_U)
         return (logits, acts) if return_mlp_acts else logits
+
+    @torch.no_grad()
+    def last_position_attention(self, tokens: Tensor) -> Tensor:
+        """The last position's ('=') attention weights to each position, in every layer:
+        tokens [N, 3] or [E, N, 3] -> [E, n_layers, N, n_heads, 3]. The plain full-sequence
+        forward pass (no shortcuts: analysis only, on every layer)."""
+        tok = self.member_tokens(tokens)
+        E, N, T = tok.shape
+        table, index = self.first_block_inputs(tok)
+        x = gather_rows(table, index.reshape(E, N * T)).view(E, N, T, -1)
+        per_layer = []
+        for block in self.blocks:
+            qkv = member_matmul(block.ln1(x), torch.cat([block.W_Q, block.W_K, block.W_V], dim=2))
+            q, k, v = (block.heads(t) for t in qkv.chunk(3, dim=-1))
+            patterns: list[Tensor] = []
+            x = x + member_matmul(block.attend(q, k, v, patterns), block.W_O)
+            per_layer.append(patterns[-1])  # the last query's [E, N, T, H]
+            x = x + block.mlp(x)[0]
+        return torch.stack(per_layer, dim=1).transpose(-1, -2)
 
     @torch.no_grad()
     def analysis_weights(self, member: int) -> dict[str, Tensor | None]:

@@ -5,11 +5,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from service import store
 from service.api.deps import OwnedExperiment, SessionDep, SettingsDep
 from service.api.etag import json_with_etag
 from service.contract.models import ANALYSIS_DONE, ANALYSIS_FAILED, PROGRESS_DONE, PROGRESS_FAILED
+from service.contract.settings import Settings
 from service.contract.spec import fourier_unavailable
 from service.infra import queueing
 from service.schemas.analysis import THRESHOLD_DOC, fourier_view, grokking_thresholds
@@ -66,19 +68,31 @@ def get_checkpoint_analysis(
     reason = fourier_unavailable(experiment.spec)
     if reason is not None:
         raise HTTPException(status_code=422, detail=reason)
-    cached = store.get_cached_analysis(session, experiment.id, step)
+    found = cached_or_requested(session, settings, experiment.id, step, "fourier")
+    return found if isinstance(found, JSONResponse) else fourier_view(found)
+
+
+def cached_or_requested(
+    session: Session, settings: Settings, experiment_id: str, step: int, kind: str,
+) -> dict | JSONResponse:
+    """The cached analysis of a kind of one checkpoint, or what stands for it while there is
+    none: a 202 JSONResponse (status pending, Retry-After) once a worker was asked (one task
+    for concurrent requests); HTTPException 404 (no checkpoint at that step: the stored steps
+    listed), 409 (failed GROKLAB_ANALYSIS_MAX_ATTEMPTS times, or for good: why) or 503 (the
+    broker is down)."""
+    cached = store.get_cached_analysis(session, experiment_id, step, kind)
     if cached is not None:
-        return fourier_view(cached)
-    if store.get_checkpoint(session, experiment.id, step) is None:
-        steps = [c.step for c in store.list_checkpoints(session, experiment.id, limit=1000)]
+        return cached
+    if store.get_checkpoint(session, experiment_id, step) is None:
+        steps = [c.step for c in store.list_checkpoints(session, experiment_id, limit=1000)]
         raise HTTPException(
             status_code=404, detail=f"no checkpoint at step {step}; stored steps: {steps}"
         )
     found = store.request_checkpoint_analysis(
-        session, experiment.id, step, settings.analysis_max_attempts
+        session, experiment_id, step, settings.analysis_max_attempts, kind
     )
     if found.status == ANALYSIS_DONE:
-        return fourier_view(found.data)
+        return found.data
     if found.status == ANALYSIS_FAILED:
         raise HTTPException(
             status_code=409,
@@ -86,9 +100,9 @@ def get_checkpoint_analysis(
         )
     if found.status == "queued":
         try:
-            queueing.enqueue_checkpoint_analysis(experiment.id, step)
+            queueing.enqueue_checkpoint_analysis(experiment_id, step, kind=kind)
         except Exception as exc:  # noqa: BLE001 - the broker is down: say so, never a 500
-            store.withdraw_analysis_request(session, experiment.id, step)
+            store.withdraw_analysis_request(session, experiment_id, step, kind)
             raise HTTPException(
                 status_code=503, detail=f"could not queue the analysis (broker unavailable: {exc})"
             ) from exc
