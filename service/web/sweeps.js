@@ -134,7 +134,7 @@ async function sweepPage(main, id, v) {
     const lo = Math.min(...values), hi = Math.max(...values);
     const ys = d.y ? d.y.values : [null];
     const cellOf = (x, y) => d.cells.find((c) => SweepCharts.key(c.x) === SweepCharts.key(x) && SweepCharts.key(c.y) === SweepCharts.key(y));
-    // Viridis from the lowest value to the highest; the number in white or near-black, whichever
+    // Viridis from the lowest value to the highest; the number in white or black, whichever
     // reads better on the cell.
     const shade = (val) => (val === null || val === undefined ? [241, 245, 249] : Pictures.sequential(hi > lo ? (val - lo) / (hi - lo) : 0.5));
     const rows = [...ys].reverse().map((y) => h("tr", {},

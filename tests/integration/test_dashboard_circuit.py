@@ -13,6 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
+from tests.builders import tiny_job
 from tests.integration.browser import (  # noqa: F401
     browser,
     chart_drawn,
@@ -21,6 +22,7 @@ from tests.integration.browser import (  # noqa: F401
     severe_errors,
     wait,
 )
+from tests.integration.conftest import wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -133,6 +135,30 @@ def test_the_circuit_section_draws_each_picture_and_follows_the_scrubber(
     assert canvas_pixels(browser, "#circuit-neurons canvas") != bars_before
     assert browser.find_element(By.CSS_SELECTOR, '#circuit-waves [data-answer]').get_attribute("data-answer") == "5"
     screenshot(browser, tmp_path, "circuit-first.png")
+    assert severe_errors(browser) == []
+
+
+def test_a_picture_that_does_not_apply_says_why(stack, browser, tmp_path):
+    """An MLP has embeddings and neurons to draw, but no attention: that picture says so."""
+    client = stack.client
+    token = client.headers["Authorization"].removeprefix("Bearer ")
+    body = tiny_job("circuit-of-an-mlp")
+    body["model"]["arch"] = "mlp"
+    job = client.post("/api/v1/experiments", json=body).json()
+    assert wait_for_status(client, job["id"], timeout=120)["status"] == "succeeded"
+    last = max(c["step"] for c in client.get(f"/api/v1/experiments/{job['id']}/checkpoints").json())
+    reason = client.get(f"/api/v1/experiments/{job['id']}/checkpoints/{last}/attention")
+    assert reason.status_code == 422
+
+    browser.get(f"{stack.url}/#/experiments/{job['id']}?token={token}")
+    wait(browser, drawn_at(last), timeout=120)
+    attention = browser.find_element(By.ID, "circuit-attention")
+    assert attention.get_attribute("data-state") == "unavailable"
+    assert attention.find_element(By.CLASS_NAME, "picture-status").text == reason.json()["detail"]
+    assert attention.find_elements(By.TAG_NAME, "canvas") == []
+    for name in ("embedding", "neurons", "waves"):
+        assert browser.find_element(By.ID, f"circuit-{name}").get_attribute("data-state") == "drawn"
+    screenshot(browser, tmp_path, "circuit-mlp.png")
     assert severe_errors(browser) == []
 
 
