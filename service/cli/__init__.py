@@ -2,7 +2,7 @@
 
     local.py   groklab train                  a researcher, on this machine, no server
     serve.py   groklab migrate|api|worker|up  an operator, running the service
-    client.py  groklab submit|status|list|cancel|pause|resume|watch|metrics|export
+    client.py  groklab submit|status|list|cancel|pause|resume|watch|metrics|export|circuit
                a user of a running service, over HTTP (service/client/)
     tokens.py  groklab token create|list|revoke  an admin, straight on the database
     webhooks.py  groklab webhook-secret set|list|revoke  an admin: alert signing secrets

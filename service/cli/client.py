@@ -1,4 +1,4 @@
-"""`groklab submit|status|list|cancel|pause|resume|watch|metrics|export`: a running service over HTTP, through
+"""`groklab submit|status|list|cancel|pause|resume|watch|metrics|export|circuit`: a running service over HTTP, through
 the Python client (service/client/); GROKLAB_URL and GROKLAB_TOKEN say which and as whom."""
 from __future__ import annotations
 
@@ -237,3 +237,30 @@ def export(
     with _service(url) as client:
         client.export_checkpoint(experiment_id, step, out, member=member, format=export_format)
     typer.echo(f"wrote {out} ({out.stat().st_size} bytes)")
+
+
+@app.command()
+def circuit(
+    experiment_id: ExperimentId,
+    step: Annotated[int, typer.Argument(help="Checkpoint step.")],
+    picture: Annotated[str, typer.Argument(
+        help="embedding (clocks), neurons (by frequency), waves or attention.",
+    )],
+    member: Annotated[int, typer.Option(help="Ensemble member.")] = 0,
+    neurons: Annotated[Optional[str], typer.Option(
+        help="waves: comma-separated neuron indices (default: the top 4 of distinct frequencies).",
+    )] = None,
+    answer: Annotated[int, typer.Option(help="waves: the answer whose logit is drawn.")] = 0,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Print one circuit picture of a checkpoint as JSON, waiting while a worker computes it."""
+    if picture not in ("embedding", "neurons", "waves", "attention"):
+        typer.secho(f"picture must be embedding, neurons, waves or attention (got {picture!r})",
+                    fg="red", err=True)
+        raise typer.Exit(2)
+    with _service(url) as client:
+        if picture == "waves":
+            data = client.waves(experiment_id, step, member=member, neurons=neurons, answer=answer)
+        else:
+            data = getattr(client, picture)(experiment_id, step, member=member)
+    typer.echo(json.dumps(data))

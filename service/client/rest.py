@@ -307,6 +307,55 @@ class Client:
         endpoint's threshold parameters (e.g. generalization_acc=0.95)."""
         return self._json("GET", f"/experiments/{experiment_id}/analysis", params=thresholds)
 
+    # ---- the circuit of a checkpoint (computed by a worker on first request) ------------------
+
+    def _computed(self, path: str, params: dict, timeout: float) -> dict:
+        """GET an analysis a worker computes on demand: while it answers 202 (pending), ask
+        again after its Retry-After; GroklabError (status None) after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self._request("GET", path, params=params)
+            if response.status_code != 202:
+                return response.json()
+            if time.monotonic() > deadline:
+                raise GroklabError(None, f"{path} still pending after {timeout}s: "
+                                   f"{response.json().get('detail')}")
+            time.sleep(float(response.headers.get("Retry-After", "2")))
+
+    def embedding(
+        self, experiment_id: str, step: int, *, member: int = 0, timeout: float = 300.0
+    ) -> dict:
+        """The embedding's clocks at a checkpoint: per key frequency, the residues' points."""
+        return self._computed(f"/experiments/{experiment_id}/checkpoints/{step}/embedding",
+                              {"member": member}, timeout)
+
+    def neurons(
+        self, experiment_id: str, step: int, *, member: int = 0, timeout: float = 300.0
+    ) -> dict:
+        """Every MLP neuron's best frequency and the share of its variance it explains."""
+        return self._computed(f"/experiments/{experiment_id}/checkpoints/{step}/neurons",
+                              {"member": member}, timeout)
+
+    def waves(
+        self, experiment_id: str, step: int, *, member: int = 0,
+        neurons: Iterable[int] | str | None = None, answer: int = 0, timeout: float = 300.0,
+    ) -> dict:
+        """Chosen neurons' activations (indices, or "3,17"; default: the top 4 of distinct
+        frequencies) and the logit of `answer` over all (a, b) pairs."""
+        params: dict[str, Any] = {"member": member, "answer": answer}
+        if neurons is not None:
+            params["neurons"] = (neurons if isinstance(neurons, str)
+                                 else ",".join(str(n) for n in neurons))
+        return self._computed(f"/experiments/{experiment_id}/checkpoints/{step}/waves",
+                              params, timeout)
+
+    def attention(
+        self, experiment_id: str, step: int, *, member: int = 0, timeout: float = 300.0
+    ) -> dict:
+        """The '=' position's attention to a and to b over all pairs, per layer and head."""
+        return self._computed(f"/experiments/{experiment_id}/checkpoints/{step}/attention",
+                              {"member": member}, timeout)
+
     # ---- sweeps -----------------------------------------------------------------------------
 
     def submit_sweep(self, spec: dict) -> dict:

@@ -109,3 +109,31 @@ def test_an_unreachable_service_raises_the_one_error_type(monkeypatch):
     with Client(timeout=5) as groklab, pytest.raises(GroklabError) as caught:
         groklab.get("e1")
     assert caught.value.status is None and "cannot reach http://127.0.0.1:9" in caught.value.detail
+
+
+def test_circuit_pictures_wait_through_the_pending_answers(monkeypatch):
+    """A picture a worker is still computing answers 202 with Retry-After: the client waits
+    that long and asks again until the 200; a 422 is the one error type with its status."""
+    slept: list[float] = []
+    monkeypatch.setattr("service.client.rest.time.sleep", slept.append)
+    asked: list[tuple[str, dict]] = []
+    waves = {"step": 400, "member": 1, "p": 47, "neurons": [], "logit": {"answer": 5, "values": []}}
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        asked.append((request.url.path, dict(request.url.params)))
+        if request.url.path.endswith("/attention"):
+            return httpx.Response(422, json={"detail": "the attention picture needs a transformer"})
+        if len(asked) < 3:
+            return httpx.Response(202, json={"status": "pending", "detail": "queued"},
+                                  headers={"Retry-After": "2"})
+        return httpx.Response(200, json=waves)
+
+    http = httpx.Client(base_url="http://groklab.test", transport=httpx.MockTransport(serve))
+    client = Client(http=http)
+    assert client.waves("e1", 400, member=1, neurons=[3, 17], answer=5) == waves
+    assert asked == [("/api/v1/experiments/e1/checkpoints/400/waves",
+                      {"member": "1", "answer": "5", "neurons": "3,17"})] * 3
+    assert slept == [2.0, 2.0]
+    with pytest.raises(GroklabError) as caught:
+        client.attention("e1", 400)
+    assert caught.value.status == 422 and "transformer" in caught.value.detail

@@ -94,10 +94,10 @@ def test_existing_blobs_are_moved_into_chunks_by_the_migration(tmp_path):
     migrate(url)
     with engine.connect() as c:
         chunks = c.execute(text("SELECT data FROM checkpoint_chunks ORDER BY seq")).scalars().all()
-        cached = c.execute(text("SELECT status, error, data FROM analysis_cache")).one()
+        cached = c.execute(text("SELECT status, error, data, kind FROM analysis_cache")).one()
     engine.dispose()
     assert b"".join(chunks) == old and len(chunks) == 2
-    assert tuple(cached) == ("failed", "it broke", None)
+    assert tuple(cached) == ("failed", "it broke", None, "fourier")  # 0009: every row's kind
 
 
 # ---- the download streams ----------------------------------------------------------------------

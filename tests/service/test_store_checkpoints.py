@@ -70,3 +70,26 @@ def test_latest_cached_analysis_is_the_highest_step(session, experiment_id):
     for step in (2000, 3000, 1000):
         store.put_cached_analysis(session, experiment_id, step, {"step": step})
     assert store.latest_cached_analysis(session, experiment_id) == {"step": 3000}
+
+
+def test_each_kind_of_analysis_of_a_step_is_its_own_row(session, experiment_id):
+    store.put_cached_analysis(session, experiment_id, 1000, {"members": []})
+    store.put_cached_analyses(session, experiment_id, 1000, {"embedding:0": {"clocks": []},
+                                                             "circuit": {"members": 1}})
+    store.put_cached_analyses(session, experiment_id, 4000, {"neurons:0": {"neurons": []}})
+    assert store.get_cached_analysis(session, experiment_id, 1000) == {"members": []}
+    assert store.get_cached_analysis(session, experiment_id, 1000, "embedding:0") == {"clocks": []}
+    assert store.get_cached_analysis(session, experiment_id, 1000, "neurons:0") is None
+    # the latest Fourier measures are those of the fourier kind, whatever else is newer
+    assert store.latest_cached_analysis(session, experiment_id) == {"members": []}
+
+    first = store.request_checkpoint_analysis(session, experiment_id, 2000, 2, "circuit")
+    again = store.request_checkpoint_analysis(session, experiment_id, 2000, 2, "circuit")
+    other = store.request_checkpoint_analysis(session, experiment_id, 2000, 2, "waves:0:3:1")
+    assert (first.status, again.status, other.status) == ("queued", "pending", "queued")
+    store.fail_cached_analysis(session, experiment_id, 2000, "boom", kind="circuit")
+    assert store.request_checkpoint_analysis(session, experiment_id, 2000, 2, "waves:0:3:1").status == "pending"
+    retried = store.request_checkpoint_analysis(session, experiment_id, 2000, 2, "circuit")
+    assert (retried.status, retried.error) == ("queued", "boom")
+    store.withdraw_analysis_request(session, experiment_id, 2000, "waves:0:3:1")
+    assert store.request_checkpoint_analysis(session, experiment_id, 2000, 2, "waves:0:3:1").status == "queued"

@@ -107,12 +107,12 @@ def neuron_table(neuron_acts: torch.Tensor, p: int) -> dict[str, Any]:
     fraction 0. Returns {"n_neurons", "neurons": [{"neuron", "frequency", "fraction"}],
     "share_above_0_9"}."""
     freq, frac = neuron_frequencies(neuron_acts, p)
-    order = sorted(range(freq.numel()), key=lambda n: (-float(frac[n]), n))
-    fractions = round_significant(frac).tolist()
-    n_neurons = freq.numel()
+    freqs, exact, fractions = freq.tolist(), frac.tolist(), round_significant(frac).tolist()
+    n_neurons = len(freqs)
+    order = sorted(range(n_neurons), key=lambda n: (-exact[n], n))
     return {
         "n_neurons": n_neurons,
-        "neurons": [{"neuron": n, "frequency": int(freq[n]), "fraction": fractions[n]}
+        "neurons": [{"neuron": n, "frequency": freqs[n], "fraction": fractions[n]}
                     for n in order],
         "share_above_0_9": float((frac > WELL_EXPLAINED).sum()) / n_neurons if n_neurons else 0.0,
     }
