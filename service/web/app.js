@@ -104,7 +104,7 @@ function h(tag, attrs = {}, ...children) {
     else if (k === "style") el.style.cssText = v; // CSSOM, which a Content-Security-Policy allows
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -114,7 +114,7 @@ function h(tag, attrs = {}, ...children) {
 // Replaces el's children (null and false children are left out, as in h()).
 function put(el, ...children) {
   el.replaceChildren();
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }

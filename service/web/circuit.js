@@ -16,7 +16,7 @@ const Circuit = (() => {
   const PICTURES = [
     { name: "embedding", title: "Embedding clocks", note: "Each key frequency k's plane: residue r's embedding projected on cos and sin of 2πkr/p. A model that uses k puts the p residues on a circle, r at angle 2πkr/p (dashed: the mean radius; the faint line joins r to r+1; colour: the residue)." },
     { name: "neurons", title: "Neurons by frequency", note: "Each MLP neuron's share of activation variance explained by its one best frequency, sorted. After grokking most neurons read a single key frequency (fraction near 1)." },
-    { name: "waves", title: "Activation waves", note: "Neuron activations and the logit of one answer over every input (a, b): periodic waves in a + b at the key frequencies once the circuit has formed; noise while memorising." },
+    { name: "waves", title: "Activation waves", note: "Neuron activations and the logit of one answer c over every input (a, b). Once the circuit has formed, a neuron is periodic in a and in b at its frequency (a grid of blobs) and the logit is periodic in a + b (diagonal stripes, highest where a + b = c mod p); while memorising, noise." },
     { name: "attention", title: "Attention from '='", note: "Each head's attention of the '=' position to a and to b over every input (a, b)." },
   ];
 
@@ -118,9 +118,10 @@ const Circuit = (() => {
       put(bands, drawn.map((p) => {
         const { start_step: a, end_step: b } = phases[p.key];
         const left = Math.min(a, last), right = Math.min(Math.max(b, a), last);
+        // Named on the band where it has room; the key below names every band.
         return h("div", { class: "scrub-band", "data-phase": p.key, title: `${p.label}: steps ${a}–${b}`,
           style: `left:${pos(left)};width:${pos(right - left)};background:${p.colour}` },
-        h("span", {}, p.label));
+        (right - left) / last >= 0.1 ? h("span", {}, p.label) : null);
       }));
       put(phaseKey, drawn.length ? drawn.map((p) => h("span", { class: "legend-item" },
         h("span", { class: "swatch", style: `background:${p.colour}` }),
@@ -206,7 +207,7 @@ const Circuit = (() => {
           Pictures.clock(c, d.p)))), Pictures.hueKey(d.p)];
       },
       neurons(d, f) {
-        const width = Math.max(320, Math.min(720, f.fig.clientWidth - 4));
+        const width = Math.max(320, Math.min(720, f.body.clientWidth || 480));
         const hover = (n) => { f.readout.textContent = n ? `neuron ${n.neuron}: frequency ${n.frequency}, fraction ${fmt(n.fraction, 3)}` : "\u00a0"; };
         return [h("p", { class: "share" }, "Share of neurons above 0.9: ",
           h("strong", { id: "neuron-share" }, `${(100 * d.share_above_0_9).toFixed(1)}%`), ` of ${d.n_neurons}`),
@@ -218,10 +219,10 @@ const Circuit = (() => {
           f.readout.textContent = a === null ? "\u00a0" : `${label}: a=${a}, b=${b}: ${fmt(v, 3)}`;
         };
         const one = (title, values, label, dataset) => {
-          const [lo, hi] = Pictures.extent(values, true);
+          const { lo, hi, map } = Pictures.signedScale(values);
           return h("div", { class: "heat", dataset }, h("div", { class: "heat-title" }, title),
-            Pictures.heatmap(values, { lo, hi, map: Pictures.diverging, size: 132, onHover: cell(label) }),
-            Pictures.colourScale(Pictures.diverging, lo, hi, 132));
+            Pictures.heatmap(values, { lo, hi, map, size: 132, onHover: cell(label) }),
+            Pictures.colourScale(map, lo, hi, 132));
         };
         return h("div", { class: "heats" },
           d.neurons.map((n) => one(`neuron ${n.neuron} (k = ${n.frequency}, ${fmt(n.fraction, 2)})`, n.values,
@@ -236,8 +237,8 @@ const Circuit = (() => {
         return [h("div", { class: "heads" }, d.heads.map((hd) => h("div", { class: "head" },
           h("div", { class: "heat-title" }, `layer ${hd.layer} head ${hd.head}`),
           h("div", { class: "heats" }, [["to a", hd.to_a], ["to b", hd.to_b]].map(([to, values]) =>
-            h("div", { class: "heat" }, h("div", { class: "note" }, to),
-              Pictures.heatmap(values, { lo: 0, hi: 1, map: Pictures.sequential, size: 96,
+            h("div", { class: "heat" }, h("div", { class: "heat-title note" }, to),
+              Pictures.heatmap(values, { lo: 0, hi: 1, map: Pictures.sequential, size: 110,
                 onHover: cell(`L${hd.layer}H${hd.head} ${to}`) }))))))),
         Pictures.colourScale(Pictures.sequential, 0, 1, 150, "attention ")];
       },

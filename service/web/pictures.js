@@ -22,6 +22,7 @@ const Pictures = (() => {
   }
   const sequential = (t) => ramp(VIRIDIS, t);
   const diverging = (t) => ramp(RED_BLUE, t); // t = 0.5 is zero
+  const positive = (t) => ramp(RED_BLUE, 0.5 + t / 2); // its white-to-red half, for values >= 0
   const css = ([r, g, b]) => `rgb(${r}, ${g}, ${b})`;
 
   // WCAG relative luminance.
@@ -201,12 +202,10 @@ const Pictures = (() => {
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(image, pad.left, 0, size, size);
     ctx.fillStyle = "#64748b";
-    ctx.fillText("b →", pad.left + size / 2 - 8, size + 11);
-    ctx.save();
-    ctx.translate(10, size / 2 + 8);
-    ctx.rotate(-Math.PI / 2);
-    ctx.fillText("a →", 0, 0);
-    ctx.restore();
+    ctx.textAlign = "center";
+    ctx.fillText("b →", pad.left + size / 2, size + 11);
+    ctx.fillText("a", 6, size / 2 - 2);
+    ctx.fillText("↓", 6, size / 2 + 10);
     if (onHover) {
       el.addEventListener("mousemove", (ev) => {
         const c = Math.floor(((ev.offsetX - pad.left) / size) * cols);
@@ -240,15 +239,18 @@ const Pictures = (() => {
     return row;
   }
 
-  // The extent of a p x p grid: [min, max], or [-m, m] (m its largest magnitude) when signed.
-  function extent(values, symmetric) {
+  // How to colour a grid of signed values: white at zero, blue below, red above, over [-m, m]
+  // (m the largest magnitude); or white to red over [0, max] when no value is negative (ReLU
+  // activations). {lo, hi, map}.
+  function signedScale(values) {
     let lo = Infinity, hi = -Infinity;
     for (const row of values) for (const v of row) { if (v < lo) lo = v; if (v > hi) hi = v; }
-    if (!Number.isFinite(lo)) return [0, 1];
-    if (symmetric) { const m = Math.max(Math.abs(lo), Math.abs(hi)) || 1; return [-m, m]; }
-    return [lo, hi > lo ? hi : lo + 1];
+    if (!Number.isFinite(lo)) return { lo: 0, hi: 1, map: positive };
+    if (lo >= 0) return { lo: 0, hi: hi > 0 ? hi : 1, map: positive };
+    const m = Math.max(Math.abs(lo), Math.abs(hi));
+    return { lo: -m, hi: m, map: diverging };
   }
 
-  return { sequential, diverging, css, luminance, textOn, hue, canvas, clock, hueKey,
-           frequencyColour, neuronBars, frequencyLegend, heatmap, colourScale, extent, short };
+  return { sequential, diverging, positive, css, luminance, textOn, hue, canvas, clock, hueKey,
+           frequencyColour, neuronBars, frequencyLegend, heatmap, colourScale, signedScale, short };
 })();

@@ -36,6 +36,8 @@ const SweepCharts = (() => {
         series.push({ label: `#${m.index} ${shortAxis(axis)}=${label(m.point[axis])}`, steps: s.steps, values: s.values,
                       color: on ? colourOf(m) : faded(colourOf(m), 0.16), width: highlighted && on ? 2.5 : 1.5 });
       }
+      // The picked-out members drawn last, over the faded others.
+      series.sort((a, b) => (a.width > 2) - (b.width > 2));
       Charts.line(el, { series, yLabel: name });
       el.dataset.highlighted = highlighted ? String(series.filter((s) => s.width > 2).length) : "0";
     }

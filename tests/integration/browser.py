@@ -12,6 +12,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 # A folder to copy the screenshots into as well as the test's tmp_path, to look at them.
@@ -56,9 +57,20 @@ def severe_errors(browser) -> list[str]:
             if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
 
 
-def screenshot(browser, tmp_path: Path, name: str) -> Path:
+def screenshot(browser, tmp_path: Path, name: str, selector: str | None = None) -> Path:
+    """The page (all of it, however long), or the element at `selector`, as tmp_path/name."""
     path = tmp_path / name
-    browser.save_screenshot(str(path))
+    # A window as tall as the page, so that nothing is cut at the bottom of the viewport.
+    size = browser.get_window_size()
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(size["width"], max(size["height"], height + 200))
+    try:
+        if selector:
+            browser.find_element(By.CSS_SELECTOR, selector).screenshot(str(path))
+        else:
+            browser.save_screenshot(str(path))
+    finally:
+        browser.set_window_size(size["width"], size["height"])
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(SHOTS) / name)

@@ -11,7 +11,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 
-from tests.integration.browser import browser, chart_drawn, severe_errors, wait  # noqa: F401
+from tests.integration.browser import browser, chart_drawn, screenshot, severe_errors, wait  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def test_dashboard_shows_a_finished_run_and_its_errors(stack, grokked_run, brows
     assert browser.execute_script("return sessionStorage.getItem('groklab.token')") == token
     assert grokked_run["name"] in row.text and "succeeded" in row.text
     assert grokked_run["summary"]["phase"] in row.text
-    browser.save_screenshot(str(tmp_path / "experiments.png"))
+    screenshot(browser, tmp_path, "experiments.png")
 
     # The run's page: every chart drawn with its series, the spectrum with its key frequencies.
     row.find_element(By.TAG_NAME, "a").click()
@@ -65,7 +65,7 @@ def test_dashboard_shows_a_finished_run_and_its_errors(stack, grokked_run, brows
     assert str(summary["generalization_step"]) in header
     assert len(browser.find_elements(By.CSS_SELECTOR, "#checkpoints a.download")) == len(checkpoints)
     assert browser.find_elements(By.ID, "cancel") == []  # a finished run cannot be cancelled
-    browser.save_screenshot(str(tmp_path / "experiment.png"))
+    screenshot(browser, tmp_path, "experiment.png")
 
     # An unknown id: an error in the page, not a blank screen.
     browser.get(f"{stack.url}/#/experiments/{uuid.uuid4()}")
@@ -75,7 +75,7 @@ def test_dashboard_shows_a_finished_run_and_its_errors(stack, grokked_run, brows
     browser.get(f"{stack.url}/#token=not-a-groklab-token")
     assert "invalid or revoked token" in wait(browser, banner_text)
     assert browser.find_element(By.ID, "signin").is_displayed()
-    browser.save_screenshot(str(tmp_path / "bad-token.png"))
+    screenshot(browser, tmp_path, "bad-token.png")
     assert severe_errors(browser) == []
 
 
@@ -98,7 +98,7 @@ def test_a_write_token_pauses_and_resumes_with_the_buttons(bare_stack, browser, 
     assert client.get(f"/api/v1/experiments/{job['id']}").json()["status"] == "paused"
     assert browser.find_elements(By.ID, "pause") == []
     assert browser.find_element(By.ID, "cancel").is_displayed()  # a paused job can be cancelled
-    browser.save_screenshot(str(tmp_path / "paused.png"))
+    screenshot(browser, tmp_path, "paused.png")
     wait(browser, EC.element_to_be_clickable((By.ID, "resume"))).click()
     wait(browser, header_says("experiment-header", "queued"))
     assert client.get(f"/api/v1/experiments/{job['id']}").json()["status"] == "queued"

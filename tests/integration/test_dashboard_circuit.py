@@ -72,7 +72,7 @@ def test_the_circuit_section_draws_each_picture_and_follows_the_scrubber(
     wait(browser, drawn_at(last), timeout=120)  # the trained model first
     at_last = {name: picture(client, run_id, last, name) for name in PICTURES}
     p = at_last["embedding"]["p"]
-    screenshot(browser, tmp_path, "circuit-last.png")
+    screenshot(browser, tmp_path, "circuit-last.png", "#circuit")
 
     # The scrubber: one tick per stored checkpoint, the known phases marked on its track.
     ticks = browser.find_elements(By.CSS_SELECTOR, "#circuit-scrubber .tick")
@@ -85,7 +85,7 @@ def test_the_circuit_section_draws_each_picture_and_follows_the_scrubber(
 
     # The clocks: one per key frequency, p points each.
     clocks = browser.find_elements(By.CSS_SELECTOR, "#circuit-embedding canvas[data-frequency]")
-    assert attr_ints(clocks, "data-frequency") == at_last["embedding"]["key_frequencies"]
+    assert attr_ints(clocks, "data-frequency") == [c["frequency"] for c in at_last["embedding"]["clocks"]]
     assert attr_ints(clocks, "data-points") == [p] * len(clocks)
     assert clocks, "a grokked run has key frequencies"
 
@@ -129,12 +129,12 @@ def test_the_circuit_section_draws_each_picture_and_follows_the_scrubber(
         assert browser.find_element(By.ID, f"circuit-{name}").get_attribute("data-state") == "drawn"
     early = picture(client, run_id, first, "embedding")
     clocks = browser.find_elements(By.CSS_SELECTOR, "#circuit-embedding canvas[data-frequency]")
-    assert attr_ints(clocks, "data-frequency") == early["key_frequencies"]
+    assert attr_ints(clocks, "data-frequency") == [c["frequency"] for c in early["clocks"]]
     if clocks:
         assert canvas_pixels(browser, "#circuit-embedding canvas") != before
     assert canvas_pixels(browser, "#circuit-neurons canvas") != bars_before
     assert browser.find_element(By.CSS_SELECTOR, '#circuit-waves [data-answer]').get_attribute("data-answer") == "5"
-    screenshot(browser, tmp_path, "circuit-first.png")
+    screenshot(browser, tmp_path, "circuit-first.png", "#circuit")
     assert severe_errors(browser) == []
 
 
@@ -158,7 +158,7 @@ def test_a_picture_that_does_not_apply_says_why(stack, browser, tmp_path):
     assert attention.find_elements(By.TAG_NAME, "canvas") == []
     for name in ("embedding", "neurons", "waves"):
         assert browser.find_element(By.ID, f"circuit-{name}").get_attribute("data-state") == "drawn"
-    screenshot(browser, tmp_path, "circuit-mlp.png")
+    screenshot(browser, tmp_path, "circuit-mlp.png", "#circuit")
     assert severe_errors(browser) == []
 
 
@@ -205,7 +205,7 @@ def test_the_sweep_page_overlays_the_members_and_plots_their_steps(
     assert int(plot.get_attribute("data-generalise-points")) == len(fractions)
     never = sum(m["status"] == "succeeded" and m["generalization_step"] is None for m in members)
     assert int(plot.get_attribute("data-never")) == never > 0  # weight decay 0 never generalises
-    screenshot(browser, tmp_path, "sweep.png")
+    screenshot(browser, tmp_path, "sweep.png", "main")
 
     # Against the weight decay instead: one value per weight decay.
     Select(browser.find_element(By.ID, "steps-axis")).select_by_value("optimizer.weight_decay")
@@ -219,7 +219,7 @@ def test_the_sweep_page_overlays_the_members_and_plots_their_steps(
     picked = lambda b: b.find_element(By.ID, "chart-sweep-val").get_attribute("data-highlighted")  # noqa: E731
     wait(browser, lambda b: picked(b) == str(len(in_cell)))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#cell-members tbody tr")) == len(in_cell)
-    screenshot(browser, tmp_path, "sweep-cell.png")
+    screenshot(browser, tmp_path, "sweep-cell.png", "main")
     browser.find_element(By.CSS_SELECTOR, '#heatmap td.cell[data-x="1"][data-y="0.6"]').click()
     wait(browser, lambda b: picked(b) == "0")
     assert severe_errors(browser) == []
