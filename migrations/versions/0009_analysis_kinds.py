@@ -20,25 +20,29 @@ depends_on = None
 PG_PRIMARY_KEY = "analysis_cache_pkey"
 
 
-def _primary_key(columns: list[str]) -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        # SQLite cannot alter a primary key: the batch copies the table (nothing references it).
-        with op.batch_alter_table("analysis_cache", recreate="always") as batch:
-            batch.create_primary_key(PG_PRIMARY_KEY, columns)
-    else:
-        op.drop_constraint(PG_PRIMARY_KEY, "analysis_cache", type_="primary")
-        op.create_primary_key(PG_PRIMARY_KEY, "analysis_cache", columns)
+def _kind(primary_key: bool) -> sa.Column:
+    return sa.Column("kind", sa.String(length=100), nullable=False, server_default="fourier",
+                     primary_key=primary_key)
 
 
 def upgrade() -> None:
     with op.batch_alter_table("analysis_cache") as batch:
-        batch.add_column(sa.Column("kind", sa.String(length=100), nullable=False,
-                                   server_default="fourier"))
-    _primary_key(["experiment_id", "step", "kind"])
+        batch.add_column(_kind(primary_key=False))
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite cannot alter a primary key: the batch copies the table (nothing references
+        # it), with kind read as a key column, so that the key is the three columns.
+        with op.batch_alter_table("analysis_cache", recreate="always",
+                                  reflect_args=[_kind(primary_key=True)]):
+            pass
+    else:
+        op.drop_constraint(PG_PRIMARY_KEY, "analysis_cache", type_="primary")
+        op.create_primary_key(PG_PRIMARY_KEY, "analysis_cache", ["experiment_id", "step", "kind"])
 
 
 def downgrade() -> None:
     op.execute("DELETE FROM analysis_cache WHERE kind <> 'fourier'")
-    _primary_key(["experiment_id", "step"])
-    with op.batch_alter_table("analysis_cache") as batch:
+    if op.get_bind().dialect.name != "sqlite":
+        op.drop_constraint(PG_PRIMARY_KEY, "analysis_cache", type_="primary")
+        op.create_primary_key(PG_PRIMARY_KEY, "analysis_cache", ["experiment_id", "step"])
+    with op.batch_alter_table("analysis_cache") as batch:  # SQLite: the copy keys the other two
         batch.drop_column("kind")

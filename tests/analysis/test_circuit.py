@@ -70,10 +70,10 @@ def test_a_neuron_that_is_a_wave_of_one_frequency_is_explained_by_it():
     w = lambda k: 2 * math.pi * k / p  # noqa: E731
     neurons = torch.stack([
         torch.cos(w(5) * (a + b)),                                   # frequency 5, all of it
-        torch.zeros(p, p),                                           # dead
+        torch.zeros(p, p, dtype=torch.float64),                      # dead
         torch.sin(w(3) * a) * torch.cos(w(3) * b) + 0.2 * torch.cos(w(8) * a),  # mostly 3
         torch.randn(p, p, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
-        2 * torch.cos(w(3) * b) + 1.0,                               # frequency 3 again
+        (2 * torch.cos(w(3) * b) + 1.0).expand(p, p),                # frequency 3 again
     ], dim=-1).reshape(p * p, -1).float()
     table = neuron_table(neurons, p)
     by_neuron = {n["neuron"]: n for n in table["neurons"]}
@@ -140,9 +140,9 @@ def test_grids_are_the_models_own_activations_logits_and_attention():
     assert [n["neuron"] for n in chosen["neurons"]] == [5, 2]
     for entry in chosen["neurons"]:
         expected = acts[1, :, entry["neuron"]].reshape(p, p)
-        assert torch.allclose(torch.tensor(entry["values"]), expected.double(), rtol=1e-3, atol=1e-6)
+        assert torch.allclose(torch.tensor(entry["values"], dtype=torch.float64), expected.double(), rtol=1e-3, atol=1e-6)
     assert chosen["logit"]["answer"] == 3
-    assert torch.allclose(torch.tensor(chosen["logit"]["values"]),
+    assert torch.allclose(torch.tensor(chosen["logit"]["values"], dtype=torch.float64),
                           logits[1, :, 3].reshape(p, p).double(), rtol=1e-3, atol=1e-6)
     neurons = {n["neuron"]: n for n in documents["neurons:1"]["neurons"]}
     assert chosen["neurons"][0]["fraction"] == neurons[5]["fraction"]
@@ -162,8 +162,8 @@ def test_grids_are_the_models_own_activations_logits_and_attention():
             (key(torch.tensor(p), 2) * q[cols]).sum(-1).expand(p, p),
         ]) / math.sqrt(8)
         expected = scores.softmax(dim=0)
-        assert torch.allclose(torch.tensor(pattern[head]["to_a"]), expected[0].double(), rtol=1e-3, atol=1e-6)
-        assert torch.allclose(torch.tensor(pattern[head]["to_b"]), expected[1].double(), rtol=1e-3, atol=1e-6)
+        assert torch.allclose(torch.tensor(pattern[head]["to_a"], dtype=torch.float64), expected[0].double(), rtol=1e-3, atol=1e-6)
+        assert torch.allclose(torch.tensor(pattern[head]["to_b"], dtype=torch.float64), expected[1].double(), rtol=1e-3, atol=1e-6)
 
 
 def test_which_pictures_apply():

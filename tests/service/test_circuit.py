@@ -118,9 +118,9 @@ def test_other_waves_are_one_more_task_each_and_are_the_models_own(client, api_s
     with api_sessions() as s:
         trainer = Trainer.from_checkpoint(spec, store.load_checkpoint_verified(s, experiment_id, 0))
     logits, acts = trainer.model(full_grid_tokens(p), return_mlp_acts=True)
-    assert body["neurons"][0]["values"][5][9] == pytest.approx(float(acts[0, 5 * p + 9, 7]), rel=1e-3, abs=1e-6)
+    assert body["neurons"][0]["values"][5][9] == pytest.approx(float(acts[0, 5 * p + 9, 7].detach()), rel=1e-3, abs=1e-6)
     assert body["logit"] == {"answer": p - 1, "values": body["logit"]["values"]}
-    assert body["logit"]["values"][9][5] == pytest.approx(float(logits[0, 9 * p + 5, p - 1]), rel=1e-3, abs=1e-6)
+    assert body["logit"]["values"][9][5] == pytest.approx(float(logits[0, 9 * p + 5, p - 1].detach()), rel=1e-3, abs=1e-6)
     assert enqueued == [(experiment_id, "analysis")]
 
 
@@ -171,13 +171,38 @@ def test_a_failure_is_retried_then_served_with_its_reason(client, api_sessions, 
     with api_sessions() as s:  # a valid checkpoint without a model's tensors: the engine fails
         store.add_checkpoint(s, experiment_id, 0, checkpoint_bytes(b"no model"), {})
     enqueued.clear()
+    tries = api_settings.analysis_max_attempts
     assert client.get(url(experiment_id, "embedding")).status_code == 202
     assert compute(experiment_id, "circuit", api_settings) == "failed"
-    r = client.get(url(experiment_id, "neurons"))
-    assert r.status_code == 202 and "attempt 2 of 2" in r.json()["detail"]
-    assert compute(experiment_id, "circuit", api_settings) == "failed"
-    for picture in ("embedding", "waves"):
+    for attempt in range(2, tries + 1):  # any picture asks the one task again
+        r = client.get(url(experiment_id, PICTURES[attempt % 4]))
+        assert r.status_code == 202 and f"attempt {attempt} of {tries}" in r.json()["detail"]
+        assert compute(experiment_id, "circuit", api_settings) == "failed"
+    for picture in PICTURES:
         r = client.get(url(experiment_id, picture))
         assert r.status_code == 409, r.text
-        assert r.json()["detail"].startswith("the analysis of step 0 failed: ")
-    assert enqueued == [(experiment_id, "analysis")] * 2
+        assert r.json()["detail"].startswith("the analysis of step 0 failed: ValueError: ")
+    assert enqueued == [(experiment_id, "analysis")] * tries
+
+
+def test_groklab_circuit_prints_a_picture(client, api_sessions, api_settings, enqueued, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.cli import client as cli_client
+    from service.client import Client
+
+    monkeypatch.setattr(cli_client, "_client", lambda url: Client(http=client))
+    experiment_id, spec = experiment_with_checkpoint(client, api_sessions)
+    assert client.get(url(experiment_id, "neurons")).status_code == 202
+    assert compute(experiment_id, "circuit", api_settings) == "computed"
+    runner = CliRunner()
+    out = runner.invoke(app, ["circuit", experiment_id, "0", "neurons"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["n_neurons"] == spec.model.d_mlp
+    out = runner.invoke(app, ["circuit", experiment_id, "0", "waves", "--neurons", "99"])
+    assert out.exit_code == 1 and "422" in out.stderr and "query.neurons" in out.stderr
+    out = runner.invoke(app, ["circuit", experiment_id, "0", "clocks"])
+    assert out.exit_code == 2 and "embedding, neurons, waves or attention" in out.stderr
