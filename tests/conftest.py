@@ -14,6 +14,9 @@ PG_URL = os.environ.get(
     "GROKLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("GROKLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The Redis database numbers the tests may take (comma-separated, e.g. "8,9,10"), for a Redis
+# shared with other test runs; default every one of 1-15.
+REDIS_DBS = [int(n) for n in os.environ.get("GROKLAB_TEST_REDIS_DBS", "").split(",") if n.strip()]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,22 +58,26 @@ class RedisDatabases:
     """Hands out Redis database numbers of their own to this test session, flushed on the way in
     and out, so that two stacks alive at once never share a queue."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, numbers: list[int] | None = None) -> None:
         self.base = base_url.rsplit("/", 1)[0]
-        self.next = 1 + uuid.uuid4().int % 15
+        self.numbers = numbers or list(range(1, 16))
+        self.next = uuid.uuid4().int % len(self.numbers)
         self.used: list[str] = []
         self.held: set[str] = set()  # for the whole session (the shared stack's): never handed out again
 
     def allocate(self, hold: bool = False) -> str:
-        """The next database number in turn (1-15, round robin), skipping the held ones: a
-        session-long stack's worker must never share a queue with a later test's."""
+        """The next database number in turn (round robin over 1-15, or GROKLAB_TEST_REDIS_DBS),
+        skipping the held ones: a session-long stack's worker must never share a queue with a
+        later test's."""
         import redis
 
-        url = f"{self.base}/{self.next}"
-        while url in self.held:
-            self.next = 1 + self.next % 15
-            url = f"{self.base}/{self.next}"
-        self.next = 1 + self.next % 15
+        for _ in range(len(self.numbers)):
+            url = f"{self.base}/{self.numbers[self.next]}"
+            self.next = (self.next + 1) % len(self.numbers)
+            if url not in self.held:
+                break
+        else:
+            raise RuntimeError(f"every Redis database of {self.numbers} is held by this session")
         redis.Redis.from_url(url).flushdb()
         self.used.append(url)
         if hold:
@@ -92,7 +99,7 @@ def redis_databases():
         redis.Redis.from_url(REDIS_URL).ping()
     except Exception as exc:  # noqa: BLE001
         service_missing("Redis", exc)
-    dbs = RedisDatabases(REDIS_URL)
+    dbs = RedisDatabases(REDIS_URL, REDIS_DBS)
     yield dbs
     try:
         dbs.flush_all_used()

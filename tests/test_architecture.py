@@ -107,6 +107,19 @@ def test_no_module_is_longer_than_one_concern():
     assert long == []
 
 
+def test_no_dashboard_script_is_longer_than_one_concern():
+    """The dashboard's own scripts (not the vendored uPlot) keep to the modules' size too."""
+    web = ROOT / "service" / "web"
+    scripts = [p for p in sorted(web.glob("*.js"))]
+    assert scripts, "the dashboard has its scripts in service/web"
+    long = [
+        f"{path.relative_to(ROOT)} ({n} lines)"
+        for path in scripts
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert long == []
+
+
 # ---- no circle of imports between our modules ------------------------------------------------
 
 

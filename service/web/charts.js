@@ -99,7 +99,7 @@ const Charts = (() => {
   }
 
   // A line chart over steps on a log axis. spec: {series: [{label, steps, values, color,
-  // dash}], logY, markers: [{step, label, color}], bands: [{start, end, color}], yLabel}.
+  // dash, width}], logY, markers: [{step, label, color}], bands: [{start, end, color}], yLabel}.
   function line(el, spec) {
     const series = spec.series.filter((s) => s.steps.some((x) => x >= 1));
     const data = align(series, true);
@@ -122,7 +122,7 @@ const Charts = (() => {
         ...series.map((s, i) => ({
           label: s.label,
           stroke: s.color || color(i),
-          width: 1.5,
+          width: s.width || 1.5,
           dash: s.dash,
           spanGaps: true,
           points: { show: false },

@@ -179,3 +179,37 @@ def grokked_run(stack):
     assert job["status"] == "queued"
     done = wait_for_status(stack.client, job["id"], timeout=600)
     return done
+
+
+def wait_for_sweep(client: httpx.Client, sweep_id: str, timeout: float = 600.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        sweep = client.get(f"/api/v1/sweeps/{sweep_id}").json()
+        if sweep["status"] in FINISHED:
+            return sweep
+        assert time.monotonic() < deadline, f"sweep still {sweep['status']}: {sweep}"
+        time.sleep(0.5)
+
+
+# ci-small's recipe at 2 x 2 x 2: weight decay {0, 1} x train fraction x seed. 800 steps is past
+# the step where ci-small generalises at 60% data (seeds 0-3: 400-750) and stays fast.
+CI_SMALL_GRID = {
+    "name": "wd-by-fraction",
+    "base": {"preset": "ci-small", "training": {"steps": 800, "checkpoint_every": 400},
+             "analysis": {"every": None}},
+    "grid": {
+        "optimizer.weight_decay": [0, 1],
+        "task.train_fraction": [0.4, 0.6],
+        "training.seed": [0, 1],
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def ci_small_sweep(stack):
+    """The CI_SMALL_GRID sweep, trained once, shared by the tests that read it: (the POST's
+    answer, the finished sweep)."""
+    r = stack.client.post("/api/v1/sweeps", json=CI_SMALL_GRID)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    return created, wait_for_sweep(stack.client, created["id"])

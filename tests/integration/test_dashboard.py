@@ -5,16 +5,13 @@ pause and resume an experiment and a sweep with a write token's buttons. Screens
 land in the test's tmp_path."""
 from __future__ import annotations
 
-import shutil
 import uuid
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.browser import browser, chart_drawn, screenshot, severe_errors, wait  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -27,38 +24,6 @@ CHART_SERIES = {
     "chart-gini": 2,  # gini_embed, gini_unembed
     "chart-key-freqs": 1,  # key_freq_count
 }
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, (
-        "the dashboard test needs Debian's chromium and chromium-driver "
-        "(apt-get install -y chromium chromium-driver; .ci/run installs them)"
-    )
-    options = Options()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1800"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    b = webdriver.Chrome(options=options, service=Service(driver))
-    yield b
-    b.quit()
-
-
-def wait(browser, condition, timeout: float = 30):
-    return WebDriverWait(browser, timeout).until(condition)
-
-
-def chart_drawn(chart_id: str):
-    """The chart's series count once it has drawn (uPlot's canvas in place), else False."""
-    def drawn(browser):
-        return browser.execute_script(
-            "const el = document.getElementById(arguments[0]);"
-            "return el && el.dataset.drawn && el.querySelector('canvas') ? "
-            "Number(el.dataset.seriesCount) : false;", chart_id)
-    return drawn
 
 
 def banner_text(browser) -> str | bool:
@@ -80,7 +45,7 @@ def test_dashboard_shows_a_finished_run_and_its_errors(stack, grokked_run, brows
     assert browser.execute_script("return sessionStorage.getItem('groklab.token')") == token
     assert grokked_run["name"] in row.text and "succeeded" in row.text
     assert grokked_run["summary"]["phase"] in row.text
-    browser.save_screenshot(str(tmp_path / "experiments.png"))
+    screenshot(browser, tmp_path, "experiments.png")
 
     # The run's page: every chart drawn with its series, the spectrum with its key frequencies.
     row.find_element(By.TAG_NAME, "a").click()
@@ -100,7 +65,7 @@ def test_dashboard_shows_a_finished_run_and_its_errors(stack, grokked_run, brows
     assert str(summary["generalization_step"]) in header
     assert len(browser.find_elements(By.CSS_SELECTOR, "#checkpoints a.download")) == len(checkpoints)
     assert browser.find_elements(By.ID, "cancel") == []  # a finished run cannot be cancelled
-    browser.save_screenshot(str(tmp_path / "experiment.png"))
+    screenshot(browser, tmp_path, "experiment.png")
 
     # An unknown id: an error in the page, not a blank screen.
     browser.get(f"{stack.url}/#/experiments/{uuid.uuid4()}")
@@ -110,10 +75,8 @@ def test_dashboard_shows_a_finished_run_and_its_errors(stack, grokked_run, brows
     browser.get(f"{stack.url}/#token=not-a-groklab-token")
     assert "invalid or revoked token" in wait(browser, banner_text)
     assert browser.find_element(By.ID, "signin").is_displayed()
-    browser.save_screenshot(str(tmp_path / "bad-token.png"))
-    severe = [e["message"] for e in browser.get_log("browser")
-              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
-    assert severe == [], severe
+    screenshot(browser, tmp_path, "bad-token.png")
+    assert severe_errors(browser) == []
 
 
 def header_says(element_id: str, words: str):
@@ -135,7 +98,7 @@ def test_a_write_token_pauses_and_resumes_with_the_buttons(bare_stack, browser, 
     assert client.get(f"/api/v1/experiments/{job['id']}").json()["status"] == "paused"
     assert browser.find_elements(By.ID, "pause") == []
     assert browser.find_element(By.ID, "cancel").is_displayed()  # a paused job can be cancelled
-    browser.save_screenshot(str(tmp_path / "paused.png"))
+    screenshot(browser, tmp_path, "paused.png")
     wait(browser, EC.element_to_be_clickable((By.ID, "resume"))).click()
     wait(browser, header_says("experiment-header", "queued"))
     assert client.get(f"/api/v1/experiments/{job['id']}").json()["status"] == "queued"
@@ -151,6 +114,4 @@ def test_a_write_token_pauses_and_resumes_with_the_buttons(bare_stack, browser, 
     wait(browser, EC.element_to_be_clickable((By.ID, "resume-sweep"))).click()
     wait(browser, header_says("sweep-header", "queued 2"))
     assert client.get(f"/api/v1/sweeps/{sweep['id']}").json()["counts"]["queued"] == 2
-    severe = [e["message"] for e in browser.get_log("browser")
-              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
-    assert severe == [], severe
+    assert severe_errors(browser) == []

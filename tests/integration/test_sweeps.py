@@ -1,6 +1,7 @@
 """Sweeps on the real stack: one POST, members trained together in packs by a real worker
 process, each member stored as an ordinary experiment, a phase diagram at the end; a member that
-diverges fails alone; cancel and kill -9 of a pack's worker."""
+diverges fails alone; cancel and kill -9 of a pack's worker. The ci-small sweep (ci_small_sweep,
+CI_SMALL_GRID) is conftest's, shared with the dashboard's sweep page test."""
 from __future__ import annotations
 
 import csv
@@ -10,32 +11,9 @@ import time
 import pytest
 
 from tests.builders import tiny_job
-from tests.integration.conftest import FINISHED, raw_metrics, wait_for_status
+from tests.integration.conftest import raw_metrics, wait_for_status, wait_for_sweep
 
 pytestmark = pytest.mark.integration
-
-# ci-small's recipe at 2 x 2 x 2: weight decay {0, 1} x train fraction x seed. 800 steps is past
-# the step where ci-small generalises at 60% data (seeds 0-3: 400-750) and stays fast.
-CI_SMALL_GRID = {
-    "name": "wd-by-fraction",
-    "base": {"preset": "ci-small", "training": {"steps": 800, "checkpoint_every": 400},
-             "analysis": {"every": None}},
-    "grid": {
-        "optimizer.weight_decay": [0, 1],
-        "task.train_fraction": [0.4, 0.6],
-        "training.seed": [0, 1],
-    },
-}
-
-
-def wait_for_sweep(client, sweep_id: str, timeout: float = 600.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        sweep = client.get(f"/api/v1/sweeps/{sweep_id}").json()
-        if sweep["status"] in FINISHED:
-            return sweep
-        assert time.monotonic() < deadline, f"sweep still {sweep['status']}: {sweep}"
-        time.sleep(0.5)
 
 
 def alone_metrics(spec_body: dict) -> dict[tuple[str, int, int], float]:
@@ -71,14 +49,6 @@ def assert_same_run(stored: dict, alone: dict) -> None:
             assert abs(got - expected) <= 100, (name, got, expected)  # two evaluations
         last = max(k[2] for k in alone if k[0] == name)
         assert stored[(name, 0, last)] == pytest.approx(alone[(name, 0, last)], abs=0.03)
-
-
-@pytest.fixture(scope="module")
-def ci_small_sweep(stack):
-    r = stack.client.post("/api/v1/sweeps", json=CI_SMALL_GRID)
-    assert r.status_code == 201, r.text
-    created = r.json()
-    return created, wait_for_sweep(stack.client, created["id"])
 
 
 def test_a_grid_becomes_packed_experiments_that_each_match_a_run_alone(stack, ci_small_sweep):
