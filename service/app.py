@@ -18,7 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit
 from service.api.routes import analysis, checkpoints, experiments, health, metrics, sweeps
-from service.api.routes import events, web
+from service.api.routes import events, reproductions, web
 from service.contract.finite import without_non_finite
 from service.contract.settings import Settings, get_settings
 from service.infra import observability
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)  # the dashboard at / and GET /api/v1/whoami
     for router in (
         experiments.router, metrics.router, checkpoints.router, analysis.router, sweeps.router,
-        events.router,
+        events.router, reproductions.router,
     ):
         app.include_router(router, prefix="/api/v1")
     return app

@@ -85,6 +85,18 @@ def submit_sweep(
     """Submit a grid over spec paths: one ordinary experiment per point of the Cartesian product
     of `grid` (at most GROKLAB_MAX_SWEEP_MEMBERS), each `base` with the point's values. Members
     whose shapes agree train together in packs (one queue job each) of at most `pack_size`."""
+    return create_sweep(body, principal, session, settings, enqueue)
+
+
+def create_sweep(
+    body: SweepSpec,
+    principal: WritePrincipal,
+    session: Session,
+    settings: SettingsDep,
+    enqueue: EnqueueDep,
+) -> SweepOut:
+    """Plan, check the owner's quota, store and enqueue a sweep (POST /sweeps and
+    POST /reproductions/{name})."""
     packs = plan_sweep(body, settings, principal)
     specs = [member.spec for pack in packs for member in pack]
     require_webhook_secret(session, principal.owner, specs, ("body", "base", "notify", "url"))
