@@ -2,6 +2,8 @@
 steps), the shipped YAML files, and the API that runs one as a sweep and reports on it."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -202,3 +204,40 @@ def test_a_sweep_that_is_not_a_run_of_the_reproduction_is_422(client):
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["path", "sweep_id"]
     assert "not a run of prieto2025-stablemax v1" in r.json()["detail"][0]["msg"]
+
+
+def finish_prieto_run(client, api_sessions, softmax_step: int | None) -> str:
+    """A prieto2025-stablemax ci run whose members finished: StableMax + ⊥AdamW generalised at
+    300; plain softmax at softmax_step (None: never)."""
+    run = client.post(f"{REPRODUCTIONS}/prieto2025-stablemax", json={"scale": "ci"}).json()
+    url = f"{REPRODUCTIONS}/prieto2025-stablemax/runs/{run['sweep']['id']}"
+    for m in client.get(url).json()["members"]:
+        loss, orthogonal = m["point"]["optimizer.loss"], m["point"]["optimizer.orthogonal_grad"]
+        step = 300 if (loss, orthogonal) == ("stablemax", True) else (
+            softmax_step if (loss, orthogonal) == ("cross_entropy", False) else None)
+        set_members(api_sessions, [m["experiment_id"]], "succeeded", step=600, started_at=utcnow(),
+                    finished_at=utcnow(), summary={"generalization_step": step, "last_step": 600})
+    return run["sweep"]["id"]
+
+
+@pytest.mark.parametrize(("softmax_step", "exit_code", "verdicts"), [
+    (None, 0, ["pass", "pass"]),
+    (450, 1, ["pass", "fail"]),
+])
+def test_groklab_reproduce_prints_the_report_and_exits_by_the_verdict(
+    client, api_sessions, monkeypatch, softmax_step, exit_code, verdicts,
+):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.cli import client as cli_client
+    from service.client import Client
+
+    sweep_id = finish_prieto_run(client, api_sessions, softmax_step)
+    monkeypatch.setattr(cli_client, "_client", lambda url: Client(http=client))
+    out = CliRunner().invoke(app, ["reproduce", "prieto2025-stablemax", "--run", sweep_id])
+    assert out.exit_code == exit_code, out.output
+    assert ("PASS" if exit_code == 0 else "FAIL") in out.output
+    # One verdict cell per claim, in the table's last column.
+    cells = re.findall(r"\b(pass|fail)\b\s*│\s*$", out.output, flags=re.M)
+    assert cells == verdicts, out.output

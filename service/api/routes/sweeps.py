@@ -3,6 +3,7 @@ members."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
@@ -22,8 +23,10 @@ from service.api.deps import (
     require_quota,
     require_webhook_secret,
 )
+from service.access.auth import Principal
 from service.api.responses import FORBIDDEN, QUOTA, RESUME_QUOTA, UNAUTHORIZED
 from service.contract.models import FINISHED_STATUSES, Sweep
+from service.contract.settings import Settings
 from service.infra.queueing import queue_for
 from service.schemas.errors import ErrorOut, invalid
 from service.schemas.experiments import StateConflict
@@ -90,10 +93,10 @@ def submit_sweep(
 
 def create_sweep(
     body: SweepSpec,
-    principal: WritePrincipal,
+    principal: Principal,
     session: Session,
-    settings: SettingsDep,
-    enqueue: EnqueueDep,
+    settings: Settings,
+    enqueue: Callable[[str, str], None],
 ) -> SweepOut:
     """Plan, check the owner's quota, store and enqueue a sweep (POST /sweeps and
     POST /reproductions/{name})."""
