@@ -57,8 +57,8 @@ def ci_small_runs() -> dict[str, dict[str, Any]]:
 # grokfast2024 on the CPU: the filtered run stops once it has grokked (val acc >= 0.99 at three
 # evaluations in a row); the same spec without the filter gets GROKFAST_K times the filtered
 # run's steps to generalisation. Measured and chosen in tests/engine/test_grokfast.py.
-GROKFAST_K = 4
-GROKFAST_FILTERED_STEPS = 3000
+GROKFAST_K = 2
+GROKFAST_FILTERED_STEPS = 1500
 GROKFAST_EVAL_EVERY = 50
 
 
