@@ -3,6 +3,13 @@ filter makes the run generalise in a fraction of the steps the same spec takes w
 
 Both runs are trained once per session (conftest.grokfast_runs): the filtered one until it has
 grokked, the unfiltered one for GROKFAST_K times as many steps.
+
+Measured on 2 loaded CPU cores (one torch thread): the filtered run memorises at step 750 and
+reaches val acc 0.99 at 800 (124 s, 900 steps); the same spec without the filter memorises at
+350 and reaches val acc 0.99 at 600 (193 s for its 1600 steps). Lee et al. report 910 and 39890
+steps to 95% (their baseline without weight decay, PyTorch's default initialisation). So the
+second test FAILS here: this engine's unfiltered run groks without delay on this task, and the
+filter does not accelerate it. It is left failing, not tuned.
 """
 from __future__ import annotations
 
