@@ -7,8 +7,9 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY service ./service
 COPY worker ./worker
 COPY migrations ./migrations
+COPY reproductions ./reproductions
 RUN pip install --no-cache-dir .
-ENV GROKLAB_DATA_DIR=/data
+ENV GROKLAB_DATA_DIR=/data GROKLAB_REPRODUCTIONS_DIR=/app/reproductions
 EXPOSE 8000
 CMD ["groklab", "api", "--host", "0.0.0.0", "--port", "8000"]
 

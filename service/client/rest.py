@@ -399,6 +399,38 @@ class Client:
         response = self._request("GET", f"/sweeps/{sweep_id}/members", params={"format": format})
         return response.text if format == "csv" else response.json()
 
+    # ---- reproductions ------------------------------------------------------------------------
+
+    def reproductions(self) -> list[dict]:
+        """Every reproduction: its paper, claims and the sweep of each scale."""
+        return self._json("GET", "/reproductions")["items"]
+
+    def reproduce(self, name: str, scale: str = "ci") -> dict:
+        """Submit a reproduction's sweep at this scale ("ci" or "paper"); returns the run, whose
+        sweep.id reproduction_run() takes."""
+        return self._json("POST", f"/reproductions/{name}", json={"scale": scale})
+
+    def reproduction_run(self, name: str, sweep_id: str) -> dict:
+        """The run: its sweep, members and, once every member has finished, verdict and claims."""
+        return self._json("GET", f"/reproductions/{name}/runs/{sweep_id}")
+
+    def wait_reproduction(
+        self, name: str, sweep_id: str, *, poll_s: float = 2.0, timeout_s: float | None = None,
+        on_progress: Any = None,
+    ) -> dict:
+        """Poll the run until it has a verdict (every member finished); on_progress(run) after
+        each poll. TimeoutError after timeout_s."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            run = self.reproduction_run(name, sweep_id)
+            if on_progress is not None:
+                on_progress(run)
+            if run["verdict"] is not None:
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"reproduction {name} run {sweep_id} still {run['sweep']['status']}")
+            time.sleep(poll_s)
+
 
 def _raise_for_status(response: httpx.Response) -> None:
     if response.is_success:

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     max_sweep_members: int = Field(
         1024, description="Most members (grid points) one sweep may have."
     )
+    reproductions_dir: Path | None = Field(
+        None, description="Folder of the reproductions' YAML files (GET /api/v1/reproductions). "
+        "Default: reproductions/ of the source checkout.",
+    )
     max_points: int = Field(20_000, description="Largest max_points a metrics query may ask for.")
     max_response_points: int = Field(
         1_000_000,

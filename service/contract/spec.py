@@ -33,6 +33,7 @@ MODULAR_OPS: tuple[str, ...] = (
     "x+y",
     "x-y",
     "x*y",
+    "x*y, y>0",
     "x/y",
     "x/y if y odd else x-y",
     "x^2+y^2",
@@ -42,6 +43,9 @@ MODULAR_OPS: tuple[str, ...] = (
     "x^3+xy^2+y",
 )
 DIVIDING_OPS: frozenset[str] = frozenset({"x/y", "x/y if y odd else x-y"})
+# Ops whose pairs leave out y = 0: x/y (no inverse), and x*y as Power et al. 2022 and Lee et al.
+# 2024 train it (0 <= x < p, 0 < y < p: p * (p - 1) pairs, no row of zeros to learn).
+NONZERO_Y_OPS: frozenset[str] = frozenset({"x/y", "x*y, y>0"})
 PERMUTATION_OPS: tuple[str, ...] = ("x*y", "x*y*x^-1", "x*y*x")
 S5_ORDER = 120
 # The Fourier progress measures run the model on all p*p pairs and hold p^3 logits.
@@ -84,7 +88,9 @@ class TaskSpec(_Section):
         kind = info.data.get("kind", "modular")
         valid = MODULAR_OPS if kind == "modular" else PERMUTATION_OPS
         if op not in valid:
-            raise ValueError(f"unknown op {op!r} for kind {kind!r}; valid ops: {', '.join(valid)}")
+            raise ValueError(
+                f"unknown op {op!r} for kind {kind!r}; valid ops: {', '.join(map(repr, valid))}"
+            )
         return op
 
     @field_validator("p")
@@ -395,7 +401,7 @@ class ExperimentSpec(_Section):
     @property
     def n_pairs(self) -> int:
         n = self.task.n_elements
-        if self.task.kind == "modular" and self.task.op == "x/y":
+        if self.task.kind == "modular" and self.task.op in NONZERO_Y_OPS:
             return n * (n - 1)  # y = 0 is excluded; 'x/y if y odd else x-y' has (x, 0) = x
         return n * n
 

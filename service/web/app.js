@@ -1,10 +1,11 @@
 // The groklab dashboard: a single page with hash routes (#/experiments, #/experiments/<id>,
-// #/sweeps, #/sweeps/<id>) over the /api/v1 API, signed in with a bearer token kept in
-// sessionStorage. A "#token=..." fragment signs in too (for scripted use); it is stored and
-// removed from the address bar. The token never goes into a query string. The pages themselves
-// are in experiment.js, circuit.js and sweeps.js; this file starts the app, so it loads last.
-// No inline scripts, inline handlers or eval anywhere (styles go through the CSSOM), so the
-// page can run under a strict Content-Security-Policy.
+// #/sweeps, #/sweeps/<id>, #/reproductions, #/reproductions/<name>/runs/<sweep id>) over the
+// /api/v1 API, signed in with a bearer token kept in sessionStorage. A "#token=..." fragment
+// signs in too (for scripted use); it is stored and removed from the address bar. The token
+// never goes into a query string. The pages themselves are in experiment.js, circuit.js,
+// sweeps.js and reproductions.js; this file starts the app, so it loads last. No inline
+// scripts, inline handlers or eval anywhere (styles go through the CSSOM), so the page can run
+// under a strict Content-Security-Policy.
 "use strict";
 
 const API = "/api/v1";
@@ -47,20 +48,20 @@ function detailOf(body) {
 }
 
 // fetch() on the API with the bearer token; an ApiError that says what went wrong otherwise.
-async function api(path, { method = "GET", signal, raw = false, headers = {} } = {}) {
+async function api(path, { method = "GET", signal, raw = false, headers = {}, body } = {}) {
   let response;
   try {
     response = await fetch(API + path, {
-      method, signal, headers: { Authorization: `Bearer ${session.token}`, ...headers },
+      method, signal, body, headers: { Authorization: `Bearer ${session.token}`, ...headers },
     });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new ApiError(0, "server unreachable: the groklab API did not answer (is it running?)");
   }
   if (response.ok) return raw ? response : response.json();
-  let body = null;
-  try { body = await response.json(); } catch (_) { /* not JSON */ }
-  const detail = detailOf(body);
+  let answer = null;
+  try { answer = await response.json(); } catch (_) { /* not JSON */ }
+  const detail = detailOf(answer);
   if (response.status === 401) {
     throw new ApiError(401, "invalid or revoked token: sign in again with a valid one");
   }
@@ -188,6 +189,8 @@ async function route() {
     if (parts[0] === "experiments" && parts[1]) await experimentPage(main, parts[1], view);
     else if (parts[0] === "sweeps" && parts[1]) await sweepPage(main, parts[1], view);
     else if (parts[0] === "sweeps") await sweepList(main, view);
+    else if (parts[0] === "reproductions" && parts[2] === "runs" && parts[3]) await reproductionRun(main, parts[1], parts[3], view);
+    else if (parts[0] === "reproductions") await reproductionList(main, view);
     else await experimentList(main, view);
   } catch (err) {
     fail(err);

@@ -15,13 +15,14 @@ P = 7
 
 def python_label(op: str, x: int, y: int, p: int) -> int | None:
     """The op written out by hand; None where the pair is not in the dataset."""
-    if op == "x/y" and y == 0:  # x - 0 is defined: the mixed op keeps y = 0 (Power et al.)
+    if op in ("x/y", "x*y, y>0") and y == 0:  # x - 0 is defined: the mixed op keeps y = 0
         return None
     inverse = pow(y, p - 2, p) if y else None  # Fermat: p is prime
     return {
         "x+y": lambda: x + y,
         "x-y": lambda: x - y,
         "x*y": lambda: x * y,
+        "x*y, y>0": lambda: x * y,
         "x/y": lambda: x * inverse,
         "x/y if y odd else x-y": lambda: x * inverse if y % 2 == 1 else x - y,
         "x^2+y^2": lambda: x**2 + y**2,
@@ -126,3 +127,15 @@ def test_x_over_y_if_y_odd_else_x_minus_y_has_all_p_squared_pairs(tiny_spec):
     assert at_zero.sum() == 11
     assert torch.equal(ds.labels[at_zero], ds.tokens[at_zero, 0])  # label x
     assert tiny_spec(task={"op": "x/y", "p": 11}).n_pairs == 11 * 10
+
+
+def test_x_times_y_with_y_nonzero_is_power_et_al_multiplication(tiny_spec):
+    """'x*y, y>0' is x*y mod p over 0 <= x < p, 0 < y < p (Power et al. 2022, Lee et al. 2024):
+    p * (p - 1) pairs, none with y = 0, every label x*y mod p. Plain x*y keeps the p zeros."""
+    spec = tiny_spec(task={"op": "x*y, y>0", "p": 11})
+    ds = build_dataset(spec)
+    assert ds.tokens.shape[0] == spec.n_pairs == 11 * 10
+    assert not (ds.tokens[:, 1] == 0).any()
+    assert torch.equal(ds.labels, ds.tokens[:, 0] * ds.tokens[:, 1] % 11)
+    assert not ds.train_mask_grid()[:, 0].any()
+    assert tiny_spec(task={"op": "x*y", "p": 11}).n_pairs == 11 * 11

@@ -20,12 +20,20 @@ def test_every_preset_validates_and_trains_two_steps(preset):
     assert all(math.isfinite(float(x)) for loss in losses for x in loss)
 
 
-def test_grokfast2024_is_nanda2023_with_the_ema_filter():
-    spec, nanda = spec_from_preset("grokfast2024"), spec_from_preset("nanda2023")
-    assert spec.model == nanda.model and spec.task == nanda.task
-    f = spec.optimizer.grad_filter
+def test_grokfast2024_is_their_power2022_setting_with_the_ema_filter():
+    """Lee et al. 2024's main.py: Power et al.'s model on x*y mod 97 (0 < y < 97), 50% of the
+    pairs, minibatches of 512; Adam with coupled L2 0.005 and the EMA filter (0.98, 2.0)."""
+    spec, power = spec_from_preset("grokfast2024"), spec_from_preset("power2022")
+    assert (spec.task.op, spec.task.p, spec.task.train_fraction) == ("x*y, y>0", 97, 0.5)
+    assert spec.n_pairs == 97 * 96 and spec.n_train == 97 * 96 // 2
+    assert spec.model == power.model.model_copy(update={"act": "gelu"})
+    assert (spec.model.n_layers, spec.model.d_model, spec.model.n_heads) == (2, 128, 4)
+    assert spec.model.layer_norm and spec.training.batch_size == 512
+    f, opt = spec.optimizer.grad_filter, spec.optimizer
     assert (f.kind, f.alpha, f.lamb) == ("ema", 0.98, 2.0)
-    assert (spec.optimizer.lr, spec.optimizer.weight_decay) == (1e-3, 0.005)
+    assert (opt.name, opt.lr, opt.weight_decay, opt.betas, opt.warmup_steps) == (
+        "adam", 1e-3, 0.005, (0.9, 0.98), 10
+    )
 
 
 def test_prieto2025_uses_stablemax_and_perpendicular_adamw():

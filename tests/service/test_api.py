@@ -66,6 +66,7 @@ def test_invalid_spec_is_422_naming_the_field_and_stores_nothing(client, enqueue
     [
         ({"preset": "karpathy2024"}, "preset", "nanda2023"),
         ({"task": {"p": 10**40}}, "p", "at most"),
+        ({"task": {"op": "x*y, y!=0"}}, "op", "'x*y, y>0'"),
         ({"training": {"steps": "many"}}, "steps", "integer"),
         ({"training": {"steps": 10**12}}, "steps", "at most"),
         ({"optimizer": {"lr": 100}}, "lr", "less than or equal to 10"),

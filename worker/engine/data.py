@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from service.contract.spec import DIVIDING_OPS, MODULAR_OPS, PERMUTATION_OPS, ExperimentSpec
+from service.contract.spec import (
+    DIVIDING_OPS,
+    MODULAR_OPS,
+    NONZERO_Y_OPS,
+    PERMUTATION_OPS,
+    ExperimentSpec,
+)
 
 PERMUTATIONS_S5: tuple[tuple[int, ...], ...] = tuple(itertools.permutations(range(5)))
 
@@ -66,18 +72,19 @@ def modular_inverse_table(p: int) -> list[int]:
 
 
 def modular_pairs(op: str, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(a, b, label) int64 vectors for every pair of op over Z_p. Only x/y skips b = 0: for
-    'x/y if y odd else x-y', 0 is even, so (x, 0) is x - 0 = x (Power et al. 2022 have all p^2)."""
+    """(a, b, label) int64 vectors for every pair of op over Z_p. Only x/y and 'x*y, y>0' skip
+    b = 0 (NONZERO_Y_OPS): for 'x/y if y odd else x-y', 0 is even, so (x, 0) is x - 0 = x
+    (Power et al. 2022 have all p^2)."""
     if op not in MODULAR_OPS:
-        raise ValueError(f"unknown modular op {op!r}; valid ops: {', '.join(MODULAR_OPS)}")
-    y_min = 1 if op == "x/y" else 0
+        raise ValueError(f"unknown modular op {op!r}; valid ops: {', '.join(map(repr, MODULAR_OPS))}")
+    y_min = 1 if op in NONZERO_Y_OPS else 0
     x = torch.arange(p, dtype=torch.int64).repeat_interleave(p - y_min)
     y = torch.arange(y_min, p, dtype=torch.int64).repeat(p)
     if op == "x+y":
         z = x + y
     elif op == "x-y":
         z = x - y
-    elif op == "x*y":
+    elif op in ("x*y", "x*y, y>0"):
         z = x * y
     elif op in DIVIDING_OPS:
         inv = torch.tensor(modular_inverse_table(p), dtype=torch.int64)

@@ -3,6 +3,7 @@ members."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response
@@ -22,8 +23,10 @@ from service.api.deps import (
     require_quota,
     require_webhook_secret,
 )
+from service.access.auth import Principal
 from service.api.responses import FORBIDDEN, QUOTA, RESUME_QUOTA, UNAUTHORIZED
 from service.contract.models import FINISHED_STATUSES, Sweep
+from service.contract.settings import Settings
 from service.infra.queueing import queue_for
 from service.schemas.errors import ErrorOut, invalid
 from service.schemas.experiments import StateConflict
@@ -86,8 +89,20 @@ def submit_sweep(
     """Submit a grid over spec paths: one ordinary experiment per point of the Cartesian product
     of `grid` (at most GROKLAB_MAX_SWEEP_MEMBERS), each `base` with the point's values. Members
     whose shapes agree train together in packs (one queue job each) of at most `pack_size`."""
+    return create_sweep(body, principal, session, settings, enqueue)
+
+
+def create_sweep(
+    body: SweepSpec,
+    principal: Principal,
+    session: Session,
+    settings: Settings,
+    enqueue: Callable[[str, str], None],
+) -> SweepOut:
+    """Check the sweep's size and the owner's quota from the grid alone (before a member is
+    built: an owner at its quota costs nothing), plan, store and enqueue it (POST /sweeps and
+    POST /reproductions/{name})."""
     check_sweep_size(body, settings, principal)
-    # From the grid's size alone, before a member is built: an owner at its quota costs nothing.
     require_quota(session, settings, principal, new_jobs=body.n_members)
     packs = plan_sweep(body, settings, principal)
     specs = [member.spec for pack in packs for member in pack]
