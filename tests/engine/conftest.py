@@ -54,31 +54,22 @@ def ci_small_runs() -> dict[str, dict[str, Any]]:
     return runs
 
 
-# grokfast2024 on the CPU: the filtered run stops once it has grokked (val acc >= 0.99 at three
-# evaluations in a row); the same spec without the filter gets GROKFAST_K times the filtered
-# run's steps to generalisation. Measured and chosen in tests/engine/test_grokfast.py.
-GROKFAST_K = 2
+# grokfast2024 on the CPU: the preset's own run, stopped once it has grokked (val acc >= 0.99 at
+# three evaluations in a row). Its claim against the same spec without the filter is
+# bench/bench_grokfast.py's (it fails here: see README, "Presets").
 GROKFAST_FILTERED_STEPS = 1500
 GROKFAST_EVAL_EVERY = 50
 
 
 @pytest.fixture(scope="session")
 def grokfast_runs() -> dict[str, dict[str, Any]]:
-    """The grokfast2024 preset as shipped ("filtered"), and the same spec with no grad_filter
-    ("unfiltered"), trained for GROKFAST_K times the steps the filtered run took to val acc 0.99
-    (rounded up to an evaluation)."""
+    """The grokfast2024 preset as shipped ("filtered")."""
     training = {"device": "cpu", "eval_every": GROKFAST_EVAL_EVERY, "checkpoint_every": 10**6}
     filtered = train_recording(spec_from_preset(
         "grokfast2024", training={**training, "steps": GROKFAST_FILTERED_STEPS, "stop_on_grok": True},
         analysis={"every": None},
     ))
-    s_filtered = filtered["summary"]["members"][0]["generalization_step"] or GROKFAST_FILTERED_STEPS
-    budget = -(-GROKFAST_K * s_filtered // GROKFAST_EVAL_EVERY) * GROKFAST_EVAL_EVERY
-    unfiltered = train_recording(spec_from_preset(
-        "grokfast2024", training={**training, "steps": budget}, optimizer={"grad_filter": None},
-        analysis={"every": None},
-    ))
-    runs = {"filtered": filtered, "unfiltered": unfiltered}
+    runs = {"filtered": filtered}
     for name, run in runs.items():
         member = run["summary"]["members"][0]
         print(
