@@ -31,6 +31,10 @@ OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc",
               "/metrics"}  # Prometheus: counts and timings, no tenant data
 
 
+REPRODUCTIONS = "/api/v1/reproductions"
+REPRODUCTION = "prieto2025-stablemax"
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -45,6 +49,7 @@ class Route:
     model_checkpoint: bool = False  # it reads the model in the checkpoint, not only its bytes
     stream: bool = False  # an event stream: called on finished (cancelled) jobs, so it ends
     paused: bool = False  # it acts on a paused job or sweep (resume): called on paused ones
+    run: bool = False  # its {sweep_id} is a reproduction's run (POST /reproductions/{name})
 
 
 # Every /api/v1 route, with what it needs. A new route fails test_every_api_route_is_in_the_matrix
@@ -82,6 +87,10 @@ ROUTES: dict[tuple[str, str], Route] = {
     ),
     ("GET", SWEEPS + "/{sweep_id}/members"): Route("read", per_experiment=False, per_sweep=True),
     ("GET", "/api/v1/whoami"): Route("read", per_experiment=False),
+    ("GET", REPRODUCTIONS): Route("read", per_experiment=False),
+    ("POST", REPRODUCTIONS + "/{name}"): Route("write", per_experiment=False, body={"scale": "ci"}),
+    ("GET", REPRODUCTIONS + "/{name}/runs/{sweep_id}"): Route(
+        "read", per_experiment=False, per_sweep=True, run=True),
 }
 
 
@@ -162,7 +171,8 @@ def model_checkpoint(client, experiment_id: str) -> bytes:
 
 def call(client, method: str, path: str, route: Route, target: str, headers=None):
     """The route called on `target`: an experiment id, or a sweep id for a per-sweep route."""
-    url = path.format(experiment_id=target, sweep_id=target, step=CHECKPOINT_STEP)
+    url = path.format(experiment_id=target, sweep_id=target, step=CHECKPOINT_STEP,
+                      name=REPRODUCTION)
     anonymous = TestClient(client.app, raise_server_exceptions=False)  # no default header
     return anonymous.request(method, url, json=route.body, params=route.params,
                              headers=headers or {})
@@ -181,7 +191,13 @@ def test_auth_matrix(client, world, api_sessions, method, path):
         if route.stream:
             client.post(f"{API}/{experiment_id}/cancel", headers=bearer(world["alice_write"]))
     mine, for_admin = experiments
-    if route.per_sweep:  # the sweep routes act on one of alice's sweeps instead
+    if route.run:  # a reproduction's run: one of alice's runs of it
+        mine, for_admin = (
+            client.post(f"{REPRODUCTIONS}/{REPRODUCTION}", json={"scale": "ci"},
+                        headers=bearer(world["alice_write"])).json()["sweep"]["id"]
+            for _ in range(2)
+        )
+    elif route.per_sweep:  # the sweep routes act on one of alice's sweeps instead
         mine, for_admin = (
             client.post(SWEEPS, json=SWEEP, headers=bearer(world["alice_write"])).json()["id"]
             for _ in range(2)

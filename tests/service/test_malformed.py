@@ -61,7 +61,8 @@ def _good_values(client: TestClient) -> dict[str, str]:
         "grid": {"optimizer.weight_decay": [0.5, 1.0]},
     })
     assert sweep.status_code == 201, sweep.text
-    return {"experiment_id": exp.id, "sweep_id": sweep.json()["id"], "step": "0"}
+    return {"experiment_id": exp.id, "sweep_id": sweep.json()["id"], "step": "0",
+            "name": "prieto2025-stablemax"}
 
 
 def _requests(client: TestClient) -> Iterator[tuple[str, str, dict]]:
