@@ -170,6 +170,32 @@ def raw_metrics(client, experiment_id: str) -> dict[tuple[str, int, int], float]
     return points
 
 
+def uninterrupted_metrics(spec_body: dict) -> dict[tuple[str, int, int], float]:
+    """The run's metrics (its progress measures too) trained in this process from start to end,
+    never paused, killed or resumed: what a resumed run must store exactly. (The tests train on
+    one torch thread, as the worker does: tests/conftest.py.)"""
+    from service.contract.spec import ExperimentSpec
+    from worker.analysis.callback import analysis_callback
+    from worker.engine.train import Trainer
+
+    spec = ExperimentSpec.model_validate(spec_body)
+    rows: list[dict] = []
+    Trainer(spec).run(on_metrics=rows.extend, on_analysis=analysis_callback(spec))
+    return {(r["name"], r["member"], r["step"]): r["value"] for r in rows}
+
+
+def wait_for_step(client, experiment_id: str, at_least: int, timeout: float = 120) -> dict:
+    """The job once it runs at step `at_least` or later (it must not finish before)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/v1/experiments/{experiment_id}").json()
+        if job["status"] == "running" and job["progress"]["step"] >= at_least:
+            return job
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, f"never reached step {at_least}: {job}"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def grokked_run(stack):
     """One ci-small run through the whole stack, shared by the tests that inspect it."""

@@ -4,12 +4,12 @@ its worker for the next job, resumes from that checkpoint and ends with exactly 
 run never paused; pausing a sweep pauses every member; a finished job cannot be paused."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from tests.builders import tiny_job
-from tests.integration.conftest import raw_metrics, running_stack, wait_for_status
+from tests.integration.conftest import (raw_metrics, running_stack, uninterrupted_metrics,
+                                        wait_for_status, wait_for_step)
 
 pytestmark = pytest.mark.integration
 
@@ -29,36 +29,8 @@ def one_worker(postgres_server_url, redis_databases, tmp_path):
         yield stack
 
 
-def wait_for_step(client, experiment_id: str, step: int, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"{EXPERIMENTS}/{experiment_id}").json()
-        if job["status"] == "running" and job["progress"]["step"] >= step:
-            return job
-        assert job["status"] in ("queued", "running"), job
-        assert time.monotonic() < deadline, f"{experiment_id} still at {job['progress']}"
-        time.sleep(0.1)
-
-
 def checkpoint_steps(client, experiment_id: str) -> list[int]:
     return [c["step"] for c in client.get(f"{EXPERIMENTS}/{experiment_id}/checkpoints").json()]
-
-
-def uninterrupted_metrics(spec_body: dict) -> dict[tuple[str, int, int], float]:
-    """The run's metrics trained in this process from start to end, never paused."""
-    import torch
-
-    from service.contract.spec import ExperimentSpec
-    from worker.engine.train import Trainer
-
-    rows: list[dict] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the worker trains it
-    try:
-        Trainer(ExperimentSpec.model_validate(spec_body)).run(on_metrics=rows.extend)
-    finally:
-        torch.set_num_threads(threads)
-    return {(r["name"], r["member"], r["step"]): r["value"] for r in rows}
 
 
 def test_a_paused_run_frees_its_worker_and_resumes_to_the_metrics_of_an_unpaused_run(one_worker):

@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from tests.builders import tiny_job
-from tests.integration.conftest import raw_metrics, running_stack, wait_for_status
+from tests.integration.conftest import (raw_metrics, running_stack, uninterrupted_metrics,
+                                        wait_for_status, wait_for_step)
 
 pytestmark = pytest.mark.integration
 
@@ -23,28 +24,6 @@ REDIS_START = (
     'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
     "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
 )
-
-
-def wait_for_step(client, experiment_id: str, at_least: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/api/v1/experiments/{experiment_id}").json()
-        if job["status"] == "running" and job["progress"]["step"] >= at_least:
-            return job
-        assert job["status"] in ("queued", "running"), job
-        assert time.monotonic() < deadline, f"never reached step {at_least}: {job}"
-        time.sleep(0.1)
-
-
-def uninterrupted_metrics(spec_body: dict) -> dict[tuple[str, int, int], float]:
-    from service.contract.spec import ExperimentSpec
-    from worker.engine.train import Trainer
-    from worker.analysis.callback import analysis_callback
-
-    spec = ExperimentSpec.model_validate(spec_body)
-    rows: list[dict] = []
-    Trainer(spec).run(on_metrics=rows.extend, on_analysis=analysis_callback(spec))
-    return {(r["name"], r["member"], r["step"]): r["value"] for r in rows}
 
 
 def test_kill_9_twice_resumes_from_checkpoints_with_identical_metrics(bare_stack):

@@ -142,19 +142,16 @@ def cancel_experiment(
     """Cancel a job. A queued job is cancelled at once; a running one gets `cancel_requested`
     and its worker stops at the next step it checks, finishing it `cancelled`."""
     if experiment.status in FINISHED_STATUSES:
-        conflict = StateConflict(
-            detail=f"experiment {experiment.id} already finished ({experiment.status}); "
-            "only queued or running jobs can be cancelled",
-            status=experiment.status,  # type: ignore[arg-type]
-        )
-        return JSONResponse(conflict.model_dump(), status_code=409)
+        return _conflict(f"experiment {experiment.id} already finished ({experiment.status}); "
+                         "only queued or running jobs can be cancelled", experiment.status)
     cancelled = store.request_cancel(session, experiment.id)
     assert cancelled is not None  # experiments are never deleted
     return ExperimentOut.of(cancelled, with_spec=True)
 
 
-def _conflict(exc: store.NotPausable) -> JSONResponse:
-    conflict = StateConflict(detail=str(exc), status=exc.status)  # type: ignore[arg-type]
+def _conflict(detail: str, status: str) -> JSONResponse:
+    """409: the job's state does not allow it (cancel, pause, resume)."""
+    conflict = StateConflict(detail=detail, status=status)  # type: ignore[arg-type]
     return JSONResponse(conflict.model_dump(), status_code=409)
 
 
@@ -179,7 +176,7 @@ def pause_experiment(
     try:
         paused = store.request_pause(session, experiment.id)
     except store.NotPausable as exc:
-        return _conflict(exc)
+        return _conflict(str(exc), exc.status)
     assert paused is not None  # experiments are never deleted
     return ExperimentOut.of(paused, with_spec=True)
 
@@ -217,7 +214,7 @@ def resume_experiment(
         try:
             resumed, queued = store.request_resume(session, experiment.id)
         except store.NotPausable as exc:
-            return _conflict(exc)
+            return _conflict(str(exc), exc.status)
     assert resumed is not None  # experiments are never deleted
     if queued:
         try:
