@@ -19,7 +19,7 @@ from service.api import openapi
 from service.api.deps import get_enqueue
 from service.api.middleware import BodySizeLimit, SecurityHeaders
 from service.api.routes import analysis, checkpoints, experiments, health, metrics, sweeps
-from service.api.routes import circuit, events, reproductions, web
+from service.api.routes import circuit, events, llc, reproductions, web
 from service.contract.finite import without_non_finite
 from service.contract.settings import Settings, get_settings
 from service.infra import observability
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)  # the dashboard at / and GET /api/v1/whoami
     for router in (
         experiments.router, metrics.router, checkpoints.router, analysis.router, circuit.router,
-        sweeps.router, events.router, reproductions.router,
+        llc.router, sweeps.router, events.router, reproductions.router,
     ):
         app.include_router(router, prefix="/api/v1")
     return app

@@ -4,7 +4,8 @@ and cached in the database with its outcome, by kind:
 - "fourier": the Fourier progress measures (GET .../checkpoints/{step}/analysis);
 - "circuit": every member's circuit pictures (embedding clocks, neurons, attention, default
   waves), each cached as its own row (GET .../checkpoints/{step}/embedding, ...);
-- "waves:<member>:<neurons>:<answer>": one member's waves for a chosen selection.
+- "waves:<member>:<neurons>:<answer>": one member's waves for a chosen selection;
+- "llc": every member's local learning coefficient (GET .../checkpoints/{step}/llc).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from service.contract.circuit import (
     circuit_unavailable,
     parse_waves_kind,
 )
+from service.contract.llc import LLC_KIND
 from service.contract.settings import Settings, get_settings
 from service.contract.spec import ExperimentSpec
 from worker.analysis.callback import member_measures
@@ -31,15 +33,24 @@ def unavailable(spec: ExperimentSpec, kind: str) -> str | None:
     """Why this kind of analysis does not apply to the spec (None: it does)."""
     if kind == FOURIER_KIND:
         return spec.fourier_unavailable()
+    if kind == LLC_KIND:
+        return None  # every model has one
     picture = "waves" if kind.startswith("waves:") else "embedding"
     return circuit_unavailable(spec.model_dump(mode="json"), picture)
 
 
-def documents_of(spec: ExperimentSpec, trainer: Any, kind: str) -> dict[str, dict]:
+def documents_of(
+    spec: ExperimentSpec, trainer: Any, kind: str, settings: Settings | None = None
+) -> dict[str, dict]:
     """The rows one task of this kind writes, by kind (its own kind among them)."""
     p, step = spec.task.p, trainer.step
     if kind == FOURIER_KIND:
         return {kind: {"step": step, "members": member_measures(spec, trainer)}}
+    if kind == LLC_KIND:
+        from worker.analysis.llc import estimate_llc
+
+        limit = (settings or get_settings()).llc_time_limit_s
+        return {kind: {"step": step, **estimate_llc(trainer, time_limit_s=limit)}}
     from worker.analysis.circuit import circuit_pictures, waves_picture
 
     if kind == CIRCUIT_KIND:
@@ -84,7 +95,7 @@ def analyze_checkpoint(
             return "missing"
     try:
         trainer = Trainer.from_checkpoint(spec, blob)
-        documents = documents_of(spec, trainer, kind)
+        documents = documents_of(spec, trainer, kind, settings)
     except Exception as exc:  # cached with its reason; a later request may retry it
         log.exception("analysis %s of %s at step %d failed", kind, experiment_id, step)
         with sessions() as s:

@@ -2,7 +2,7 @@
 
     local.py   groklab train                  a researcher, on this machine, no server
     serve.py   groklab migrate|api|worker|up  an operator, running the service
-    client.py  groklab submit|status|list|cancel|pause|resume|watch|metrics|export|circuit
+    client.py  groklab submit|status|list|cancel|pause|resume|watch|metrics|export|circuit|llc
                a user of a running service, over HTTP (service/client/)
     reproduce.py  groklab reproduce           the same user: a paper's claims, checked
     tokens.py  groklab token create|list|revoke  an admin, straight on the database

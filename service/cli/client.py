@@ -1,4 +1,4 @@
-"""`groklab submit|status|list|cancel|pause|resume|watch|metrics|export|circuit`: a running service over HTTP, through
+"""`groklab submit|status|list|cancel|pause|resume|watch|metrics|export|circuit|llc`: a running service over HTTP, through
 the Python client (service/client/); GROKLAB_URL and GROKLAB_TOKEN say which and as whom."""
 from __future__ import annotations
 
@@ -264,3 +264,16 @@ def circuit(
         else:
             data = getattr(client, picture)(experiment_id, step, member=member)
     typer.echo(json.dumps(data))
+
+
+@app.command()
+def llc(
+    experiment_id: ExperimentId,
+    step: Annotated[Optional[int], typer.Option(
+        help="One checkpoint's estimate (default: the series over the stored checkpoints).")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Print the local learning coefficient as JSON (per member), waiting while workers
+    estimate it: at one checkpoint, or over every stored checkpoint."""
+    with _service(url) as client:
+        typer.echo(json.dumps(client.llc(experiment_id, step)))

@@ -358,6 +358,12 @@ class Client:
         return self._computed(f"/experiments/{experiment_id}/checkpoints/{step}/attention",
                               {"member": member}, timeout)
 
+    def llc(self, experiment_id: str, step: int | None = None, *, timeout: float = 1800.0) -> dict:
+        """The local learning coefficient of every member: at one checkpoint (step), or as
+        series over the stored checkpoints (step None), waiting while workers estimate it."""
+        at = "" if step is None else f"/checkpoints/{step}"
+        return self._computed(f"/experiments/{experiment_id}{at}/llc", {}, timeout)
+
     # ---- sweeps -----------------------------------------------------------------------------
 
     def submit_sweep(self, spec: dict) -> dict:

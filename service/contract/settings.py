@@ -208,6 +208,11 @@ class Settings(BaseSettings):
         3, ge=1,
         description="Tries of one checkpoint's on-demand analysis before its failure is final.",
     )
+    llc_time_limit_s: float = Field(
+        600.0, gt=0,
+        description="Time bound of one checkpoint's LLC estimate (its SGLD chains); past it the "
+        "estimate fails with that reason.",
+    )
 
     # API
     host: str = Field("127.0.0.1", description="Address the API binds to.")

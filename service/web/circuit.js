@@ -247,5 +247,5 @@ const Circuit = (() => {
     return { update };
   }
 
-  return { mount };
+  return { mount, sleep };
 })();

@@ -53,6 +53,9 @@ async function experimentPage(main, id, v) {
   const spectrumNote = h("p", { class: "note", id: "spectrum-note" });
   charts.append(h("figure", { class: "card" },
     h("figcaption", {}, "Embedding Fourier spectrum"), spectrumEl, spectrumNote));
+  const llcEl = h("figure", { class: "card", id: "llc" });
+  charts.append(llcEl);
+  const llc = LLC.mount(llcEl, { id, signal: v.signal, member: () => state.member, phases: memberPhases });
   const overlayBox = h("div", { class: "overlay", id: "overlay" });
   const circuitEl = h("section", { class: "card", id: "circuit", hidden: true });
   const checkpoints = h("section", { class: "card", id: "checkpoints" });
@@ -174,6 +177,7 @@ async function experimentPage(main, id, v) {
       }
       Charts.line(chartEls[c.id], { series, logY: c.logY, markers, bands, xRange });
     }
+    llc.redraw(markers, xRange);
   }
 
   function renderSpectrum() {

@@ -115,3 +115,28 @@ def test_a_write_token_pauses_and_resumes_with_the_buttons(bare_stack, browser, 
     wait(browser, header_says("sweep-header", "queued 2"))
     assert client.get(f"/api/v1/sweeps/{sweep['id']}").json()["counts"]["queued"] == 2
     assert severe_errors(browser) == []
+
+
+def test_the_llc_card_estimates_on_a_click(stack, browser, tmp_path):
+    from tests.builders import tiny_job
+    from tests.integration.conftest import wait_for_status
+
+    token = stack.client.headers["Authorization"].removeprefix("Bearer ")
+    job = stack.client.post("/api/v1/experiments", json=tiny_job("llc-card")).json()
+    assert wait_for_status(stack.client, job["id"])["status"] == "succeeded"
+    steps = [c["step"] for c in stack.client.get(f"/api/v1/experiments/{job['id']}/checkpoints").json()]
+    browser.get(f"{stack.url}/#token={token}")
+    browser.get(f"{stack.url}/#/experiments/{job['id']}")
+    button = wait(browser, EC.element_to_be_clickable((By.ID, "llc-estimate")))
+    assert browser.find_element(By.ID, "chart-llc").get_attribute("data-drawn") is None  # not before
+    button.click()
+    # The workers estimate every checkpoint; then the curve (one series) and the setting.
+    assert wait(browser, chart_drawn("chart-llc"), timeout=300) == 1
+    series = stack.client.get(f"/api/v1/experiments/{job['id']}/llc").json()["series"]
+    llc = next(s for s in series if s["name"] == "llc" and s["member"] == 0)
+    assert llc["steps"] == steps
+    note = browser.find_element(By.ID, "llc-note").text
+    assert f"{len(steps)} checkpoints; SGLD 3 chains × 100 draws" in note
+    assert browser.find_element(By.ID, "llc-estimate").is_displayed() is False
+    screenshot(browser, tmp_path, "llc.png")
+    assert severe_errors(browser) == []

@@ -73,6 +73,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", API + "/{experiment_id}/checkpoints/{step}/neurons"): Route("read", per_experiment=True),
     ("GET", API + "/{experiment_id}/checkpoints/{step}/waves"): Route("read", per_experiment=True),
     ("GET", API + "/{experiment_id}/checkpoints/{step}/attention"): Route("read", per_experiment=True),
+    ("GET", API + "/{experiment_id}/checkpoints/{step}/llc"): Route("read", per_experiment=True),
+    ("GET", API + "/{experiment_id}/llc"): Route("read", per_experiment=True),
     ("GET", API + "/{experiment_id}/events"): Route("read", per_experiment=True, stream=True),
     ("POST", SWEEPS): Route("write", per_experiment=False, body=SWEEP),
     ("GET", SWEEPS): Route("read", per_experiment=False),
