@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-LLC_KIND = "llc"
 INTERP_EXTRA = "the LLC needs the devinterp package on the worker: pip install 'groklab[interp]'"
 # At most this many loss values per chain in a response's trace (draws averaged in groups).
 TRACE_POINTS = 50
@@ -50,4 +49,7 @@ class LLCSetting:
 
 
 LLC_SETTING = LLCSetting()
+# The analysis cache's kind of an estimate: with the setting's version, so that estimates made
+# with an earlier setting are not served as this one's.
+LLC_KIND = f"llc:v{LLC_SETTING.version}"
 

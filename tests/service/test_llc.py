@@ -9,7 +9,7 @@ import math
 import sys
 
 from service import store
-from service.contract.llc import LLC_SETTING
+from service.contract.llc import LLC_KIND, LLC_SETTING
 from service.contract.spec import ExperimentSpec
 from tests.service.specs import API, TINY
 
@@ -35,7 +35,7 @@ def with_checkpoints(client, api_sessions, steps=(0,), **sections) -> tuple[str,
 def compute(experiment_id: str, step: int, settings) -> str:
     from worker.checkpoint_analysis import analyze_checkpoint
 
-    return analyze_checkpoint(experiment_id, step, settings, kind="llc")
+    return analyze_checkpoint(experiment_id, step, settings, kind=LLC_KIND)
 
 
 def test_one_checkpoint_every_member_one_task(client, api_sessions, api_settings, enqueued):

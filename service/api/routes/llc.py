@@ -100,6 +100,8 @@ def get_llc_series(experiment: OwnedExperiment, session: SessionDep, settings: S
                 if exc.status_code == 409:
                     failed.append({"step": step, "detail": exc.detail})
                     continue
+                if exc.status_code == 404:  # removed by retention since it was listed
+                    continue
                 if exc.status_code != 429:
                     raise
                 limited = True  # the owner's limit: the rest are asked for on a later request
