@@ -276,13 +276,23 @@ async function experimentPage(main, id, v) {
     streamEvents(id, v.signal, {
       // A status frame leaves the spec out: keep the one GET /experiments/{id} gave.
       status: (e) => { state.experiment = { ...e, spec: e.spec || state.experiment.spec }; renderHeader(); },
-      metrics: (batch) => { addPoints(batch.points); renderCharts(); },
+      // New points: the charts at once; the checkpoints (and the scrubber's steps) at most
+      // every RUN_POLL_MS, since the stream does not carry them.
+      metrics: (batch) => { addPoints(batch.points); renderCharts(); checkpointsLater(); },
       end: async (e) => { state.experiment = { ...e, spec: e.spec || state.experiment.spec }; await refresh(); },
     }).catch((err) => {
       if (err.name === "AbortError") return;
       console.warn("event stream unavailable, polling instead:", err.message);
       poll();
     });
+  }
+
+  let checkpointsAt = 0;
+  function checkpointsLater() {
+    const now = Date.now();
+    if (now - checkpointsAt < RUN_POLL_MS) return;
+    checkpointsAt = now;
+    renderCheckpoints().catch(fail);
   }
 
   function addPoints(points) {

@@ -140,3 +140,32 @@ def test_the_llc_card_estimates_on_a_click(stack, browser, tmp_path):
     assert browser.find_element(By.ID, "llc-estimate").is_displayed() is False
     screenshot(browser, tmp_path, "llc.png")
     assert severe_errors(browser) == []
+
+
+def test_a_running_jobs_checkpoints_appear_without_a_reload(stack, browser):
+    from tests.builders import tiny_job
+    from tests.integration.conftest import wait_for_status
+
+    token = stack.client.headers["Authorization"].removeprefix("Bearer ")
+    body = tiny_job("live-checkpoints", steps=20000, eval_every=50, checkpoint_every=100)
+    job = stack.client.post("/api/v1/experiments", json=body).json()
+    try:
+        wait_for_status(stack.client, job["id"], statuses=("running",), timeout=120)
+        browser.get(f"{stack.url}/#token={token}")
+        browser.get(f"{stack.url}/#/experiments/{job['id']}")
+        wait(browser, header_says("experiment-header", "running"))
+
+        def rows(browser):
+            return len(browser.find_elements(By.CSS_SELECTOR, "#checkpoints a.download"))
+
+        def ticks(browser):
+            return len(browser.find_elements(By.CSS_SELECTOR, "#circuit .tick"))
+
+        first = rows(browser)
+        # The page is not reloaded: the event stream's new points bring the new checkpoints.
+        wait(browser, lambda b: rows(b) > first + 1 and ticks(b) == rows(b) and rows(b), timeout=60)
+        assert "running" in browser.find_element(By.ID, "experiment-header").text
+    finally:
+        stack.client.post(f"/api/v1/experiments/{job['id']}/cancel")
+        wait_for_status(stack.client, job["id"])
+    assert severe_errors(browser) == []
