@@ -64,10 +64,12 @@ CI_SMALL: dict[str, Any] = {
 # 4 x 128, minibatches of 512, torch.optim.Adam lr 1e-3 betas (0.9, 0.98) with 10 warmup steps,
 # and the EMA filter of their README's run (alpha 0.98, lambda 2.0) with weight decay 0.005
 # (Adam's coupled L2; main.py's default is 0, the filtered run passes --weight_decay 0.005).
-# power2022 with their task, activation, optimiser and filter.
+# Their model is built from torch.nn modules with PyTorch's default initialisation (model.init
+# "pytorch": N(0, 1) embeddings, about 11x larger than the "normal" init's at width 128).
+# power2022 with their task, activation, initialisation, optimiser and filter.
 GROKFAST2024: dict[str, Any] = {
     "task": {**POWER2022["task"], "op": "x*y, y>0"},
-    "model": {**POWER2022["model"], "act": "gelu"},
+    "model": {**POWER2022["model"], "act": "gelu", "init": "pytorch"},
     "optimizer": {
         "name": "adam", "lr": 1e-3, "weight_decay": 0.005, "betas": [0.9, 0.98],
         "warmup_steps": 10, "grad_filter": {"kind": "ema", "alpha": 0.98, "lamb": 2.0},

@@ -30,17 +30,8 @@ from service.contract.notify import NOTIFY_EVENTS, url_host_port, url_refusal
 from service.contract.presets import PRESETS
 
 MODULAR_OPS: tuple[str, ...] = (
-    "x+y",
-    "x-y",
-    "x*y",
-    "x*y, y>0",
-    "x/y",
-    "x/y if y odd else x-y",
-    "x^2+y^2",
-    "x^2+xy+y^2",
-    "x^2+xy+y^2+x",
-    "x^3+xy",
-    "x^3+xy^2+y",
+    "x+y", "x-y", "x*y", "x*y, y>0", "x/y", "x/y if y odd else x-y", "x^2+y^2", "x^2+xy+y^2",
+    "x^2+xy+y^2+x", "x^3+xy", "x^3+xy^2+y",
 )
 DIVIDING_OPS: frozenset[str] = frozenset({"x/y", "x/y if y odd else x-y"})
 # Ops whose pairs leave out y = 0: x/y (no inverse), and x*y as Power et al. 2022 and Lee et al.
@@ -123,6 +114,9 @@ class ModelSpec(_Section):
     act: Literal["relu", "gelu", "quadratic"] = "relu"
     layer_norm: bool = False
     init_scale: float = Field(1.0, gt=0, le=1000, description="Omnigrok init-scale multiplier alpha.")
+    init: Literal["normal", "pytorch"] = Field("normal", description=(
+        "normal: weights N(0, 1/fan_in), the unembedding N(0, 1/n_out) (Nanda et al. 2023); pytorch: "
+        "torch.nn's defaults, N(0, 1) embeddings and uniform nn.Linear weights (Lee et al. 2024)."))
 
     @field_validator("n_heads")
     @classmethod
@@ -449,6 +443,8 @@ class ExperimentSpec(_Section):
         for name in OPTIONAL_SECTIONS:
             if data.get(name) is None:
                 data.pop(name, None)
+        if data["model"]["init"] == "normal":  # added later: old specs keep their hash
+            data["model"].pop("init")
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

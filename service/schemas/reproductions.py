@@ -25,7 +25,8 @@ class ReproduceBody(BaseModel):
 class ClaimOut(BaseModel):
     says: str
     kind: str
-    metric: str
+    metric: str | None = Field(description="The metric it reads; null for an order claim.")
+    metrics: list[str] | None = Field(description="An order claim's step metrics, in order.")
     paper: str | None = Field(description="The paper's own figure.")
 
 
@@ -46,7 +47,8 @@ class ReproductionOut(BaseModel):
     def of(cls, r: Reproduction) -> ReproductionOut:
         return cls(
             name=r.name, version=r.version, paper=r.paper, summary=r.summary,
-            claims=[ClaimOut(says=c.says, kind=c.kind, metric=c.metric, paper=c.paper)
+            claims=[ClaimOut(says=c.says, kind=c.kind, metric=c.metric, metrics=c.metrics,
+                             paper=c.paper)
                     for c in r.claims],
             scales={s: ScaleOut(n_members=r.n_members(s), sweep=r.sweep_body(s)) for s in r.scales},
         )

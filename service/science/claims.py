@@ -10,6 +10,13 @@ paper says it is:
 - `ratio`: median(metric of `numerator`) / median(metric of `denominator`) op value.
 - `trend`: the median of metric at each value of `axis`, in increasing order of the axis, falls
   (`direction: decreasing`) or rises from one value to the next.
+- `order`: the medians of the step `metrics` of `members`, in the order given, each op (< or
+  <=) the next: `{kind: order, metrics: [restricted_loss_fall_step, test_loss_fall_step],
+  op: "<"}`: the restricted loss falls before the test loss.
+
+The progress metrics (circuit_formation_step, cleanup_step, the loss fall steps,
+excluded_loss_rise, key_freq_count) are those of a run whose analysis recorded the progress
+measures (service.science.phases.progress_summary).
 
 A step metric (memorization_step, generalization_step and their _95 variants) that a finished
 member never reached is **censored**: the member ran `last_step` steps without reaching it, so
@@ -28,8 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STEP_METRICS = (
     "memorization_step", "generalization_step", "memorization_step_95", "generalization_step_95",
+    "circuit_formation_step", "cleanup_step", "restricted_loss_fall_step", "test_loss_fall_step",
 )
-METRICS = STEP_METRICS + ("final_val_acc", "final_train_acc", "grokking_delay")
+METRICS = STEP_METRICS + (
+    "final_val_acc", "final_train_acc", "grokking_delay", "excluded_loss_rise", "key_freq_count",
+)
 OPS = ("<", "<=", ">", ">=", "==")
 # "$first" / "$last" in a selector: the axis' first / last value in the scale's grid (the grids
 # of both scales differ in their values, the claims do not).
@@ -45,8 +55,9 @@ class Claim(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     says: str = Field(min_length=1, description="The claim in words.")
-    kind: Literal["value", "ratio", "trend"]
-    metric: Metric
+    kind: Literal["value", "ratio", "trend", "order"]
+    metric: Metric | None = Field(None, description="Every kind but order.")
+    metrics: list[Metric] | None = Field(None, description="Step metrics, in order (order).")
     statistic: Literal["median", "min", "max", "fraction_reached"] = Field(
         "median", description="Over the selected members (kind value); fraction_reached: the "
         "fraction whose step metric is not null.")
@@ -62,6 +73,15 @@ class Claim(BaseModel):
 
     @model_validator(mode="after")
     def _check_kind(self) -> "Claim":
+        if self.kind == "order":
+            steps = [m for m in self.metrics or [] if m in STEP_METRICS]
+            if self.metrics is None or len(self.metrics) < 2 or len(steps) < len(self.metrics):
+                raise ValueError(f"an order claim needs metrics: two or more of {', '.join(STEP_METRICS)}")
+            if self.op not in ("<", "<=") or self.metric is not None:
+                raise ValueError("an order claim needs op < or <= and metrics, not metric")
+            return self
+        if self.metric is None or self.metrics is not None:
+            raise ValueError(f"a {self.kind} claim needs metric, not metrics")
         if self.kind in ("value", "ratio") and (self.op is None or self.value is None):
             raise ValueError(f"a {self.kind} claim needs op and value")
         if self.kind == "ratio" and (self.numerator is None or self.denominator is None):
@@ -140,7 +160,7 @@ def member_measure(member: dict, metric: str) -> Measure | None:
     return None
 
 
-def _order(m: Measure) -> tuple[float, float]:
+def _rank(m: Measure) -> tuple[float, float]:
     return (math.inf, m.value) if not m.exact else (m.value, 0.0)
 
 
@@ -148,7 +168,7 @@ def median(measures: list[Measure]) -> Measure:
     """The median; a censored value sorts above every exact one (members share a budget)."""
     if not measures:
         raise NotMeasurable("no member to take the median of")
-    ordered = sorted(measures, key=_order)
+    ordered = sorted(measures, key=_rank)
     n = len(ordered)
     lo, hi = ordered[(n - 1) // 2], ordered[n // 2]
     return Measure((lo.value + hi.value) / 2, exact=lo.exact and hi.exact)
@@ -161,7 +181,7 @@ def statistic(name: str, measures: list[Measure]) -> Measure:
         return Measure(sum(m.exact for m in measures) / len(measures))
     if name == "median":
         return median(measures)
-    ordered = sorted(measures, key=_order)
+    ordered = sorted(measures, key=_rank)
     return ordered[0] if name == "min" else ordered[-1]
 
 
@@ -191,7 +211,21 @@ def expected_text(claim: Claim, scale: str) -> str:
     if claim.kind == "ratio":
         return (f"median {claim.metric} of [{selector_text(claim.numerator or {})}] / median "
                 f"{claim.metric} of [{selector_text(claim.denominator or {})}] {claim.op} {value:g}")
+    if claim.kind == "order":
+        return f" {claim.op} ".join(f"median {m}" for m in claim.metrics or []) + (
+            f" of [{selector_text(claim.members)}]")
     return f"median {claim.metric} is {claim.direction} in {claim.axis}"
+
+
+def _order(claim: Claim, members: list[dict], grid: dict[str, list]) -> tuple[bool, str, dict]:
+    """Every median exact (a step that was reached) and each op the next."""
+    chosen = select(members, claim.members, grid)
+    medians = {m: median(_measures(chosen, m)) for m in claim.metrics or []}
+    values = list(medians.values())
+    ok = all(m.exact for m in values) and all(
+        compare(before, str(claim.op), after.value) for before, after in zip(values, values[1:]))
+    measured = ", ".join(f"{k}: {v}" for k, v in medians.items())
+    return ok, measured, {k: {"value": v.value, "exact": v.exact} for k, v in medians.items()}
 
 
 def _trend(claim: Claim, members: list[dict], grid: dict[str, list]) -> tuple[bool, str, dict]:
@@ -221,6 +255,8 @@ def evaluate_claim(claim: Claim, members: list[dict], grid: dict[str, list], sca
     try:
         if claim.kind == "trend":
             ok, measured, values = _trend(claim, members, grid)
+        elif claim.kind == "order":
+            ok, measured, values = _order(claim, members, grid)
         elif claim.kind == "value":
             m = statistic(claim.statistic, _measures(select(members, claim.members, grid), claim.metric))
             ok, measured, values = compare(m, str(claim.op), float(claim.expected_value(scale))), str(m), {

@@ -51,6 +51,7 @@ from service.science.grokking import (
 
 EXCLUDED_LOSS = "excluded_loss"
 RESTRICTED_LOSS = "restricted_loss"
+KEY_FREQ_COUNT = "key_freq_count"
 # The series the phases are read from (train_acc for the memorisation step).
 PHASE_SERIES: tuple[str, ...] = (TRAIN_ACC, VAL_LOSS, WEIGHT_NORM, EXCLUDED_LOSS)
 
@@ -64,6 +65,11 @@ TEST_FALL = 0.10
 NORM_FALL = 0.0
 # ... from a test loss above 0.01 nats (a mean probability of about 0.99 on the right answer).
 TEST_LOSS_FLOOR = 0.01
+# A loss has fallen (progress_summary) once it is at most a tenth of its value at the
+# memorisation step: a decade on the log scale the paper plots its losses on.
+LOSS_FALL = 0.1
+# The series progress_summary reads (train_acc for the memorisation step).
+PROGRESS_SERIES: tuple[str, ...] = (*PHASE_SERIES, RESTRICTED_LOSS, KEY_FREQ_COUNT)
 
 Points = Sequence[tuple[int, float]]
 
@@ -198,3 +204,44 @@ def phases_by_member(
     top = {k: v for k, v in members[0].items() if k != "member"}
     top["members"] = members
     return top
+
+
+def loss_fall_step(points: Points, since: int, factor: float = LOSS_FALL) -> int | None:
+    """The first step after `since` at which a clean loss series is at most factor x its value
+    at `since` (interpolated); None when it never is, or has no value there."""
+    start = value_at(points, since)
+    if start is None:
+        return None
+    return next((s for s, v in points if s > since and v <= factor * start), None)
+
+
+def progress_summary(series: dict[str, Points]) -> dict[str, Any]:
+    """Nanda et al. 2023's claims about one run, read off its named series (PROGRESS_SERIES,
+    recorded by the analysis during training): the phases' start steps, when the restricted and
+    the test loss fell, how the excluded loss moved over circuit formation, and the key
+    frequencies the network ended with.
+
+    Returns {circuit_formation_step, cleanup_step: the phase's start_step (None: not seen),
+    restricted_loss_fall_step, test_loss_fall_step: loss_fall_step since the memorisation step,
+    excluded_loss_rise: excluded loss at circuit formation's end / at its start, key_freq_count:
+    the last count, phases: grokking_phases' answer}; every value None that cannot be read."""
+    excluded, test = clean_series(series.get(EXCLUDED_LOSS)), clean_series(series.get(VAL_LOSS))
+    phases = grokking_phases(excluded, test, series.get(WEIGHT_NORM), series.get(TRAIN_ACC))
+    memorized = first_step_reaching(clean_series(series.get(TRAIN_ACC)), ACC_THRESHOLD)
+    formation = (phases or {}).get("circuit_formation")
+    cleanup = (phases or {}).get("cleanup")
+    rise = None
+    if formation is not None:
+        start, end = value_at(excluded, formation["start_step"]), value_at(excluded, formation["end_step"])
+        rise = _ratio(start, end) if start is not None and end is not None else None
+    restricted = clean_series(series.get(RESTRICTED_LOSS))
+    counts = clean_series(series.get(KEY_FREQ_COUNT))
+    return {
+        "circuit_formation_step": formation and formation["start_step"],
+        "cleanup_step": cleanup and cleanup["start_step"],
+        "restricted_loss_fall_step": None if memorized is None else loss_fall_step(restricted, memorized),
+        "test_loss_fall_step": None if memorized is None else loss_fall_step(test, memorized),
+        "excluded_loss_rise": rise,
+        "key_freq_count": int(counts[-1][1]) if counts else None,
+        "phases": phases,
+    }

@@ -75,7 +75,7 @@ class Reproduction(BaseModel):
                                              f"grid {grid[axis]}")
                 if claim.axis is not None and claim.axis not in grid:
                     raise ValueError(f"claims[{i}].axis {claim.axis!r} is not a grid axis")
-                if claim.kind != "trend" and claim.expected_value(scale) is None:
+                if claim.kind not in ("trend", "order") and claim.expected_value(scale) is None:
                     raise ValueError(f"claims[{i}].value gives nothing for scale {scale}")
         return self
 

@@ -19,7 +19,13 @@ from service.science.grokking import (
     grokking_delay,
     grokking_phase,
 )
-from service.science.phases import EXCLUDED_LOSS, PHASE_SERIES, phases_by_member
+from service.science.phases import (
+    EXCLUDED_LOSS,
+    PHASE_SERIES,
+    PROGRESS_SERIES,
+    phases_by_member,
+    progress_summary,
+)
 from service.store.metrics_query import count_metric_series, query_metrics
 from service.store.series_summary import first_step_reaching, last_finite_point, series_of
 
@@ -34,7 +40,9 @@ def experiment_summary(
     session: Session, experiment_id: str, thresholds: GrokkingThresholds | None = None
 ) -> dict:
     """Final metrics and the grokking summary of member 0 at the top level; every member's
-    own under "members" (one entry per ensemble member).
+    own under "members" (one entry per ensemble member). A run whose analysis recorded the
+    progress measures has their summary too (service.science.phases.progress_summary, without
+    its phases).
 
     The same answer as service.science.grokking.grokking_summary on the whole series, read in a
     bounded number of small queries whatever the length of the run (series_summary: the last
@@ -43,6 +51,7 @@ def experiment_summary(
     by_member: dict[int, dict[str, MetricSeries]] = {}
     for series in series_of(session, experiment_id, FINAL_METRICS):
         by_member.setdefault(series.member, {})[series.name] = series
+    progress = experiment_progress(session, experiment_id)
     members = []
     for member in sorted(by_member):
         named = by_member[member]
@@ -75,6 +84,8 @@ def experiment_summary(
             "final_val_acc": (last.get(VAL_ACC) or (None, None))[1],
             "thresholds": asdict(thresholds),
         }
+        if member in progress:
+            entry.update({k: v for k, v in progress[member].items() if k != "phases"})
         entry["final"] = {
             name: {"step": s.last_step, "value": s.last_value if _finite(s.last_value) else None}
             for name, s in sorted(named.items())
@@ -85,6 +96,28 @@ def experiment_summary(
     top = {k: v for k, v in members[0].items() if k != "member"}
     top["members"] = members
     return top
+
+
+def _series_by_member(session: Session, experiment_id: str, names: tuple[str, ...]) -> dict[
+        int, dict[str, list[tuple[int, float]]]]:
+    """{member: {name: [(step, value)]}} of the named series, each downsampled to at most
+    PHASE_MAX_POINTS points."""
+    data = query_metrics(session, experiment_id, names=list(names), max_points=PHASE_MAX_POINTS)
+    by_member: dict[int, dict[str, list[tuple[int, float]]]] = {}
+    for series in data["series"]:
+        by_member.setdefault(series["member"], {})[series["name"]] = list(
+            zip(series["steps"], series["values"])
+        )
+    return by_member
+
+
+def experiment_progress(session: Session, experiment_id: str) -> dict[int, dict]:
+    """Each member's progress_summary, from the progress measures its analysis recorded
+    during training; {} when it recorded none (no excluded loss)."""
+    if not count_metric_series(session, experiment_id, names=[EXCLUDED_LOSS], member=None):
+        return {}
+    by_member = _series_by_member(session, experiment_id, PROGRESS_SERIES)
+    return {member: progress_summary(named) for member, named in by_member.items()}
 
 
 def _finite(value: float | None) -> bool:
@@ -103,14 +136,7 @@ def experiment_phases(
         session, experiment_id, names=[EXCLUDED_LOSS], member=None
     ):
         return None  # no excluded loss, no phases: nothing to read
-    data = query_metrics(
-        session, experiment_id, names=list(PHASE_SERIES), max_points=PHASE_MAX_POINTS
-    )
-    by_member: dict[int, dict[str, list[tuple[int, float]]]] = {}
-    for series in data["series"]:
-        by_member.setdefault(series["member"], {})[series["name"]] = list(
-            zip(series["steps"], series["values"])
-        )
+    by_member = _series_by_member(session, experiment_id, PHASE_SERIES)
     for series in measure_series or []:
         named = by_member.setdefault(series["member"], {})
         if series["name"] == EXCLUDED_LOSS or series["name"] not in named:

@@ -109,6 +109,29 @@ def test_init_scale_multiplies_every_weight(tiny_spec):
             assert torch.equal(q, p), name
 
 
+def test_pytorch_init_draws_like_torch_nn(tiny_spec):
+    """model.init "pytorch": nn.Embedding's N(0, 1) embeddings, nn.MultiheadAttention's
+    xavier-uniform Q/K/V and nn.Linear's U(+-1/sqrt(fan_in)) weights and biases elsewhere."""
+    spec = tiny_spec(task={"p": 97}, model={"n_layers": 2, "d_model": 128, "d_mlp": 512,
+                                            "layer_norm": True, "init": "pytorch"})
+    model = build_model(spec)
+    block = model.blocks[0]
+    assert model.W_E.std().item() == pytest.approx(1.0, rel=0.05)
+    assert model.W_pos.std().item() == pytest.approx(1.0, rel=0.5)
+    xavier = (6 / (4 * 128)) ** 0.5
+    for weights, bound in ((block.W_Q, xavier), (block.W_O, 128 ** -0.5), (block.W_in, 128 ** -0.5),
+                           (block.b_in, 128 ** -0.5), (block.W_out, 512 ** -0.5),
+                           (block.b_out, 512 ** -0.5), (model.W_U, 128 ** -0.5)):
+        assert weights.abs().max().item() <= bound
+        assert weights.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.1)  # uniform's std
+    assert torch.equal(block.ln1_w, torch.ones_like(block.ln1_w))
+    assert torch.equal(block.ln1_b, torch.zeros_like(block.ln1_b))
+    # the default draws N(0, 1/d) embeddings, about 11x smaller at d 128
+    normal = build_model(tiny_spec(task={"p": 97}, model={"d_model": 128}))
+    assert normal.W_E.std().item() == pytest.approx(128 ** -0.5, rel=0.05)
+    assert torch.equal(normal.blocks[0].b_in, torch.zeros_like(normal.blocks[0].b_in))
+
+
 def test_per_member_tokens(tiny_spec):
     spec = tiny_spec(ensemble={"size": 2})
     model = build_model(spec)

@@ -229,6 +229,11 @@ def test_spec_hash_of_old_specs_is_unchanged_and_lists_are_validated():
     # Hashes of these presets before the per-member lists existed.
     assert spec_from_preset("nanda2023").spec_hash() == "5b02b5e4c4cfbab7f4a14cdb0d64aea7c54775d65f307ca5964b5768f994b7e5"
     assert spec_from_preset("ci-small").spec_hash() == "f82f160e7ae1911b5d92216cadea97781c23263a72f8a3a400740dfd17d0fffa"
+    # model.init came later: its default leaves the hash alone, "pytorch" moves it
+    assert spec_from_preset("ci-small", model={"init": "normal"}).spec_hash() == spec_from_preset(
+        "ci-small").spec_hash()
+    assert spec_from_preset("ci-small", model={"init": "pytorch"}).spec_hash() != spec_from_preset(
+        "ci-small").spec_hash()
     with_lists = spec_from_preset("ci-small", ensemble={"size": 2, "init_scale": [1.0, 2.0]})
     assert with_lists.spec_hash() != spec_from_preset("ci-small", ensemble={"size": 2}).spec_hash()
     for bad, message in (

@@ -22,11 +22,12 @@ def test_every_preset_validates_and_trains_two_steps(preset):
 
 def test_grokfast2024_is_their_power2022_setting_with_the_ema_filter():
     """Lee et al. 2024's main.py: Power et al.'s model on x*y mod 97 (0 < y < 97), 50% of the
-    pairs, minibatches of 512; Adam with coupled L2 0.005 and the EMA filter (0.98, 2.0)."""
+    pairs, minibatches of 512, torch.nn's default initialisation; Adam with coupled L2 0.005 and
+    the EMA filter (0.98, 2.0)."""
     spec, power = spec_from_preset("grokfast2024"), spec_from_preset("power2022")
     assert (spec.task.op, spec.task.p, spec.task.train_fraction) == ("x*y, y>0", 97, 0.5)
     assert spec.n_pairs == 97 * 96 and spec.n_train == 97 * 96 // 2
-    assert spec.model == power.model.model_copy(update={"act": "gelu"})
+    assert spec.model == power.model.model_copy(update={"act": "gelu", "init": "pytorch"})
     assert (spec.model.n_layers, spec.model.d_model, spec.model.n_heads) == (2, 128, 4)
     assert spec.model.layer_norm and spec.training.batch_size == 512
     f, opt = spec.optimizer.grad_filter, spec.optimizer

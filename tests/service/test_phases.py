@@ -5,7 +5,13 @@ import math
 
 import pytest
 
-from service.science.phases import PhaseThresholds, grokking_phases, phases_by_member, value_at
+from service.science.phases import (
+    PhaseThresholds,
+    grokking_phases,
+    phases_by_member,
+    progress_summary,
+    value_at,
+)
 
 STEPS = range(0, 10_001, 100)
 
@@ -146,3 +152,36 @@ def test_steps_need_not_line_up(shift):
     phases = phases_of(run)
     assert phases["circuit_formation"]["start_step"] == 1500
     assert phases["cleanup"]["start_step"] == 6000
+
+
+# ---- the progress summary (Nanda et al.'s claims about one run) ------------------------------
+
+
+def with_progress(run: dict) -> dict:
+    """paper_like_run with a restricted loss that falls tenfold by 4000 (during circuit
+    formation) and five key frequencies at the end."""
+    restricted = [(s, geometric(s, 1000, 4000, 3.0, 0.1)) for s in range(0, 10_001, 500)]
+    counts = [(s, 9.0 if s < 6000 else 5.0) for s in range(0, 10_001, 500)]
+    return {**run, "restricted_loss": restricted, "key_freq_count": counts}
+
+
+def test_the_progress_summary_of_a_paper_like_run():
+    summary = progress_summary(with_progress(paper_like_run()))
+    assert summary["circuit_formation_step"] == 1500 and summary["cleanup_step"] == 6000
+    # From step 1000 (memorised): the restricted loss 3.0 -> <= 0.3 at its first point after
+    # 3031; the test loss 8.0 -> <= 0.8 only during cleanup.
+    assert summary["restricted_loss_fall_step"] == 3500
+    assert 7000 <= summary["test_loss_fall_step"] <= 8000
+    assert summary["excluded_loss_rise"] == pytest.approx(10.0)  # 0.5 -> 5.0
+    assert summary["key_freq_count"] == 5
+
+
+def test_the_progress_summary_without_cleanup_or_measures():
+    run = with_progress(paper_like_run())
+    run["val_loss"] = [(s, geometric(s, 0, 1000, 4.0, 8.0)) for s in STEPS]  # never falls
+    summary = progress_summary(run)
+    assert summary["cleanup_step"] is None and summary["test_loss_fall_step"] is None
+    assert summary["restricted_loss_fall_step"] == 3500
+    bare = progress_summary({"train_acc": run["train_acc"], "val_loss": run["val_loss"]})
+    assert bare["circuit_formation_step"] is None and bare["key_freq_count"] is None
+    assert bare["restricted_loss_fall_step"] is None and bare["excluded_loss_rise"] is None

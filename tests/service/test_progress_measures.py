@@ -207,3 +207,21 @@ def test_requests_are_deduplicated_retried_when_stale_and_finished_once(session)
     assert (row.status, row.error, row.data) == ("failed", "ValueError: why", None)
     store.withdraw_progress_measures(session, experiment_id, 40)  # only a pending one goes
     assert store.get_progress_measures(session, experiment_id).status == "failed"
+
+
+def test_a_run_with_analysis_has_nanda_progress_in_its_summary(client, api_sessions):
+    """The summary a finished run stores: its progress_summary beside the grokking summary (the
+    reproductions' claims read it), from the measures its analysis recorded."""
+    from service.store.summary import experiment_summary
+
+    experiment_id = trained_experiment(client, api_sessions)
+    with api_sessions() as s:
+        summary = experiment_summary(s, experiment_id)
+        counts = store.query_metrics(s, experiment_id, names=["key_freq_count"], max_points=None)
+    last_count = counts["series"][0]["values"][-1]
+    member = summary["members"][0]
+    assert member["key_freq_count"] == summary["key_freq_count"] == int(last_count)
+    for name in ("circuit_formation_step", "cleanup_step", "restricted_loss_fall_step",
+                 "test_loss_fall_step", "excluded_loss_rise"):
+        assert name in member
+    assert "phases" not in member

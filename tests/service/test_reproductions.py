@@ -122,6 +122,50 @@ def test_none_at_the_first_fraction_fails_when_one_generalised():
     assert report["verdict"] == "fail" and report["measured"] == "0.5"
 
 
+SEEDS = {"training.seed": [0, 1]}
+RESTRICTED_FIRST = Claim(says="the restricted loss falls first", kind="order", op="<",
+                         metrics=["restricted_loss_fall_step", "test_loss_fall_step"])
+
+
+def progress_members(restricted: list[int | None], test: list[int | None], budget: int = 1200):
+    return [member(i, {"training.seed": i}, last_step=budget, restricted_loss_fall_step=r,
+                   test_loss_fall_step=t) for i, (r, t) in enumerate(zip(restricted, test))]
+
+
+def test_an_order_claim_compares_the_medians_in_turn():
+    report = evaluate_claim(RESTRICTED_FIRST, progress_members([150, 250], [300, 400]), SEEDS, "ci")
+    assert report["verdict"] == "pass"
+    assert report["measured"] == "restricted_loss_fall_step: 200, test_loss_fall_step: 350"
+    assert report["expected"].startswith("median restricted_loss_fall_step < median test_loss_fall_step")
+    after = evaluate_claim(RESTRICTED_FIRST, progress_members([350, 450], [300, 400]), SEEDS, "ci")
+    assert after["verdict"] == "fail"
+    # equal medians hold under <= only
+    same = progress_members([300, 400], [300, 400])
+    assert evaluate_claim(RESTRICTED_FIRST, same, SEEDS, "ci")["verdict"] == "fail"
+    loose = RESTRICTED_FIRST.model_copy(update={"op": "<="})
+    assert evaluate_claim(loose, same, SEEDS, "ci")["verdict"] == "pass"
+
+
+def test_an_order_claim_fails_on_a_step_never_reached():
+    # The test loss never fell within 1200 steps: "> 1200" comes after 200, but the claim is
+    # about two things that happened.
+    report = evaluate_claim(RESTRICTED_FIRST, progress_members([150, 250], [None, None]), SEEDS, "ci")
+    assert report["verdict"] == "fail" and report["measured"].endswith("test_loss_fall_step: > 1200")
+
+
+@pytest.mark.parametrize(("fields", "words"), [
+    ({"metrics": ["restricted_loss_fall_step"], "op": "<"}, "two or more"),
+    ({"metrics": ["restricted_loss_fall_step", "key_freq_count"], "op": "<"}, "two or more"),
+    ({"metrics": ["memorization_step", "cleanup_step"], "op": ">"}, "op < or <="),
+    ({"metric": "cleanup_step", "op": "<"}, "two or more"),
+])
+def test_a_malformed_order_claim_is_refused(fields, words):
+    with pytest.raises(ValidationError, match=words):
+        Claim(says="order", kind="order", **fields)
+    with pytest.raises(ValidationError, match="needs metric, not metrics"):
+        Claim(says="a value", kind="value", metrics=["cleanup_step", "memorization_step"], op="<", value=1)
+
+
 @pytest.mark.parametrize("name", sorted(reproductions()))
 @pytest.mark.parametrize("scale", SCALES)
 def test_every_shipped_reproduction_expands_to_valid_members(name, scale):
@@ -131,7 +175,8 @@ def test_every_shipped_reproduction_expands_to_valid_members(name, scale):
 
 
 def test_the_shipped_reproductions_include_the_three_papers():
-    assert {"prieto2025-stablemax", "grokfast2024-acceleration", "power2022-fraction"} <= set(reproductions())
+    assert {"prieto2025-stablemax", "grokfast2024-acceleration", "power2022-fraction",
+            "nanda2023-progress"} <= set(reproductions())
 
 
 def test_a_claim_about_a_value_not_in_the_grid_is_refused():

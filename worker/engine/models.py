@@ -49,6 +49,7 @@ class ModelConfig:
     act: str = "relu"
     layer_norm: bool = False
     init_scale: float = 1.0
+    init: str = "normal"  # "normal" | "pytorch" (ModelSpec.init)
 
     @classmethod
     def from_spec(cls, spec: ExperimentSpec) -> "ModelConfig":
@@ -56,7 +57,7 @@ class ModelConfig:
         return cls(
             arch=m.arch, n_members=spec.ensemble.size, vocab_in=n + 1, n_out=n,
             n_layers=m.n_layers, d_model=m.d_model, n_heads=m.n_heads, d_mlp=m.d_mlp,
-            act=m.act, layer_norm=m.layer_norm, init_scale=m.init_scale,
+            act=m.act, layer_norm=m.layer_norm, init_scale=m.init_scale, init=m.init,
         )
 
 
@@ -136,7 +137,8 @@ class EnsembleModule(nn.Module):
         return self.config.n_out
 
     def init_spec(self, name: str) -> tuple[str, float]:  # pragma: no cover - abstract
-        """('normal', std) | ('ones', 0) | ('zeros', 0) for the parameter called name."""
+        """('normal', std) | ('uniform', bound) | ('ones', 0) | ('zeros', 0) for the parameter
+        called name, under config.init."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -145,7 +147,8 @@ class EnsembleModule(nn.Module):
         parameter order, so a member equals a one-member model with the same seed on any device.
 
         Omnigrok (Liu et al. 2022): every weight matrix and embedding of member e is multiplied
-        by init_scales[e] (default config.init_scale); LayerNorm gains stay 1 and biases 0.
+        by init_scales[e] (default config.init_scale); LayerNorm gains stay 1 and biases 0
+        (or, under init "pytorch", drawn like the weights).
         """
         scales = init_scales if init_scales is not None else [self.config.init_scale] * self.n_members
         if len(seeds) != self.n_members or len(scales) != self.n_members:
@@ -159,6 +162,9 @@ class EnsembleModule(nn.Module):
                 if kind == "normal":
                     value = torch.randn(p.shape[1:], generator=generator) * (std * init_scale)
                     p[e].copy_(value)
+                elif kind == "uniform":  # std is the bound here: U(-std, std)
+                    value = torch.rand(p.shape[1:], generator=generator) * 2 - 1
+                    p[e].copy_(value * (std * init_scale))
                 elif kind == "ones":
                     p[e].fill_(1.0)
                 else:
@@ -273,11 +279,28 @@ class EnsembleTransformer(EnsembleModule):
         leaf = name.rsplit(".", 1)[-1]
         if leaf.endswith("_w"):
             return "ones", 0.0
-        if leaf.endswith("_b") or leaf in ("b_in", "b_out"):
+        if leaf.endswith("_b"):
+            return "zeros", 0.0
+        if self.config.init == "pytorch":
+            return self.pytorch_init(leaf)
+        if leaf in ("b_in", "b_out"):
             return "zeros", 0.0
         if leaf == "W_U":  # Nanda et al. 2023 scale the unembedding by the output width
             return "normal", 1.0 / math.sqrt(self.n_out)
         return "normal", 1.0 / math.sqrt(self.d_model)
+
+    def pytorch_init(self, leaf: str) -> tuple[str, float]:
+        """torch.nn's defaults, as Lee et al. 2024's Decoder (Power et al.'s setting) gets them:
+        nn.Embedding N(0, 1) for tokens and positions, nn.MultiheadAttention's xavier-uniform
+        Q/K/V (one [3d, d] matrix: bound sqrt(6 / 4d)), and nn.Linear's kaiming-uniform
+        U(+-1/sqrt(fan_in)) for weights and biases elsewhere (out_proj, MLP, unembedding)."""
+        d = self.d_model
+        if leaf in ("W_E", "W_pos"):
+            return "normal", 1.0
+        if leaf in ("W_Q", "W_K", "W_V"):
+            return "uniform", math.sqrt(6.0 / (4 * d))
+        fan_in = self.d_mlp if leaf in ("W_out", "b_out") else d
+        return "uniform", 1.0 / math.sqrt(fan_in)
 
     def first_block_inputs(self, tok: Tensor) -> tuple[Tensor, Tensor]:
         """All vocab * 3 possible first-block inputs, and each row's index into them.
@@ -407,11 +430,13 @@ class EnsembleMLP(EnsembleModule):
         self.b_U = _stacked(E, config.n_out)
 
     def init_spec(self, name: str) -> tuple[str, float]:
-        if name.startswith("hidden_b") or name == "b_U":
-            return "zeros", 0.0
         if name == "W_E":  # unit-variance embeddings, like nn.Embedding
             return "normal", 1.0
-        fan_in = 2 * self.d_model if name == "hidden_W.0" else self.d_mlp
+        fan_in = 2 * self.d_model if name in ("hidden_W.0", "hidden_b.0") else self.d_mlp
+        if self.config.init == "pytorch":  # nn.Linear's U(+-1/sqrt(fan_in)), weights and biases
+            return "uniform", 1.0 / math.sqrt(fan_in)
+        if name.startswith("hidden_b") or name == "b_U":
+            return "zeros", 0.0
         return "normal", 1.0 / math.sqrt(fan_in)
 
     def first_layer_inputs(self, tok: Tensor) -> Tensor:
