@@ -62,7 +62,7 @@ def test_the_api_answers_as_its_openapi_document_says(tmp_path):
         run = subprocess.run(
             [st, "--config-file", str(ROOT / "schemathesis.toml"), "run",
              f"http://127.0.0.1:{port}/openapi.json", "--checks", "all",
-             "--max-examples", str(MAX_EXAMPLES), "--seed", "1", "--no-color",
+             "--max-examples", str(MAX_EXAMPLES), "--seed", "1", "--no-color", "--workers", "2",
              "-H", f"Authorization: Bearer {token}"],
             capture_output=True, text=True, timeout=540, cwd=tmp_path,
         )
