@@ -50,7 +50,7 @@ const LLC = (() => {
                            bands: bandsOf(phases()) });
       const st = data.setting;
       put(note, `${s ? s.steps.length : 0} checkpoints; SGLD ${st.chains} chains × ${st.draws} ` +
-        `draws after ${st.burnin} burn-in, ε ${st.lr}, γ ${st.localization}, nβ ${st.nbeta}, ` +
+        `draws after ${st.burnin} burn-in, ε·nβ ${st.eps_nbeta}, γ ${st.localization}, nβ ${st.nbeta}, ` +
         `seed ${st.seed} (setting v${st.version}).`,
         ...data.failed.map((f) => h("span", { class: "error" }, ` Step ${f.step}: ${f.detail}`)));
     }

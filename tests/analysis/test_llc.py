@@ -42,10 +42,11 @@ def test_the_estimate_is_seeded_and_repeatable(memorised):
 
 def test_a_trained_models_estimate_and_what_comes_with_it(memorised):
     result = estimate_llc(memorised, SMALL)
-    assert result["setting"] == SMALL.as_dict() and result["setting"]["version"] == 1
+    assert result["setting"] == SMALL.as_dict() and result["setting"]["version"] == 2
     [m] = result["members"]
     n = memorised.sets.train_tokens.shape[0]
     assert m["n"] == n and m["nbeta"] == pytest.approx(n / math.log(n))
+    assert result["epsilon"] == pytest.approx(SMALL.eps_nbeta / m["nbeta"])  # the step: 1/temperature
     assert m["init_loss"] == pytest.approx(memorised.evaluate()[0]["train_loss"], rel=1e-4)
     assert len(m["chains"]) == 2 and m["llc"] == pytest.approx(sum(m["chains"]) / 2)
     # The sampler moves off the minimum the training found: the loss rises, the LLC is positive.
@@ -81,6 +82,8 @@ def test_members_of_a_pack_each_have_their_own_training_set():
     alone = [Trainer(s).sets.train_tokens.shape[0] for s in specs]
     assert [m["n"] for m in members] == alone and alone[0] < alone[1]
     assert [m["nbeta"] for m in members] == pytest.approx([n / math.log(n) for n in alone])
+    # One step size for the pack: that of its largest training set (the coldest member).
+    assert estimate_llc(pack, SMALL)["epsilon"] == pytest.approx(SMALL.eps_nbeta / members[1]["nbeta"])
     losses = [row["train_loss"] for row in pack.evaluate()]
     assert [m["init_loss"] for m in members] == pytest.approx(losses, rel=1e-4)
     assert all(math.isfinite(m["llc"]) for m in members)

@@ -82,6 +82,7 @@ def estimate_llc(
     nbeta = n / torch.log(n)  # per member: n / log n
     ref = float(nbeta.max())
     scale = (nbeta / ref).to(tokens.device, torch.float32)
+    epsilon = setting.eps_nbeta / ref
 
     def member_losses(model: torch.nn.Module, data: tuple[Tensor, Tensor]) -> Tensor:
         x, y = data
@@ -107,7 +108,7 @@ def estimate_llc(
             model, DataLoader([(tokens, labels)], batch_size=1, collate_fn=_only),
             callbacks=[recorder], evaluate=evaluate,
             sampling_method=SGLD,
-            optimizer_kwargs={"lr": setting.lr, "localization": setting.localization,
+            optimizer_kwargs={"lr": epsilon, "localization": setting.localization,
                               "nbeta": ref},
             num_chains=setting.chains, num_draws=setting.draws,
             num_burnin_steps=setting.burnin, init_loss=float(init.sum()) or 1.0,
@@ -131,4 +132,5 @@ def estimate_llc(
             "trace": [_trace(draws[c]) for c in range(setting.chains)],
             "diverged": not finite,
         })
-    return {"setting": setting.as_dict(), "took_s": round(took, 3), "members": members}
+    return {"setting": setting.as_dict(), "epsilon": epsilon, "took_s": round(took, 3),
+            "members": members}

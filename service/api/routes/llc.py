@@ -29,7 +29,8 @@ LLC_MAX_CHECKPOINTS = 40
 PENDING = {202: {"description": "Queued for a worker (or being computed): ask again after "
                  "Retry-After seconds. Body: {status: pending, detail, ...}."},
            503: {"model": ErrorOut, "description": "The broker is down: nothing was queued."}}
-EXAMPLE = {"step": 1200, "setting": LLC_SETTING.as_dict(), "took_s": 9.8, "members": [{
+EXAMPLE = {"step": 1200, "setting": LLC_SETTING.as_dict(), "epsilon": 1e-4, "took_s": 9.8,
+           "members": [{
     "member": 0, "llc": 0.8, "llc_std": 0.2, "chains": [0.7, 1.0, 0.8], "init_loss": 1.2e-05,
     "n": 1325, "nbeta": 184.3, "trace": [[0.001, 0.002]], "diverged": False}]}
 
@@ -54,7 +55,8 @@ def get_checkpoint_llc(
     """Every member's local learning coefficient at one stored checkpoint: the mean over the
     SGLD chains (llc), their spread (llc_std, each chain's in chains), the training loss at the
     checkpoint (init_loss), the training-set size n and n_beta, and each chain's loss trace
-    (at most 50 points). `setting` is the sampler setting it was estimated with; `diverged`
+    (at most 50 points). `setting` is the sampler setting it was estimated with (`epsilon`, the
+    step size it gave for this training set: eps_nbeta / n_beta); `diverged`
     marks a member whose chains left the finite losses (llc null)."""
     found = cached_or_requested(session, settings, experiment.id, step, LLC_KIND, experiment.owner)
     return found if isinstance(found, JSONResponse) else JSONResponse(found)
