@@ -14,5 +14,7 @@ EXPOSE 8000
 CMD ["groklab", "api", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM api AS worker
-RUN pip install --no-cache-dir ".[worker]"
+# torch, and devinterp for the LLC analysis (the llc extra; not TransformerLens, which only a
+# notebook loading an export needs)
+RUN pip install --no-cache-dir ".[worker]" ".[llc]"
 CMD ["groklab", "worker", "--queues", "gpu,cpu"]

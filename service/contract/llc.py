@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-INTERP_EXTRA = "the LLC needs the devinterp package on the worker: pip install 'groklab[interp]'"
+INTERP_EXTRA = ("the LLC needs the devinterp package on the worker: pip install 'groklab[interp]' "
+                "(or groklab[llc], devinterp alone)")
 # At most this many loss values per chain in a response's trace (draws averaged in groups).
 TRACE_POINTS = 50
 

@@ -67,7 +67,9 @@ def test_api_image_has_no_torch():
     instructions = [line for line in api_stage.splitlines() if not line.startswith("#")]
     assert not any("torch" in line for line in instructions)
     assert load_compose()["services"]["api"]["build"]["target"] == "api"
-    assert ".[worker]" in dockerfile.split("FROM api AS worker")[1]
+    worker_stage = dockerfile.split("FROM api AS worker")[1]
+    assert ".[worker]" in worker_stage
+    assert ".[llc]" in worker_stage  # the worker image estimates the LLC (devinterp)
 
 
 OBSERVABILITY = ROOT / "deploy" / "observability"
