@@ -46,7 +46,8 @@ const LLC = (() => {
       if (!data) return;
       const s = data.series.find((x) => x.name === "llc" && x.member === member());
       const series = s ? [{ label: "llc", steps: s.steps, values: s.values, color: Charts.color(3) }] : [];
-      Charts.line(chart, { series, markers: view.markers, xRange: view.xRange,
+      // Log y (linear when an estimate is not positive, as at an initialisation).
+      Charts.line(chart, { series, logY: true, markers: view.markers, xRange: view.xRange,
                            bands: bandsOf(phases()) });
       const st = data.setting;
       put(note, `${s ? s.steps.length : 0} checkpoints; SGLD ${st.chains} chains × ${st.draws} ` +
