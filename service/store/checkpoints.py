@@ -131,19 +131,25 @@ def get_checkpoint(session: Session, experiment_id: str, step: int) -> Checkpoin
     return _find_checkpoint(session, experiment_id, step=step)
 
 
+def _chunk(session: Session, checkpoint: Checkpoint, seq: int) -> bytes | None:
+    """Chunk seq of a stored checkpoint (None: there is none), in a transaction of its own."""
+    data = session.scalar(
+        select(CheckpointChunk.data).where(
+            CheckpointChunk.experiment_id == checkpoint.experiment_id,
+            CheckpointChunk.step == checkpoint.step,
+            CheckpointChunk.seq == seq,
+        )
+    )
+    session.commit()
+    return data
+
+
 def checkpoint_chunks(session: Session, checkpoint: Checkpoint) -> Iterator[bytes]:
     """The stored bytes of a checkpoint, unchecked, one chunk per query: whatever the size,
     one chunk in memory at a time, and no transaction held open between chunks."""
     seq = 0
     while True:
-        data = session.scalar(
-            select(CheckpointChunk.data).where(
-                CheckpointChunk.experiment_id == checkpoint.experiment_id,
-                CheckpointChunk.step == checkpoint.step,
-                CheckpointChunk.seq == seq,
-            )
-        )
-        session.commit()
+        data = _chunk(session, checkpoint, seq)
         if data is None:
             return
         yield bytes(data)
@@ -223,14 +229,7 @@ def read_checkpoint_range(session: Session, checkpoint: Checkpoint, start: int, 
     if end <= start:
         return bytes(out)
     for seq in range(start // CHECKPOINT_CHUNK_BYTES, (end - 1) // CHECKPOINT_CHUNK_BYTES + 1):
-        data = session.scalar(
-            select(CheckpointChunk.data).where(
-                CheckpointChunk.experiment_id == checkpoint.experiment_id,
-                CheckpointChunk.step == checkpoint.step,
-                CheckpointChunk.seq == seq,
-            )
-        )
-        session.commit()
+        data = _chunk(session, checkpoint, seq)
         if data is None:
             raise CheckpointCorrupt(checkpoint, f"chunk {seq} is missing")
         base = seq * CHECKPOINT_CHUNK_BYTES

@@ -180,5 +180,15 @@ const Charts = (() => {
     });
   });
 
-  return { line, spectrum, color };
+  // A y-axis title on a canvas, written upwards, centred on the box's height at x.
+  function yTitle(ctx, text, x, box) {
+    ctx.save();
+    ctx.translate(x, (box.top + box.bottom) / 2);
+    ctx.rotate(-Math.PI / 2);
+    ctx.textAlign = "center";
+    ctx.fillText(text, 0, 0);
+    ctx.restore();
+  }
+
+  return { line, spectrum, color, yTitle };
 })();

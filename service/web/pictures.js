@@ -131,12 +131,7 @@ const Pictures = (() => {
       ctx.beginPath(); ctx.moveTo(box.left, y(f)); ctx.lineTo(box.right, y(f)); ctx.stroke();
       ctx.fillText(String(f), box.left - 5, y(f) + 4);
     }
-    ctx.save();
-    ctx.translate(10, (box.top + box.bottom) / 2);
-    ctx.rotate(-Math.PI / 2);
-    ctx.textAlign = "center";
-    ctx.fillText("fraction", 0, 0);
-    ctx.restore();
+    Charts.yTitle(ctx, "fraction", 10, box);
     ctx.textAlign = "center";
     ctx.fillText(`${neurons.length} neurons, sorted by fraction`, (box.left + box.right) / 2, height - 6);
     const step = (box.right - box.left) / Math.max(1, neurons.length);

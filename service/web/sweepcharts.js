@@ -102,12 +102,7 @@ const SweepCharts = (() => {
     ctx.setLineDash([2, 3]);
     ctx.beginPath(); ctx.moveTo(box.left, neverY + 12); ctx.lineTo(box.right, neverY + 12); ctx.stroke();
     ctx.setLineDash([]);
-    ctx.save();
-    ctx.translate(14, (box.top + box.bottom) / 2);
-    ctx.rotate(-Math.PI / 2);
-    ctx.textAlign = "center";
-    ctx.fillText("steps (log)", 0, 0);
-    ctx.restore();
+    Charts.yTitle(ctx, "steps (log)", 14, box);
     ctx.textAlign = "center";
     rows.forEach((r, i) => ctx.fillText(label(r.value), x(i), box.bottom + 16));
     ctx.fillText(axis, (box.left + box.right) / 2, height - 8);

@@ -45,7 +45,7 @@ def _training_loss(trainer: Any) -> tuple[Tensor, Tensor, Tensor | None, Tensor]
     trainer's step (its data schedule's stage). weights [E, N] (1/n_e on member e's rows) when
     the members' training sets differ, else None (every member: the mean over all rows); n [E]
     the training-set sizes."""
-    trainer.evaluate()  # brings the training sets to the step's data-schedule stage
+    trainer.sync_data_schedule()
     sets, E = trainer.sets, trainer.n_members
     if sets.shared_split:
         n = torch.full((E,), float(sets.train_tokens.shape[0]), dtype=torch.float64)
@@ -111,6 +111,8 @@ def estimate_llc(
             optimizer_kwargs={"lr": epsilon, "localization": setting.localization,
                               "nbeta": ref},
             num_chains=setting.chains, num_draws=setting.draws,
+            # Given, so that devinterp does not compute its own (0 would read as "not given");
+            # the estimate uses each member's own init loss, not this sum.
             num_burnin_steps=setting.burnin, init_loss=float(init.sum()) or 1.0,
             seed=setting.seed, device=tokens.device, verbose=False, cores=1,
         )

@@ -146,7 +146,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
         self._autocast = on_cuda and spec.training.autocast_bf16
 
-    def _sync_data_schedule(self) -> None:
+    def sync_data_schedule(self) -> None:
         """The sets of this step's data_schedule stage (rebuilt when the stage changed)."""
         stage = schedule_stage(self.spec, self.step)
         if stage != self.sets.stage:
@@ -155,7 +155,7 @@ class Trainer:
     # ---- one step ----------------------------------------------------------------------------
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """This step's batch of every row (worker/engine/sets.py: TrainingSets.batch)."""
-        self._sync_data_schedule()
+        self.sync_data_schedule()
         return self.sets.batch(self.spec, self.batch_generators, self.device)
 
     def _autocast_context(self):
@@ -190,7 +190,7 @@ class Trainer:
 
     def evaluate(self) -> list[dict[str, float]]:
         """Per row: train_loss, train_acc, val_loss, val_acc, weight_norm on the full sets."""
-        self._sync_data_schedule()
+        self.sync_data_schedule()
         was_training = self.model.training
         self.model.eval()
         E, opt, sets = self.n_members, self.spec.optimizer, self.sets
@@ -239,7 +239,7 @@ class Trainer:
 
     def train_mask_grid(self) -> Tensor:
         """Which (a, b) pairs are in the training set: [n, n], or [E, n, n] when rows differ."""
-        self._sync_data_schedule()
+        self.sync_data_schedule()
         return self.sets.train_mask_grid(self.n_members)
 
     # ---- the run -----------------------------------------------------------------------------

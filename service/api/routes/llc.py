@@ -93,8 +93,9 @@ def get_llc_series(experiment: OwnedExperiment, session: SessionDep, settings: S
     failed: list[dict[str, Any]] = []
     waiting, limited = 0, False
     for step in steps:
-        found = store.get_cached_analysis(session, experiment.id, step, LLC_KIND)
-        if found is None and not limited:
+        if limited:  # no more asking: only what is computed already
+            found = store.get_cached_analysis(session, experiment.id, step, LLC_KIND)
+        else:
             try:
                 found = cached_or_requested(session, settings, experiment.id, step, LLC_KIND,
                                             experiment.owner)
