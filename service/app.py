@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)  # the dashboard at / and GET /api/v1/whoami
     for router in (
         experiments.router, metrics.router, checkpoints.router, analysis.router, circuit.router,
-        llc.router, sweeps.router, events.router, reproductions.router,
+        llc.router, sweeps.router, events.router, reproductions.router, reproductions.sweep_reports,
     ):
         app.include_router(router, prefix="/api/v1")
     return app

@@ -420,6 +420,10 @@ class Client:
         """The run: its sweep, members and, once every member has finished, verdict and claims."""
         return self._json("GET", f"/reproductions/{name}/runs/{sweep_id}")
 
+    def sweep_report(self, sweep_id: str) -> dict:
+        """The same report found from the sweep alone (HTTPError 404: not a reproduction's run)."""
+        return self._json("GET", f"/sweeps/{sweep_id}/report")
+
     def wait_reproduction(
         self, name: str, sweep_id: str, *, poll_s: float = 2.0, timeout_s: float | None = None,
         on_progress: Any = None,

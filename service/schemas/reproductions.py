@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.contract.models import FINISHED_STATUSES, Experiment, Sweep
@@ -112,3 +113,14 @@ def scale_of_run(r: Reproduction, sweep: Sweep) -> str:
         raise invalid(("path", "sweep_id"), f"sweep {sweep.id} ({sweep.name!r}) is not a run of "
                       f"{r.name} v{r.version}", sweep.id)
     return scale
+
+
+def run_of(settings: Settings, sweep: Sweep) -> tuple[Reproduction, str]:
+    """(the reproduction, the scale) this sweep is a run of; a 404 naming the sweep when it is
+    a run of none of the known reproductions' versions."""
+    for reproduction in known_reproductions(settings).values():
+        scale = reproduction.scale_of(sweep.spec)
+        if scale is not None:
+            return reproduction, scale
+    raise HTTPException(404, f"sweep {sweep.id} ({sweep.name!r}) is not a run of any reproduction "
+                             f"(GET /api/v1/reproductions lists them)")

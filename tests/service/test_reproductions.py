@@ -240,6 +240,10 @@ def test_a_run_is_a_sweep_whose_report_comes_when_every_member_has_finished(clie
     assert report["verdict"] == "fail"
     assert [c["verdict"] for c in report["claims"]] == ["pass", "fail"]
     assert report["claims"][1]["measured"] == "1"
+    # The sweep's own report, found from the sweep alone, is the same body.
+    by_sweep = client.get(f"{SWEEPS}/{sweep['id']}/report")
+    assert by_sweep.status_code == 200, by_sweep.text
+    assert by_sweep.json() == report
 
 
 def test_a_sweep_that_is_not_a_run_of_the_reproduction_is_422(client):
@@ -249,6 +253,10 @@ def test_a_sweep_that_is_not_a_run_of_the_reproduction_is_422(client):
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["path", "sweep_id"]
     assert "not a run of prieto2025-stablemax v1" in r.json()["detail"][0]["msg"]
+    # Not a run of any reproduction: the sweep's report is a 404 that says so.
+    r = client.get(f"{SWEEPS}/{other['id']}/report")
+    assert r.status_code == 404
+    assert "is not a run of any reproduction" in r.json()["detail"]
 
 
 def finish_prieto_run(client, api_sessions, softmax_step: int | None) -> str:

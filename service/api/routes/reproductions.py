@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path
+from sqlalchemy.orm import Session
 
 from service import store
 from service.api.deps import (
@@ -23,12 +24,17 @@ from service.schemas.reproductions import (
     ReproductionRunOut,
     known_reproductions,
     reproduction_named,
+    run_of,
     scale_of_run,
 )
 from service.schemas.sweeps import SweepOut
+from service.contract.models import Sweep
+from service.science.reproductions import Reproduction
 from service.science.sweeps import SweepSpec
 
 router = APIRouter(prefix="/reproductions", tags=["reproductions"], responses=UNAUTHORIZED)
+# GET /api/v1/sweeps/{id}/report: the same report, found from the sweep alone.
+sweep_reports = APIRouter(prefix="/sweeps", tags=["reproductions"], responses=UNAUTHORIZED)
 
 NamePath = Annotated[str, Path(max_length=200, description="A reproduction's name.")]
 UNKNOWN = {422: {"description": "Unknown reproduction (`path.name`, with the known ones) or "
@@ -73,7 +79,23 @@ def get_reproduction_run(
     """The run's sweep and members; once every member has finished, each claim's expected and
     measured values and its verdict (pass or fail), and the verdict of the whole."""
     reproduction = reproduction_named(settings, name)
-    scale = scale_of_run(reproduction, sweep)
+    return _run_report(reproduction, scale_of_run(reproduction, sweep), sweep, session)
+
+
+@sweep_reports.get(
+    "/{sweep_id}/report", response_model=ReproductionRunOut,
+    responses={404: {"description": "No such sweep, or it is not a run of any reproduction "
+                     "(the detail says which)."}},
+)
+def get_sweep_report(sweep: OwnedSweep, session: SessionDep, settings: SettingsDep) -> ReproductionRunOut:
+    """The report of a sweep that is a run of a reproduction (the reproduction found from the
+    sweep's grid and base): the same body as GET /reproductions/{name}/runs/{sweep_id}, so a
+    notebook or CI can assert on the verdicts knowing only the sweep's id."""
+    reproduction, scale = run_of(settings, sweep)
+    return _run_report(reproduction, scale, sweep, session)
+
+
+def _run_report(reproduction: Reproduction, scale: str, sweep: Sweep, session: Session) -> ReproductionRunOut:
     state = store.sweep_status(session, sweep)
     members = store.sweep_members(session, sweep.id)
     out = SweepOut.of_members(sweep, state, [m.id for m in members])
