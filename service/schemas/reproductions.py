@@ -79,6 +79,9 @@ class ReproductionRunOut(BaseModel):
         description="pass when every claim holds; null until every member has finished.")
     claims: list[ClaimReport] | None = Field(description="Null until every member has finished.")
     members: list[MemberOut] = Field(description="The sweep's members, by index.")
+    plot_axis: str = Field(description="The grid axis the report's plot of steps to memorise and "
+                           "to generalise is drawn against (the trend claim's, else the first "
+                           "that is not the seed).")
 
     @classmethod
     def of(cls, r: Reproduction, scale: str, sweep: SweepOut, state: SweepStatus,
@@ -89,7 +92,7 @@ class ReproductionRunOut(BaseModel):
             report = r.report(scale, [row.model_dump(mode="json") for row in rows])
         return cls(reproduction=r.name, version=r.version, scale=scale, sweep=sweep,
                    verdict=report and report["verdict"], claims=report and report["claims"],
-                   members=rows)
+                   members=rows, plot_axis=r.plot_axis(scale))
 
 
 def known_reproductions(settings: Settings) -> dict[str, Reproduction]:

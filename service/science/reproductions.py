@@ -104,6 +104,13 @@ class Reproduction(BaseModel):
             n *= len(values)
         return n
 
+    def plot_axis(self, scale: str) -> str:
+        """The grid axis the report's plot (steps to memorise and to generalise) is drawn against:
+        the first trend claim's axis, else the first axis that is not the seed."""
+        trend = next((c.axis for c in self.claims if c.kind == "trend" and c.axis), None)
+        axes = list(self.sweep_body(scale)["grid"])
+        return trend or next((a for a in axes if a != "training.seed"), axes[0])
+
     def report(self, scale: str, members: list[dict]) -> dict[str, Any]:
         """{verdict, claims: [{says, expected, measured, verdict, paper, values}]} on finished
         members ({index, status, point, summary} each)."""

@@ -1,7 +1,9 @@
 // The reproduction pages of the dashboard: the list (each paper's claims, its runs, and Run
 // buttons for a write token), and a run's report: the verdict, each claim's expected and
-// measured values, and the members' validation accuracy. Loaded before app.js, whose helpers
-// (api, h, put, badge, progressBar, fmt, fail, showError, session, when) it uses.
+// measured values, the plot that shows the claim (the median steps to memorise and to
+// generalise against the claim's axis, log scale: sweepcharts.js), and the members' validation
+// accuracy. Loaded before app.js, whose helpers (api, h, put, badge, progressBar, fmt, fail,
+// showError, session, when) it uses.
 "use strict";
 
 async function reproductionList(main, v) {
@@ -45,8 +47,12 @@ async function reproductionRun(main, name, id, v) {
   const header = h("section", { class: "card", id: "reproduction-header" });
   const claims = h("section", { class: "card", id: "reproduction-claims" });
   const chart = h("div", { class: "chart", id: "chart-members-val-acc", "data-chart": "chart-members-val-acc" });
-  main.append(header, claims, h("figure", { class: "card" },
-    h("figcaption", {}, "Validation accuracy of each member"), chart));
+  const stepsCaption = h("figcaption", {}, "Steps to memorise and to generalise");
+  const stepsEl = h("div", { id: "claim-plot" });
+  const stepsReadout = h("p", { class: "readout note", id: "claim-plot-readout" }, "\u00a0");
+  main.append(header, claims,
+    h("figure", { class: "card", id: "reproduction-plot" }, stepsCaption, stepsEl, stepsReadout),
+    h("figure", { class: "card" }, h("figcaption", {}, "Validation accuracy of each member"), chart));
 
   async function load() {
     const r = await api(`/reproductions/${name}/runs/${id}`, { signal: v.signal });
@@ -61,6 +67,9 @@ async function reproductionRun(main, name, id, v) {
         h("td", {}, c.says), h("td", {}, c.expected), h("td", {}, c.measured), h("td", {}, c.paper || ""),
         h("td", {}, h("span", { class: `badge ${c.verdict === "pass" ? "succeeded" : "failed"}` }, c.verdict))))))
       : h("p", { class: "note" }, "the claims are judged once every member has finished"));
+    stepsCaption.textContent = `Steps to memorise and to generalise against ${r.plot_axis} (median of the members, log scale)`;
+    const rows = SweepCharts.stepsByValue(r.members, r.sweep.grid, r.plot_axis);
+    SweepCharts.medians(stepsEl, rows, r.plot_axis, (row) => { stepsReadout.textContent = SweepCharts.describe(row, r.plot_axis); });
     const series = [];
     for (const m of r.members) {
       const metrics = await api(`/experiments/${m.experiment_id}/metrics?names=val_acc&member=0&max_points=400`, { signal: v.signal });

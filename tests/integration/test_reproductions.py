@@ -39,6 +39,8 @@ def test_groklab_reproduce_prieto2025_at_ci_scale_passes_with_the_measured_numbe
     assert by_point["stablemax", True]["generalization_step"] is not None
     assert by_point["cross_entropy", False]["generalization_step"] is None
     assert by_point["cross_entropy", False]["final_val_acc"] < 0.99
+    # The same verdicts from the sweep alone, as a notebook or CI asks.
+    assert stack.client.get(f"/api/v1/sweeps/{sweep_id}/report").json()["claims"] == run["claims"]
 
 
 def test_the_dashboard_shows_the_runs_report(stack, prieto_run, browser, tmp_path):  # noqa: F811
@@ -54,4 +56,11 @@ def test_the_dashboard_shows_the_runs_report(stack, prieto_run, browser, tmp_pat
     rows = browser.find_elements(By.CSS_SELECTOR, "#reproduction-claims tr.claim")
     assert [r.get_attribute("class") for r in rows] == ["claim pass", "claim pass"]
     assert wait(browser, chart_drawn("chart-members-val-acc")) == 4  # one curve per member
+    # The claim's plot: the steps against the loss, the members that never generalised marked
+    # as such (every one but StableMax + ⊥AdamW).
+    plot = browser.find_element(By.ID, "claim-plot")
+    assert "against optimizer.loss" in browser.find_element(By.CSS_SELECTOR, "#reproduction-plot figcaption").text
+    assert plot.get_attribute("data-values") == "2"
+    assert plot.get_attribute("data-generalise-points") == "2"
+    assert plot.get_attribute("data-never") == "3"
     browser.save_screenshot(str(tmp_path / "reproduction.png"))

@@ -66,7 +66,8 @@ def run_reproduction(
     sweep_body = SweepSpec.model_validate(reproduction.sweep_body(body.scale))
     out = create_sweep(sweep_body, principal, session, settings, enqueue)
     return ReproductionRunOut(reproduction=reproduction.name, version=reproduction.version,
-                              scale=body.scale, sweep=out, verdict=None, claims=None, members=[])
+                              scale=body.scale, sweep=out, verdict=None, claims=None, members=[],
+                              plot_axis=reproduction.plot_axis(body.scale))
 
 
 @router.get(
