@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import ExitStack
 
 import pytest
+
+from tests import background
 
 
 PG_URL = os.environ.get(
@@ -111,3 +114,29 @@ def redis_databases():
 def redis_test_url(redis_databases) -> str:
     """A Redis database of its own for this test session."""
     return redis_databases.allocate(hold=True)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that read the background reproductions run last (tests/background.py), so
+    that their runs train while every other test runs."""
+    items.sort(key=lambda item: item.get_closest_marker(background.MARKER) is not None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_reproductions(request, tmp_path_factory):
+    """The selected tests' reproductions, submitted at the session's first test to a stack of
+    their own that trains them at the lowest CPU priority (tests/background.py); None when no
+    selected test reads one, or when PostgreSQL or Redis is missing (the tests that read them
+    then fail under CI=true, else skip, through their own fixtures)."""
+    names = background.wanted(request.session.items)
+    if not names:
+        yield None
+        return
+    try:
+        admin_url = request.getfixturevalue("postgres_server_url")
+        redis_url = request.getfixturevalue("redis_databases").allocate(hold=True)
+    except (pytest.skip.Exception, pytest.fail.Exception):
+        yield None
+        return
+    with ExitStack() as exits:
+        yield background.start(names, admin_url, redis_url, tmp_path_factory.mktemp("background"), exits)

@@ -52,30 +52,3 @@ def ci_small_runs() -> dict[str, dict[str, Any]]:
             f"val acc 0.99 at {member['generalization_step']}, final val acc {member['final']['val_acc']:.3f}"
         )
     return runs
-
-
-# grokfast2024 on the CPU: the preset's own run, stopped once it has grokked (val acc >= 0.99 at
-# three evaluations in a row). Its claim against the same spec without the filter is
-# bench/bench_grokfast.py's and the grokfast2024-acceleration reproduction's: the run without
-# the filter takes ~9000 steps, too long for the suite (README, "Presets").
-GROKFAST_FILTERED_STEPS = 1500
-GROKFAST_EVAL_EVERY = 50
-
-
-@pytest.fixture(scope="session")
-def grokfast_runs() -> dict[str, dict[str, Any]]:
-    """The grokfast2024 preset as shipped ("filtered")."""
-    training = {"device": "cpu", "eval_every": GROKFAST_EVAL_EVERY, "checkpoint_every": 10**6}
-    filtered = train_recording(spec_from_preset(
-        "grokfast2024", training={**training, "steps": GROKFAST_FILTERED_STEPS, "stop_on_grok": True},
-        analysis={"every": None},
-    ))
-    runs = {"filtered": filtered}
-    for name, run in runs.items():
-        member = run["summary"]["members"][0]
-        print(
-            f"\ngrokfast2024 {name}: {run['wall_s']:.1f} s, {run['summary']['steps']} steps, memorised at "
-            f"{member['memorization_step']}, val acc 0.99 at {member['generalization_step']}, "
-            f"final val acc {member['final']['val_acc']:.3f}"
-        )
-    return runs

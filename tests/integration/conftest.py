@@ -69,13 +69,15 @@ class Stack:
     api: subprocess.Popen
     workers: list[subprocess.Popen]
 
-    def start_worker(self, name: str, **env: str) -> subprocess.Popen:
+    def start_worker(self, name: str, nice: int = 0, **env: str) -> subprocess.Popen:
         """A worker process in a session of its own, so a test can kill -9 it whole; env
-        overrides the stack's settings for it (e.g. GROKLAB_WORKER_PROCESSES)."""
+        overrides the stack's settings for it (e.g. GROKLAB_WORKER_PROCESSES); nice > 0 runs it
+        and its training processes at that lower CPU priority."""
         log = open(self.logs / f"worker-{name}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker", "--name", f"{name}@%h"],
             env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         self.workers.append(proc)
         return proc
@@ -109,8 +111,10 @@ def stack_env(database_url: str, broker_url: str, data_dir: Path, **extra: str) 
 
 
 @contextmanager
-def running_stack(admin_url: str, broker_url: str, data_dir: Path, workers: int = 1, **extra_env: str):
-    """A fresh database, migrated; the API process; `workers` worker processes."""
+def running_stack(admin_url: str, broker_url: str, data_dir: Path, workers: int = 1,
+                  worker_nice: int = 0, **extra_env: str):
+    """A fresh database, migrated; the API process; `workers` worker processes (at CPU
+    priority `worker_nice`)."""
     database_url = create_pg_database(admin_url)
     env = stack_env(database_url, broker_url, data_dir, **extra_env)
     subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True,
@@ -125,7 +129,7 @@ def running_stack(admin_url: str, broker_url: str, data_dir: Path, workers: int 
     stack = Stack(url, env, database_url, broker_url, None, data_dir, api, [])
     try:
         for i in range(workers):
-            stack.start_worker(f"w{i}")
+            stack.start_worker(f"w{i}", nice=worker_nice)
         wait_http(f"{url}/healthz", procs=(api,))
         stack.client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         yield stack
