@@ -93,6 +93,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", REPRODUCTIONS + "/{name}"): Route("write", per_experiment=False, body={"scale": "ci"}),
     ("GET", REPRODUCTIONS + "/{name}/runs/{sweep_id}"): Route(
         "read", per_experiment=False, per_sweep=True, run=True),
+    ("GET", SWEEPS + "/{sweep_id}/report"): Route(
+        "read", per_experiment=False, per_sweep=True, run=True),
 }
 
 
