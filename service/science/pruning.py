@@ -121,18 +121,21 @@ def is_check_step(es: EarlyStoppingSpec, step: int, memorization_step: int | Non
 # ---- the forecast --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ForecastRule:
-    """The constants of `forecast` (chosen on bench/bench_pruning.py's tuning grid)."""
+    """The constants of `forecast` (chosen on bench/bench_pruning.py's tuning grid): each a
+    logistic's midpoint and scale."""
 
-    # How far the weight norm has fallen from its peak since memorisation, as a fraction of it,
-    # for which the forecast is 0.5 (and the logistic's scale around it).
-    norm_drop_mid: float = 0.05
-    norm_drop_scale: float = 0.02
-    # The val loss fall from its peak since memorisation that counts as the same evidence.
-    val_loss_drop_mid: float = 0.25
-    val_loss_drop_scale: float = 0.08
-    # Points of val accuracy gained since memorisation that count as the same evidence.
-    val_acc_gain_mid: float = 0.10
-    val_acc_gain_scale: float = 0.04
+    # Weight decay at work: the weight norm's fall from its peak since memorisation.
+    norm_drop_mid: float = 0.01
+    norm_drop_scale: float = 0.003
+    # Circuit formation under way: the val loss' fall from its peak since memorisation, or val
+    # accuracy gained since memorisation.
+    val_loss_drop_mid: float = 0.3
+    val_loss_drop_scale: float = 0.05
+    val_acc_gain_mid: float = 0.1
+    val_acc_gain_scale: float = 0.03
+    # How long after memorisation a run is given to show it, in steps.
+    patience_mid: float = 400.0
+    patience_scale: float = 50.0
 
 
 RULE = ForecastRule()
@@ -185,17 +188,9 @@ def forecast(
         v for _, v in loss) > 0 else None
     acc = after[VAL_ACC]
     signals["val_acc_gain"] = acc[-1][1] - min(v for _, v in acc) if acc else None
-    scores = [
-        _logistic(value, mid, scale)
-        for value, mid, scale in (
-            (signals["weight_norm_drop"], rule.norm_drop_mid, rule.norm_drop_scale),
-            (signals["val_loss_drop"], rule.val_loss_drop_mid, rule.val_loss_drop_scale),
-            (signals["val_acc_gain"], rule.val_acc_gain_mid, rule.val_acc_gain_scale),
-        )
-        if value is not None
-    ]
+    signals["steps_since_memorization"] = step - memorized
     generalized = first_step_reaching(acc, ACC_THRESHOLD)
-    p = 1.0 if generalized is not None else max(scores, default=0.0)
+    p = 1.0 if generalized is not None else will_generalize(signals, rule)
     return {
         "step": step,
         "memorization_step": memorized,
@@ -203,6 +198,22 @@ def forecast(
         "generalization_step": generalized if generalized is not None else _extrapolate(acc),
         "signals": {k: (round(v, 4) if v is not None else None) for k, v in signals.items()},
     }
+
+
+def will_generalize(signals: Mapping[str, float | None], rule: ForecastRule = RULE) -> float:
+    """p = decay x max(progress, patience): weight decay must be shrinking the weights
+    (decay, the weight norm's fall), and either the circuit is forming (progress: the val loss'
+    fall or the val accuracy's rise, whichever is further along) or it is still early
+    (patience: the first steps after memorisation, when neither has had time to move)."""
+    def score(name: str, mid: float, scale: float) -> float:
+        value = signals.get(name)
+        return 0.0 if value is None else _logistic(value, mid, scale)
+
+    decay = score("weight_norm_drop", rule.norm_drop_mid, rule.norm_drop_scale)
+    progress = max(score("val_loss_drop", rule.val_loss_drop_mid, rule.val_loss_drop_scale),
+                   score("val_acc_gain", rule.val_acc_gain_mid, rule.val_acc_gain_scale))
+    patience = 1.0 - score("steps_since_memorization", rule.patience_mid, rule.patience_scale)
+    return decay * max(progress, patience)
 
 
 def _extrapolate(acc: list[tuple[int, float]]) -> int | None:

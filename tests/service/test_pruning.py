@@ -122,3 +122,19 @@ def test_bad_early_stopping_is_refused_naming_the_field():
     with pytest.raises(SweepInvalid) as caught:
         expand(sweep, None, 100)
     assert caught.value.errors[0]["loc"] == ["body", "early_stopping"]
+
+
+def test_the_phase_diagram_counts_pruned_members_as_pruned():
+    from service.science.phase_diagram import MemberResult, phase_diagram
+
+    grid = {"optimizer.weight_decay": [0, 1]}
+    members = [
+        MemberResult({"optimizer.weight_decay": 0}, "pruned",
+                     {"phase": "memorization", "grokked": False, "pruning": {"step": 200}}),
+        MemberResult({"optimizer.weight_decay": 0}, "succeeded", {"phase": "memorization", "grokked": False}),
+        MemberResult({"optimizer.weight_decay": 1}, "succeeded", {"phase": "grokking", "grokked": True}),
+    ]
+    cells = {c["x"]: c for c in phase_diagram(grid, members, "optimizer.weight_decay")["cells"]}
+    assert cells[0]["phases"]["pruned"] == 1 and cells[0]["phases"]["memorization"] == 1
+    assert cells[0]["finished"] == 2 and cells[0]["grokked_fraction"] == 0
+    assert cells[1]["phases"].get("pruned", 0) == 0 and cells[1]["grokked_fraction"] == 1
