@@ -201,6 +201,9 @@ def watch(experiment_id: ExperimentId, url: Url = DEFAULT_URL) -> None:
 def members(sweep_id: Annotated[str, typer.Argument(metavar="SWEEP_ID")], url: Url = DEFAULT_URL) -> None:
     """A sweep's members: status, axis values, phase, the forecast's probability of
     generalising, and for a member pruned by early stopping the step and the reason."""
+    from rich.console import Console
+    from rich.table import Table
+
     with _service(url) as client:
         out = client.sweep_members(sweep_id)
     table = Table("index", "id", "status", *out["axes"], "phase", "generalized at", "will_generalize",
