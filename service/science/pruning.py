@@ -130,11 +130,17 @@ class ForecastRule:
     # Circuit formation under way: the val loss' fall from its peak since memorisation, or val
     # accuracy gained since memorisation.
     val_loss_drop_mid: float = 0.3
-    val_loss_drop_scale: float = 0.05
-    val_acc_gain_mid: float = 0.1
+    val_loss_drop_scale: float = 0.03
+    val_acc_gain_mid: float = 0.2
     val_acc_gain_scale: float = 0.03
+    # Still moving: the val loss' fall, and the val accuracy's rise, over the last recent_steps.
+    recent_steps: int = 200
+    val_loss_fall_mid: float = 0.02
+    val_loss_fall_scale: float = 0.01
+    val_acc_rise_mid: float = 0.02
+    val_acc_rise_scale: float = 0.01
     # How long after memorisation a run is given to show it, in steps.
-    patience_mid: float = 400.0
+    patience_mid: float = 350.0
     patience_scale: float = 50.0
 
 
@@ -188,6 +194,8 @@ def forecast(
         v for _, v in loss) > 0 else None
     acc = after[VAL_ACC]
     signals["val_acc_gain"] = acc[-1][1] - min(v for _, v in acc) if acc else None
+    signals["val_loss_fall"] = _recent_change(loss, step - rule.recent_steps, fall=True)
+    signals["val_acc_rise"] = _recent_change(acc, step - rule.recent_steps, fall=False)
     signals["steps_since_memorization"] = step - memorized
     generalized = first_step_reaching(acc, ACC_THRESHOLD)
     p = 1.0 if generalized is not None else will_generalize(signals, rule)
@@ -211,9 +219,23 @@ def will_generalize(signals: Mapping[str, float | None], rule: ForecastRule = RU
 
     decay = score("weight_norm_drop", rule.norm_drop_mid, rule.norm_drop_scale)
     progress = max(score("val_loss_drop", rule.val_loss_drop_mid, rule.val_loss_drop_scale),
-                   score("val_acc_gain", rule.val_acc_gain_mid, rule.val_acc_gain_scale))
+                   score("val_acc_gain", rule.val_acc_gain_mid, rule.val_acc_gain_scale),
+                   score("val_loss_fall", rule.val_loss_fall_mid, rule.val_loss_fall_scale),
+                   score("val_acc_rise", rule.val_acc_rise_mid, rule.val_acc_rise_scale))
     patience = 1.0 - score("steps_since_memorization", rule.patience_mid, rule.patience_scale)
     return decay * max(progress, patience)
+
+
+def _recent_change(points: list[tuple[int, float]], since: int, fall: bool) -> float | None:
+    """The relative fall (fall=True: 1 - now / then) or the rise (now - then) of a series since
+    its last point at or before `since`; None without such a point."""
+    before = [(s, v) for s, v in points if s <= since]
+    if not before or not points:
+        return None
+    then, now = before[-1][1], points[-1][1]
+    if fall:
+        return 1 - now / then if then > 0 else None
+    return now - then
 
 
 def _extrapolate(acc: list[tuple[int, float]]) -> int | None:
@@ -267,11 +289,12 @@ def decide(
         return Decision(False, None, "not memorised yet")
     p = own["will_generalize"]
     if p >= es.threshold:
-        return Decision(False, p, f"will_generalize {p:.2f} >= {es.threshold:g}")
+        return Decision(False, p, f"will_generalize {p:.3f} >= {es.threshold:g}")
     if es.keep_fraction is not None and kept_by_rank(p, peers, es.keep_fraction, True):
-        return Decision(False, p, f"will_generalize {p:.2f}, kept by keep_fraction {es.keep_fraction:g}")
-    signals = ", ".join(f"{k} {v:.3f}" for k, v in own["signals"].items() if v is not None)
-    return Decision(True, p, f"grokking_aware: will_generalize {p:.2f} < {es.threshold:g} at step "
+        return Decision(False, p, f"will_generalize {p:.3f}, kept by keep_fraction {es.keep_fraction:g}")
+    signals = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in own["signals"].items() if v is not None)
+    return Decision(True, p, f"grokking_aware: will_generalize {p:.3f} < {es.threshold:g} at step "
                     f"{step}, {step - own['memorization_step']} steps after memorisation ({signals})")
 
 

@@ -37,7 +37,7 @@ def run(*, groks_at: int | None, norm_trend: float, val_loss_trend: float, memor
     return series
 
 
-GROKKER = run(groks_at=700, norm_trend=-0.06, val_loss_trend=0.0)
+GROKKER = run(groks_at=700, norm_trend=-0.06, val_loss_trend=-0.1)
 MEMORIZER = run(groks_at=None, norm_trend=0.02, val_loss_trend=0.05)
 
 
@@ -138,3 +138,14 @@ def test_the_phase_diagram_counts_pruned_members_as_pruned():
     assert cells[0]["phases"]["pruned"] == 1 and cells[0]["phases"]["memorization"] == 1
     assert cells[0]["finished"] == 2 and cells[0]["grokked_fraction"] == 0
     assert cells[1]["phases"].get("pruned", 0) == 0 and cells[1]["grokked_fraction"] == 1
+
+
+def test_with_weight_decay_a_stalled_run_goes_after_the_patience_and_a_slow_one_stays():
+    stalled = run(groks_at=None, norm_trend=-0.02, val_loss_trend=0.02)  # val loss creeping up
+    slow = run(groks_at=None, norm_trend=-0.02, val_loss_trend=-0.03)  # still falling, slowly
+    es = EarlyStoppingSpec(policy="grokking_aware", check_every=100)
+    fates = replay(es, [stalled, slow], budget=1200)
+    assert fates[0]["pruned_at"] == 500  # 400 steps after memorisation: past the patience (350)
+    assert "val_loss_fall -0.040" in fates[0]["reason"]  # 1 - 1.02 ** 2
+    assert fates[1]["pruned_at"] is None
+    assert forecast(slow, 1200)["signals"]["val_loss_fall"] == pytest.approx(1 - 0.97 ** 2, abs=1e-3)
