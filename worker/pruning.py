@@ -23,6 +23,7 @@ from service.science.pruning import (
     decide,
     forecast,
     is_check_step,
+    memorized_by,
 )
 from worker.outage import DATABASE_DOWN
 
@@ -94,15 +95,10 @@ class MemberForecasts:
                 self._store_forecast(member, found)
         if self.es is not None:
             due = [m for m, step in evaluated.items() if m not in self.pruned and self.sweep_ids[m] is not None
-                   and is_check_step(self.es, step, (forecasts.get(m) or {}).get("memorization_step")
-                                     if self.es.policy == GROKKING_AWARE else self._memorized(m, step))]
+                   and is_check_step(self.es, step, memorized_by(self.series[m], step))]
             for member in due:
                 extra.setdefault(member, []).extend(self._check(member, evaluated[member], forecasts, due))
         return extra
-
-    def _memorized(self, member: int, step: int) -> int | None:
-        found = forecast(self.series[member], step)
-        return found["memorization_step"] if found else None
 
     def _check(self, member: int, step: int, forecasts: dict[int, dict], due: list[int]) -> list[dict]:
         es = self.es

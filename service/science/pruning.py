@@ -95,8 +95,14 @@ class EarlyStoppingSpec(BaseModel):
         return SCORE_SERIES.get(self.policy, self.metric)
 
 
-def early_stopping_problem(es: EarlyStoppingSpec, eval_every: int, steps: int) -> str | None:
-    """What is wrong with early stopping for members with this eval_every and budget, or None."""
+def early_stopping_problem(
+    es: EarlyStoppingSpec, eval_every: int, steps: int, task_kind: str = "modular"
+) -> str | None:
+    """What is wrong with early stopping for members with this eval_every, budget and task, or
+    None."""
+    if es.policy == GROKKING_AWARE and task_kind != "modular":
+        return (f"early_stopping policy 'grokking_aware' reads the forecast, made for modular "
+                f"tasks (got task.kind {task_kind!r}); use policy 'asha'")
     if es.check_every % eval_every:
         return (f"early_stopping.check_every must be a multiple of training.eval_every "
                 f"({eval_every}) (got {es.check_every})")
@@ -106,6 +112,12 @@ def early_stopping_problem(es: EarlyStoppingSpec, eval_every: int, steps: int) -
 
 
 # ---- the checks ----------------------------------------------------------------------------
+def memorized_by(series: Mapping[str, Series], step: int) -> int | None:
+    """The memorisation step (the first evaluation with train accuracy >= 0.99), if by `step`."""
+    reached = first_step_reaching(clean_series(series.get(TRAIN_ACC)), ACC_THRESHOLD)
+    return reached if reached is not None and reached <= step else None
+
+
 def first_check_from(es: EarlyStoppingSpec, memorization_step: int | None) -> int | None:
     """The step checks start at: `after`, or the memorisation step (None before it)."""
     if es.after == AFTER_MEMORIZATION:
@@ -177,10 +189,9 @@ def forecast(
     val accuracy has reached 0.99, p is 1. generalization_step: the step it reached 0.99, else a
     linear extrapolation of val accuracy's last rise, else None.
     """
-    train_acc = clean_series(series.get(TRAIN_ACC))
     if step is None:
         step = max((s for name in FORECAST_SERIES for s, _ in clean_series(series.get(name))), default=0)
-    memorized = first_step_reaching([p for p in train_acc if p[0] <= step], ACC_THRESHOLD)
+    memorized = memorized_by(series, step)
     if memorized is None:
         return None
     after = {name: [(s, v) for s, v in _upto(series.get(name), step) if s >= memorized]
@@ -308,14 +319,11 @@ def replay(
     judged on its series up to s only, against the members still running at s (synchronous:
     every member that reached s)."""
     fates: list[dict[str, Any]] = [{"pruned_at": None, "score": None, "reason": None} for _ in members]
-    memorized = [
-        first_step_reaching(clean_series(m.get(TRAIN_ACC)), ACC_THRESHOLD) for m in members
-    ]
     steps = sorted({int(s) for m in members for s, _ in m.get(VAL_ACC, ())})
     for step in steps:
         due = [i for i, fate in enumerate(fates)
                if fate["pruned_at"] is None and step < budget
-               and is_check_step(es, step, memorized[i] if memorized[i] is not None and memorized[i] <= step else None)]
+               and is_check_step(es, step, memorized_by(members[i], step))]
         if not due:
             continue
         forecasts = {i: forecast(members[i], step, rule) for i in due}

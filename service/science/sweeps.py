@@ -246,7 +246,7 @@ def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Me
                                         "input": _jsonable(value)})
             continue
         if sweep.early_stopping is not None and (problem := early_stopping_problem(
-                sweep.early_stopping, spec.training.eval_every, spec.training.steps)):
+                sweep.early_stopping, spec.training.eval_every, spec.training.steps, spec.task.kind)):
             loc = ["body", "early_stopping"]
             errors.setdefault((tuple(loc), problem), {"type": "value_error", "loc": loc, "msg": problem,
                                                       "input": sweep.early_stopping.model_dump(mode="json")})

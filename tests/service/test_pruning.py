@@ -149,3 +149,9 @@ def test_with_weight_decay_a_stalled_run_goes_after_the_patience_and_a_slow_one_
     assert "val_loss_fall -0.040" in fates[0]["reason"]  # 1 - 1.02 ** 2
     assert fates[1]["pruned_at"] is None
     assert forecast(slow, 1200)["signals"]["val_loss_fall"] == pytest.approx(1 - 0.97 ** 2, abs=1e-3)
+
+
+def test_grokking_aware_needs_a_modular_task():
+    es = EarlyStoppingSpec(policy="grokking_aware")
+    assert "use policy 'asha'" in early_stopping_problem(es, 50, 1200, "permutation")
+    assert early_stopping_problem(EarlyStoppingSpec(policy="asha"), 50, 1200, "permutation") is None
