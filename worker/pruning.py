@@ -9,7 +9,8 @@ pack through Trainer.run's members_to_stop, with the reason "pruned", like a can
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +31,9 @@ from worker.outage import DATABASE_DOWN
 log = logging.getLogger(__name__)
 
 PRUNED = "pruned"  # the reason a pruned member leaves its batch with
+# The forecasts are stored at most this often (one transaction for the job's members): the
+# status shows one at most this old; the summary has the last.
+FORECAST_EVERY_S = 2.0
 
 
 class MemberForecasts:
@@ -40,8 +44,12 @@ class MemberForecasts:
     def __init__(
         self, sessions: sessionmaker[Session], claims: list[tuple[str, int]], specs: list[ExperimentSpec],
         sweep_ids: list[str | None], early_stopping: EarlyStoppingSpec | None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sessions = sessions
+        self.clock = clock
+        self._unstored: dict[int, dict[str, Any]] = {}
+        self._stored_at = -1e18
         self.claims = list(claims)
         self.es = early_stopping
         self.sweep_ids = sweep_ids
@@ -92,7 +100,9 @@ class MemberForecasts:
             if found is not None:
                 forecasts[member] = found
                 self.latest[member] = found
-                self._store_forecast(member, found)
+                self._unstored[member] = found
+        if self._unstored and self.clock() - self._stored_at >= FORECAST_EVERY_S:
+            self._store_forecasts()
         if self.es is not None:
             due = [m for m, step in evaluated.items() if m not in self.pruned and self.sweep_ids[m] is not None
                    and is_check_step(self.es, step, memorized_by(self.series[m], step))]
@@ -140,13 +150,19 @@ class MemberForecasts:
             extra["pruning"] = self.pruned[member]
         return extra
 
-    def _store_forecast(self, member: int, found: dict[str, Any]) -> None:
-        exp_id, attempt = self.claims[member]
+    def flush(self) -> None:
+        """Store the forecasts not stored yet (before a member finishes: its last one)."""
+        if self._unstored:
+            self._store_forecasts()
+
+    def _store_forecasts(self) -> None:
+        self._stored_at = self.clock()
         try:
             with self.sessions() as s:
-                store.set_forecast(s, exp_id, attempt, found)
-        except DATABASE_DOWN:  # advisory: the next evaluation's replaces it
-            log.warning("forecast of %s not stored (database unavailable)", exp_id)
+                store.set_forecasts(s, {self.claims[m]: f for m, f in self._unstored.items()})
+            self._unstored.clear()
+        except DATABASE_DOWN:  # advisory: tried again after the next evaluation
+            log.warning("forecasts of job %s not stored (database unavailable)", self.claims[0][0])
 
 
 def _at(points: list[tuple[int, float]], step: int) -> float | None:

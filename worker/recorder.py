@@ -256,6 +256,8 @@ class JobRecorder:
         """Finish one member with its summary, then apply checkpoint retention to it (with its
         final memorisation and generalisation steps)."""
         exp_id = self.ids[member]
+        if self.forecasts is not None:  # its last forecast on its status too
+            self.forecasts.flush()
 
         def end() -> tuple[bool, dict]:
             with self.sessions() as s:

@@ -110,7 +110,7 @@ from service.store.progress_measures import (
     withdraw_progress_measures,
 )
 from service.store.retention import CheckpointRetention, apply_retention
-from service.store.pruning import set_forecast, sweep_early_stopping, sweep_scores_at
+from service.store.pruning import set_forecasts, sweep_early_stopping, sweep_scores_at
 from service.store.sweeps import (
     SweepStatus,
     cancel_sweep,

@@ -35,15 +35,19 @@ def sweep_scores_at(
     return {row.experiment_id: row.value for row in rows if row.value is not None}
 
 
-def set_forecast(session: Session, experiment_id: str, attempt: int, forecast: dict[str, Any]) -> bool:
-    """Store a running member's latest forecast; False unless it still runs this attempt."""
-    clean = {**forecast, "will_generalize": finite_or_none(forecast.get("will_generalize")),
-             "signals": {k: finite_or_none(v) for k, v in (forecast.get("signals") or {}).items()}}
-    result = session.execute(
-        update(Experiment)
-        .where(Experiment.id == experiment_id, Experiment.attempt == attempt, Experiment.status == RUNNING)
-        .values(forecast=clean)
-        .execution_options(synchronize_session=False)
-    )
+def set_forecasts(session: Session, forecasts: dict[tuple[str, int], dict[str, Any]]) -> int:
+    """Store running members' latest forecasts ({(id, attempt): forecast}) in one transaction;
+    a member that no longer runs this attempt is left as it is. Returns how many were stored."""
+    stored = 0
+    for (experiment_id, attempt), forecast in forecasts.items():
+        clean = {**forecast, "will_generalize": finite_or_none(forecast.get("will_generalize")),
+                 "signals": {k: finite_or_none(v) for k, v in (forecast.get("signals") or {}).items()}}
+        stored += session.execute(
+            update(Experiment)
+            .where(Experiment.id == experiment_id, Experiment.attempt == attempt,
+                   Experiment.status == RUNNING)
+            .values(forecast=clean)
+            .execution_options(synchronize_session=False)
+        ).rowcount
     session.commit()
-    return bool(result.rowcount)
+    return stored
