@@ -257,7 +257,7 @@ class JobRecorder:
         final memorisation and generalisation steps)."""
         exp_id = self.ids[member]
         if self.forecasts is not None:  # its last forecast on its status too
-            self.forecasts.flush()
+            self.forecasts.flush(member)
 
         def end() -> tuple[bool, dict]:
             with self.sessions() as s:
