@@ -80,7 +80,8 @@ class SweepSummaryOut(BaseModel):
     status: Status = Field(
         description="queued (no member started yet), running (any member queued or running), "
         "paused (none queued or running, some paused), or once every member finished: "
-        "succeeded (all did), failed (any failed; see counts), cancelled."
+        "succeeded (all did, or were pruned by early stopping), failed (any failed; see counts), "
+        "cancelled."
     )
     counts: dict[str, int] = Field(description="Members by status.")
     progress: float = Field(
@@ -92,6 +93,8 @@ class SweepSummaryOut(BaseModel):
     n_packs: int = Field(description="Queue jobs: members with the same shapes train together.")
     grid: dict[str, list[Any]] = Field(description="The axes and their values, in grid order.")
     pack_size: int | None = Field(description="As asked for; null: the default.")
+    early_stopping: dict[str, Any] | None = Field(
+        None, description="As asked for, defaults filled in; null: every member runs its budget.")
 
     @classmethod
     def fields_of(cls, sweep: Sweep, state: SweepStatus) -> dict[str, Any]:
@@ -108,6 +111,7 @@ class SweepSummaryOut(BaseModel):
             "n_packs": sweep.n_packs,
             "grid": sweep.spec["grid"],
             "pack_size": sweep.spec.get("pack_size"),
+            "early_stopping": sweep.spec.get("early_stopping"),
         }
 
     @classmethod

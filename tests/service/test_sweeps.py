@@ -511,3 +511,23 @@ def test_store_lists_filters_and_cancels(session):
                                           "failed": 0, "cancelled": 2, "paused": 0, "pruned": 0}
     assert store.cancel_sweep(session, first.id) == 3
     assert store.cancel_sweep(session, first.id) == 0  # nothing left to cancel
+
+
+def test_early_stopping_is_stored_with_the_sweep_and_a_check_reads_the_other_members_scores(
+        client, api_sessions):
+    asha = {"policy": "asha", "metric": "val_acc", "check_every": 50, "keep_fraction": 0.5}
+    sweep = submit_sweep(client, early_stopping=asha)
+    assert sweep["early_stopping"]["keep_fraction"] == 0.5
+    ids = sweep["experiment_ids"]
+    with api_sessions() as s:
+        assert store.sweep_early_stopping(s, sweep["id"])["policy"] == "asha"
+        for value, exp_id in zip((0.1, 0.4, 0.3), ids):
+            store.ingest_metrics(s, exp_id, [{"step": 50, "member": 0, "name": "val_acc", "value": value}])
+        # What the worker of ids[0]'s pack ranks it against: the others that reached step 50.
+        assert store.sweep_scores_at(s, sweep["id"], "val_acc", 50, [ids[0]]) == {ids[1]: 0.4, ids[2]: 0.3}
+        assert store.sweep_scores_at(s, sweep["id"], "val_acc", 60, [ids[0]]) == {}
+    r = client.post(SWEEPS, json={"name": "x", "base": BASE, "grid": GRID,
+                                  "early_stopping": {"policy": "asha", "check_every": 30}})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "early_stopping"]
+    assert "multiple of training.eval_every (50)" in r.json()["detail"][0]["msg"]
