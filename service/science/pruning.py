@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -54,13 +54,14 @@ Series = Sequence[Sequence[Any]]  # [(step, value), ...]
 class EarlyStoppingSpec(BaseModel):
     """A sweep's `early_stopping`."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict, as the experiment spec: a number is not read from a string, nor a step from a bool
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     policy: Literal["grokking_aware", "asha"] = Field(
         description="grokking_aware: prune members whose forecast says they will not generalise; "
         "asha: successive halving on a validation metric (what other sweep tools do)."
     )
-    after: Literal["memorization"] | int = Field(
+    after: Literal["memorization"] | Annotated[int, Field(ge=0)] = Field(
         AFTER_MEMORIZATION,
         description="The first step checked: a step, or 'memorization' (the first evaluation "
         "with train accuracy >= 0.99).",
@@ -83,8 +84,6 @@ class EarlyStoppingSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "EarlyStoppingSpec":
-        if isinstance(self.after, int) and self.after < 0:
-            raise ValueError(f"after must be 'memorization' or a step >= 0 (got {self.after})")
         if self.policy == ASHA and self.keep_fraction is None:
             self.keep_fraction = 0.5
         return self
