@@ -112,8 +112,8 @@ def report(name: str, recording: dict) -> dict:
     met = ga["saved"] >= GOAL_SAVED and ga["recall"] >= GOAL_RECALL
     verdict = "met" if met else (
         f"NOT met: saved {ga['saved']:.1%} (goal {GOAL_SAVED:.0%}, short by "
-        f"{max(0.0, GOAL_SAVED - ga['saved']):.1%}), recall {ga['recall']:.1%} (goal {GOAL_RECALL:.0%}, "
-        f"short by {max(0.0, GOAL_RECALL - ga['recall']):.1%})")
+        f"{100 * max(0.0, GOAL_SAVED - ga['saved']):.1f} points), recall {ga['recall']:.1%} (goal "
+        f"{GOAL_RECALL:.0%}, short by {100 * max(0.0, GOAL_RECALL - ga['recall']):.1f} points)")
     beats = "no asha setting saves as much" if equal is None else (
         "yes" if ga["recall"] > equal["recall"] else "no")
     print(f"goal (saved >= {GOAL_SAVED:.0%}, recall >= {GOAL_RECALL:.0%}): {verdict}; beats asha on recall at "
