@@ -27,6 +27,7 @@ from worker.analysis.callback import analysis_callback
 from worker.db import sessions_for
 from worker.outage import DATABASE_DOWN
 from worker.processes import ThreadShare
+from worker.pruning import MemberForecasts
 from worker.recorder import JobRecorder
 from worker.timing import JobClock
 
@@ -199,6 +200,29 @@ def resume_point(session: Session, experiment_ids: list[str]) -> tuple[int | Non
     return step, [store.load_checkpoint_verified(session, exp_id, step) for exp_id in experiment_ids]
 
 
+def member_forecasts(
+    sessions: sessionmaker[Session], recorder: JobRecorder, specs: list[ExperimentSpec],
+    resume_step: int | None,
+) -> MemberForecasts:
+    """The job's forecasts and early stopping (worker.pruning), with the series recorded before
+    a resume (the forecast reads each member's whole run since memorisation)."""
+    with sessions() as s:
+        sweep_ids = [store.get_experiment(s, exp_id).sweep_id for exp_id in recorder.ids]
+    forecasts = MemberForecasts.for_job(sessions, recorder.claims, specs, sweep_ids)
+    if resume_step is not None:
+        with sessions() as s:
+            forecasts.load_history({
+                member: {
+                    series["name"]: [(st, v) for st, v in zip(series["steps"], series["values"])
+                                     if v is not None and st <= resume_step]
+                    for series in store.query_metrics(s, exp_id, names=sorted(forecasts.names),
+                                                      max_points=None, member=0)["series"]
+                }
+                for member, exp_id in enumerate(recorder.ids)
+            })
+    return forecasts
+
+
 def _train(
     specs: list[ExperimentSpec], recorder: JobRecorder, sessions: sessionmaker[Session],
     poll: Callable[[], None], clock: JobClock, torch_compile: str = "off",
@@ -218,6 +242,7 @@ def _train(
             log.info("job of %s resumes at step %d", recorder.ids[0], trainer.step)
         else:
             trainer = Trainer.for_members(specs, compile_model=compile_model)
+        recorder.forecasts = member_forecasts(sessions, recorder, specs, resume_step)
     clock.instrument(trainer)
     recorder.trainer, recorder.resumed_from_step = trainer, resume_step
     for member, alerts in enumerate(recorder.alerts):

@@ -31,10 +31,11 @@ from worker.outage import DATABASE_DOWN, Backoff, with_retries
 
 if TYPE_CHECKING:
     from worker.engine.train import Trainer
+    from worker.pruning import MemberForecasts
 
 log = logging.getLogger(__name__)
 
-LEFT_STATUS = {"grokked": "succeeded", "nonfinite": "failed", "cancelled": "cancelled"}
+LEFT_STATUS = {"grokked": "succeeded", "nonfinite": "failed", "cancelled": "cancelled", "pruned": "pruned"}
 
 
 class JobRecorder:
@@ -69,6 +70,7 @@ class JobRecorder:
         self.cancel_poll_s = cancel_poll_s
         self.clock = clock
         self.trainer: Trainer | None = None  # set by the job's run, for store_measures
+        self.forecasts: MemberForecasts | None = None  # forecasts and early stopping (worker.pruning)
         self.active: set[int] = set(range(len(claims)))
         self.lost: set[int] = set()
         self.stop_reason: dict[int, str] = {}  # member -> "cancelled" | "paused", as asked
@@ -92,6 +94,9 @@ class JobRecorder:
         for row in rows:
             member, member_row = self.route[row["member"]]
             routed.setdefault(member, []).append({**row, "member": member_row})
+        if self.forecasts is not None:  # the checks' scores are recorded beside the metrics
+            for member, scores in self.forecasts.observe(routed).items():
+                routed[member].extend(scores)
         for member, member_rows in routed.items():
             self._rows.setdefault(member, []).extend(member_rows)
             if member < len(self.alerts):
@@ -182,7 +187,8 @@ class JobRecorder:
 
     def members_to_stop(self) -> dict[int, str]:
         """Members to take out of the batch now, with why: "cancelled", "paused" (both asked
-        through the API, polled every cancel_poll_s), or "lost" (no longer this worker's)."""
+        through the API, polled every cancel_poll_s; either wins over a prune), "pruned" (the
+        sweep's early stopping), or "lost" (no longer this worker's)."""
         now = self.clock()
         if now - self._last_cancel_poll >= self.cancel_poll_s:
             self._last_cancel_poll = now
@@ -196,6 +202,8 @@ class JobRecorder:
                 if reason == "cancelled":  # a cancel overrides an earlier pause request
                     self.stop_reason[self.member_of[exp_id]] = reason
         wanted = {m: "lost" for m in self.lost}
+        if self.forecasts is not None:  # pruned by the sweep's early stopping
+            wanted.update({m: r for m, r in self.forecasts.members_to_stop().items() if m not in self.lost})
         wanted.update({m: r for m, r in self.stop_reason.items() if m not in self.lost})
         return {m: r for m, r in wanted.items() if m in self.active}
 
@@ -248,11 +256,15 @@ class JobRecorder:
         """Finish one member with its summary, then apply checkpoint retention to it (with its
         final memorisation and generalisation steps)."""
         exp_id = self.ids[member]
+        if self.forecasts is not None:  # its last forecast on its status too
+            self.forecasts.flush(member)
 
         def end() -> tuple[bool, dict]:
             with self.sessions() as s:
                 summary = experiment_summary(s, exp_id)
                 summary["stopped"] = stopped
+                if self.forecasts is not None:  # the last forecast; why it was pruned
+                    summary.update(self.forecasts.summary_of(member))
                 summary["resumed_from_step"] = self.resumed_from_step
                 finished = store.finish_experiment(
                     s, exp_id, self.attempt_of[exp_id], status, error=error, summary=summary

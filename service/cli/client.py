@@ -1,4 +1,4 @@
-"""`groklab submit|status|list|cancel|pause|resume|watch|metrics|export|circuit|llc`: a running service over HTTP, through
+"""`groklab submit|status|list|cancel|pause|resume|watch|members|metrics|export|circuit|llc`: a running service over HTTP, through
 the Python client (service/client/); GROKLAB_URL and GROKLAB_TOKEN say which and as whom."""
 from __future__ import annotations
 
@@ -191,8 +191,31 @@ def watch(experiment_id: ExperimentId, url: Url = DEFAULT_URL) -> None:
         typer.echo(f"error: {job['error']}")
     if summary:
         typer.echo(json.dumps(summary, indent=2))
+    if summary.get("pruning"):  # its sweep's early stopping ended it: why
+        typer.echo(f"pruned at step {summary['pruning']['step']}: {summary['pruning']['reason']}")
     if job.get("status") != "succeeded":
         raise typer.Exit(1)
+
+
+@app.command()
+def members(sweep_id: Annotated[str, typer.Argument(metavar="SWEEP_ID")], url: Url = DEFAULT_URL) -> None:
+    """A sweep's members: status, axis values, phase, the forecast's probability of
+    generalising, and for a member pruned by early stopping the step and the reason."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _service(url) as client:
+        out = client.sweep_members(sweep_id)
+    table = Table("index", "id", "status", *out["axes"], "phase", "generalized at", "will_generalize",
+                  "pruned at", "reason")
+    for m in out["members"]:
+        p = m.get("will_generalize")
+        table.add_row(
+            str(m["index"]), m["experiment_id"][:8], m["status"], *(str(m["point"].get(a)) for a in out["axes"]),
+            m["phase"] or "", str(m["generalization_step"] or ""), "" if p is None else f"{p:.2f}",
+            str(m.get("pruned_at_step") or ""), m.get("prune_reason") or "",
+        )
+    Console(width=240).print(table)
 
 
 @app.command()

@@ -23,7 +23,7 @@ from service.contract.spec import deep_merge
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API = "/api/v1"
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled", "pruned")
 # Where wait() stops: a finished job, or a paused one (it moves again only when resumed).
 STOPPED = (*FINISHED, "paused")
 # Reconnects of an events stream in a row that may fail before events() gives up.
@@ -175,7 +175,8 @@ class Client:
         self, experiment_id: str, timeout: float | None = None, progress: bool = True,
         poll_s: float = 1.0,
     ) -> dict:
-        """Poll the job until it is finished (succeeded, failed or cancelled) or paused, and
+        """Poll the job until it is finished (succeeded, failed, cancelled, or pruned by its
+        sweep's early stopping: summary["pruning"] says why) or paused, and
         return it: a paused job moves again only when resumed, so waiting stops there too
         (check `status`; resume() and wait() again to follow it on). With `progress`, a
         progress bar on stderr. GroklabError (status None) after `timeout` seconds."""
@@ -367,7 +368,8 @@ class Client:
     # ---- sweeps -----------------------------------------------------------------------------
 
     def submit_sweep(self, spec: dict) -> dict:
-        """Submit a sweep ({name, base, grid, pack_size}); returns it with its experiment_ids."""
+        """Submit a sweep ({name, base, grid, pack_size, early_stopping}); returns it with its
+        experiment_ids."""
         return self._json("POST", "/sweeps", json=spec)
 
     def sweep(self, sweep_id: str) -> dict:

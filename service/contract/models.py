@@ -35,8 +35,11 @@ FAILED = "failed"
 CANCELLED = "cancelled"
 # Checkpointed and off its worker, keeping its place until resumed (then queued again).
 PAUSED = "paused"
-STATUSES: tuple[str, ...] = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, PAUSED)
-FINISHED_STATUSES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED})
+# Stopped early by its sweep's pruner (service/science/pruning.py): final, keeping its metrics
+# and checkpoints, with the rule's reason and score in its summary.
+PRUNED = "pruned"
+STATUSES: tuple[str, ...] = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, PAUSED, PRUNED)
+FINISHED_STATUSES: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED, PRUNED})
 
 # Token scopes, each including the ones before it: admin ⊇ write ⊇ read.
 SCOPES: tuple[str, ...] = ("read", "write", "admin")
@@ -131,6 +134,9 @@ class Experiment(Base):
     # counts this, so a job requeued after a lost worker does not start its limit afresh.
     run_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     summary: Mapped[dict[str, Any] | None]
+    # The worker's latest forecast of whether and when it generalises (modular tasks, after
+    # memorisation; service/science/pruning.py): what a sweep's grokking-aware pruner acts on.
+    forecast: Mapped[dict[str, Any] | None]
 
     # Sweep members: the sweep, the member's place in the grid and its axis values, and the pack
     # it trains in. A pack is the unit of work: its id is the job id on the queue, and its

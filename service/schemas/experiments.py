@@ -98,7 +98,15 @@ class ExperimentOut(BaseModel):
     )
     summary: dict[str, Any] | None = Field(
         description="Written by the worker at the end: final metrics, memorization_step, "
-        "generalization_step, ..."
+        "generalization_step, ...; a pruned sweep member's has `pruning` {policy, step, score, "
+        "reason}, and a modular task's its last `forecast`."
+    )
+    forecast: dict[str, Any] | None = Field(
+        None,
+        description="Modular tasks, once memorised: the worker's latest forecast after each "
+        "evaluation, {will_generalize: p, generalization_step: estimate or null, signals: {...}, "
+        "step, memorization_step} (service/science/pruning.py). What a sweep's grokking_aware "
+        "early stopping acts on.",
     )
 
     @classmethod
@@ -128,6 +136,7 @@ class ExperimentOut(BaseModel):
             cancel_requested=experiment.cancel_requested,
             pause_requested=experiment.pause_requested,
             summary=experiment.summary,
+            forecast=experiment.forecast,
         )
 
 

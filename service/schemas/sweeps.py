@@ -80,7 +80,8 @@ class SweepSummaryOut(BaseModel):
     status: Status = Field(
         description="queued (no member started yet), running (any member queued or running), "
         "paused (none queued or running, some paused), or once every member finished: "
-        "succeeded (all did), failed (any failed; see counts), cancelled."
+        "succeeded (all did, or were pruned by early stopping), failed (any failed; see counts), "
+        "cancelled."
     )
     counts: dict[str, int] = Field(description="Members by status.")
     progress: float = Field(
@@ -92,6 +93,8 @@ class SweepSummaryOut(BaseModel):
     n_packs: int = Field(description="Queue jobs: members with the same shapes train together.")
     grid: dict[str, list[Any]] = Field(description="The axes and their values, in grid order.")
     pack_size: int | None = Field(description="As asked for; null: the default.")
+    early_stopping: dict[str, Any] | None = Field(
+        None, description="As asked for, defaults filled in; null: every member runs its budget.")
 
     @classmethod
     def fields_of(cls, sweep: Sweep, state: SweepStatus) -> dict[str, Any]:
@@ -108,6 +111,7 @@ class SweepSummaryOut(BaseModel):
             "n_packs": sweep.n_packs,
             "grid": sweep.spec["grid"],
             "pack_size": sweep.spec.get("pack_size"),
+            "early_stopping": sweep.spec.get("early_stopping"),
         }
 
     @classmethod
@@ -154,7 +158,8 @@ class PhaseCell(BaseModel):
     y: Any = Field(description="null without a y axis.")
     n: int = Field(description="Members in the cell (every other axis aggregated).")
     finished: int
-    phases: dict[str, int] = Field(description="Members by the phase of their summary.")
+    phases: dict[str, int] = Field(description="Members by the phase of their summary; a member "
+                                   "pruned by early stopping counts as `pruned`.")
     grokked_fraction: float | None = Field(
         description="Of the members with a summary, the fraction that generalised."
     )
@@ -221,6 +226,8 @@ def phase_diagram_csv(diagram: dict[str, Any]) -> str:
 SUMMARY_COLUMNS = (
     "phase", "memorization_step", "generalization_step", "final_train_acc", "final_val_acc",
 )
+# A member's early stopping: the last forecast's probability, and the check that pruned it.
+PRUNING_COLUMNS = ("will_generalize", "pruned_at_step", "prune_score", "prune_reason")
 
 
 class MemberOut(BaseModel):
@@ -233,6 +240,11 @@ class MemberOut(BaseModel):
     generalization_step: int | None
     final_train_acc: float | None
     final_val_acc: float | None
+    will_generalize: float | None = Field(
+        None, description="The last forecast's probability of generalising (modular tasks).")
+    pruned_at_step: int | None = Field(None, description="The check step that pruned it.")
+    prune_score: float | None = Field(None, description="Its score at that check.")
+    prune_reason: str | None = Field(None, description="Why the rule pruned it.")
     summary: dict[str, Any] | None = Field(description="The member's whole summary.")
 
     @classmethod
@@ -244,6 +256,10 @@ class MemberOut(BaseModel):
             status=member.status,  # type: ignore[arg-type]
             point=member.sweep_point or {},
             **{k: summary.get(k) for k in SUMMARY_COLUMNS},
+            will_generalize=((member.forecast or summary.get("forecast")) or {}).get("will_generalize"),
+            pruned_at_step=(summary.get("pruning") or {}).get("step"),
+            prune_score=(summary.get("pruning") or {}).get("score"),
+            prune_reason=(summary.get("pruning") or {}).get("reason"),
             summary=member.summary,
         )
 
@@ -265,9 +281,11 @@ def members_out(sweep: Sweep, members: list[Experiment]) -> MembersOut:
 
 def members_csv(members: MembersOut) -> str:
     """One row per member: experiment_id, index, status, one column per axis, then the
-    summary's phase, memorization_step, generalization_step, final_train_acc, final_val_acc."""
+    summary's phase, memorization_step, generalization_step, final_train_acc, final_val_acc,
+    and the early stopping's will_generalize, pruned_at_step, prune_score, prune_reason."""
+    columns = (*SUMMARY_COLUMNS, *PRUNING_COLUMNS)
     return _csv(
-        ["experiment_id", "index", "status", *members.axes, *SUMMARY_COLUMNS],
+        ["experiment_id", "index", "status", *members.axes, *columns],
         [[m.experiment_id, m.index, m.status, *(m.point.get(a) for a in members.axes),
-          *(getattr(m, k) for k in SUMMARY_COLUMNS)] for m in members.members],
+          *(getattr(m, k) for k in columns)] for m in members.members],
     )

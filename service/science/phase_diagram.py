@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from service.contract.models import FINISHED_STATUSES
+from service.contract.models import FINISHED_STATUSES, PRUNED
 from service.science.grokking import (
     PHASE_COMPREHENSION,
     PHASE_CONFUSION,
@@ -85,11 +85,14 @@ def _median(values: list[Any]) -> float | None:
 
 def cell(x: Any, y: Any, members: list[MemberResult]) -> dict[str, Any]:
     """One cell: member and finished counts, phase counts, grokked fraction and medians over
-    the members whose summary has the value (null when none has)."""
+    the members whose summary has the value (null when none has). A member pruned by the
+    sweep's early stopping counts as "pruned", not by the phase it had reached (it did not run
+    its budget), and as not generalised in grokked_fraction unless it had."""
     summaries = [m.summary for m in members if m.summary]
     phases = dict.fromkeys(PHASES, 0)
-    for summary in summaries:
-        if isinstance(phase := summary.get("phase"), str):
+    for member in members:
+        phase = PRUNED if member.status == PRUNED else (member.summary or {}).get("phase")
+        if isinstance(phase, str):
             phases[phase] = phases.get(phase, 0) + 1
     out: dict[str, Any] = {
         "x": x,

@@ -26,6 +26,7 @@ from service.contract.budgets import compute, member_memory, most_members
 from service.contract.limits import Limits
 from service.contract.members import PER_MEMBER_PATHS, ensemble_lists, without_per_member
 from service.contract.spec import ExperimentSpec
+from service.science.pruning import EarlyStoppingSpec, early_stopping_problem
 
 # The most members of a CPU pack: on one thread, ci-small packs of 1, 2 and 4 members cost the
 # same per member-step, 8 cost 4% more and 12 11% more (their activations fall out of cache),
@@ -48,6 +49,12 @@ class SweepSpec(BaseModel):
         description="Dotted spec paths and the values each takes; one member per point of the "
         "Cartesian product.",
         examples=[{"optimizer.weight_decay": [0, 1], "training.seed": [0, 1]}],
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None,
+        description="Stop members early: grokking_aware prunes those whose forecast says they "
+        "will not generalise (service/science/pruning.py); asha prunes on a validation metric.",
+        examples=[{"policy": "grokking_aware", "after": "memorization", "check_every": 100}],
     )
     pack_size: int | None = Field(
         None, ge=1,
@@ -237,6 +244,12 @@ def expand(sweep: SweepSpec, limits: Limits | None, max_members: int) -> list[Me
                     value = sweep.grid[axis][at]
                 errors.setdefault(key, {"type": "value_error", "loc": loc, "msg": msg,
                                         "input": _jsonable(value)})
+            continue
+        if sweep.early_stopping is not None and (problem := early_stopping_problem(
+                sweep.early_stopping, spec.training.eval_every, spec.training.steps, spec.task.kind)):
+            loc = ["body", "early_stopping"]
+            errors.setdefault((tuple(loc), problem), {"type": "value_error", "loc": loc, "msg": problem,
+                                                      "input": sweep.early_stopping.model_dump(mode="json")})
             continue
         members.append(Member(index, point, spec))
     if errors:

@@ -21,6 +21,7 @@ One module per concern; callers use this package (`from service import store`):
 - scheduling: which queued job a woken worker claims next, fairly between owners
 - sweeps: a grid of experiments stored at once, its status derived from its members
 - pausing: pause and resume of an experiment or of every member of a sweep
+- pruning: a sweep's early stopping (the scores of a check, each member's forecast)
 - dialect: what differs between PostgreSQL and SQLite
 - webhooks: the per-owner secrets that alert webhooks are signed with
 - tokens: API tokens, stored by the hash of their secret
@@ -109,6 +110,7 @@ from service.store.progress_measures import (
     withdraw_progress_measures,
 )
 from service.store.retention import CheckpointRetention, apply_retention
+from service.store.pruning import set_forecasts, sweep_early_stopping, sweep_scores_at
 from service.store.sweeps import (
     SweepStatus,
     cancel_sweep,

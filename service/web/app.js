@@ -14,7 +14,7 @@ const LIST_POLL_MS = 5000;
 const RUN_POLL_MS = 3000;
 const ACTIVE = ["queued", "running"]; // a worker holds it or will take it
 const UNFINISHED = [...ACTIVE, "paused"]; // it may still change: followed live, cancellable
-const STATUSES = ["queued", "running", "paused", "succeeded", "failed", "cancelled"];
+const STATUSES = ["queued", "running", "paused", "succeeded", "failed", "cancelled", "pruned"];
 
 const $ = (sel, root = document) => root.querySelector(sel);
 

@@ -84,6 +84,15 @@ async function experimentPage(main, id, v) {
     }
   }
 
+  // The worker's forecast (modular tasks, once memorised): what a sweep's grokking-aware early
+  // stopping acts on.
+  function forecastText(f) {
+    if (!f) return "—";
+    const when = f.generalization_step != null ? `, generalises at ~${f.generalization_step}` : "";
+    const signals = Object.entries(f.signals || {}).filter(([, x]) => x != null).map(([k, x]) => `${k} ${fmt(x)}`).join(", ");
+    return `will generalise: ${fmt(f.will_generalize)}${when} (at step ${f.step}; ${signals})`;
+  }
+
   function renderHeader() {
     const e = state.experiment;
     const s = e.summary || {};
@@ -108,6 +117,9 @@ async function experimentPage(main, id, v) {
           e.progress.eta_s != null && ACTIVE.includes(e.status) ? ` eta ${Math.round(e.progress.eta_s)} s` : ""),
         h("dt", {}, "memorised at"), h("dd", {}, fmt(s.memorization_step)),
         h("dt", {}, "generalised at"), h("dd", {}, fmt(s.generalization_step)),
+        h("dt", {}, "forecast"), h("dd", { id: "forecast" }, forecastText(e.forecast || s.forecast)),
+        s.pruning ? h("dt", {}, "pruned") : null,
+        s.pruning ? h("dd", { id: "pruning" }, `at step ${s.pruning.step} (score ${fmt(s.pruning.score)}): ${s.pruning.reason}`) : null,
         h("dt", {}, "created"), h("dd", {}, when(e.created_at)),
         h("dt", {}, "finished"), h("dd", {}, when(e.finished_at)),
         h("dt", {}, "worker"), h("dd", {}, e.worker || "—")),

@@ -66,7 +66,7 @@ const SweepCharts = (() => {
                memorise: side("memorization_step"), generalise: side("generalization_step") };
     });
   }
-  const FINISHED = ["succeeded", "failed", "cancelled"];
+  const FINISHED = ["succeeded", "failed", "cancelled", "pruned"];
 
   // The plot of stepsByValue: x the axis's values (evenly spaced), y the steps (log); members
   // that never got there as a hollow triangle in the "never" row at the top, with their count.

@@ -184,11 +184,12 @@ async function sweepPage(main, id, v) {
 
   function showMembers(d, x, y, match) {
     put(members, h("h3", {}, `${d.x.axis}=${JSON.stringify(x)}${d.y ? `, ${d.y.axis}=${JSON.stringify(y)}` : ""}`),
-      h("table", { class: "list" }, h("thead", {}, h("tr", {}, ["#", "Status", "Point", "Phase", "Memorised", "Generalised", "Val acc"].map((c) => h("th", {}, c)))),
+      h("table", { class: "list" }, h("thead", {}, h("tr", {}, ["#", "Status", "Point", "Phase", "Memorised", "Generalised", "Val acc", "Will generalise", "Pruned"].map((c) => h("th", {}, c)))),
         h("tbody", {}, match.map((m) => h("tr", {},
           h("td", {}, h("a", { href: `#/experiments/${m.experiment_id}` }, m.index)), h("td", {}, badge(m.status)),
           h("td", {}, JSON.stringify(m.point)), h("td", {}, m.phase || "—"), h("td", {}, fmt(m.memorization_step)),
-          h("td", {}, fmt(m.generalization_step)), h("td", {}, fmt(m.final_val_acc)))))));
+          h("td", {}, fmt(m.generalization_step)), h("td", {}, fmt(m.final_val_acc)), h("td", {}, fmt(m.will_generalize)),
+          h("td", { class: "pruned-reason", title: m.prune_reason || "" }, m.pruned_at_step != null ? `@${m.pruned_at_step}: ${m.prune_reason}` : "—"))))));
   }
 
   async function refreshMembers() {
@@ -221,4 +222,4 @@ async function sweepPage(main, id, v) {
   });
 }
 
-const SWEEP_FINISHED = ["succeeded", "failed", "cancelled"];
+const SWEEP_FINISHED = ["succeeded", "failed", "cancelled", "pruned"];

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import create_pg_database, drop_pg_database
 
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled", "pruned")
 
 
 def free_port() -> int:

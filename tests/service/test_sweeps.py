@@ -67,7 +67,7 @@ def test_a_grid_becomes_queued_members_enqueued_as_packs(client, enqueued, api_s
     sweep = submit_sweep(client)
     assert sweep["status"] == "queued" and sweep["progress"] == 0 and sweep["finished_at"] is None
     assert sweep["counts"] == {"queued": 8, "running": 0, "succeeded": 0, "failed": 0,
-                               "cancelled": 0, "paused": 0}
+                               "cancelled": 0, "paused": 0, "pruned": 0}
     assert sweep["n_members"] == 8 and len(set(sweep["experiment_ids"])) == 8
     assert sweep["grid"] == GRID and sweep["pack_size"] is None
     assert client.get(f"{SWEEPS}/{sweep['id']}").json() == sweep
@@ -236,7 +236,7 @@ def test_cancel_asks_running_members_to_stop(client, api_sessions):
     r = client.post(f"{SWEEPS}/{sweep['id']}/cancel")
     assert r.json()["status"] == "running"  # until the worker stops them
     assert r.json()["counts"] == {"queued": 0, "running": 3, "succeeded": 0, "failed": 0,
-                                  "cancelled": 5, "paused": 0}
+                                  "cancelled": 5, "paused": 0, "pruned": 0}
     for experiment_id in running:
         job = client.get(f"{API}/{experiment_id}").json()
         assert job["status"] == "running" and job["cancel_requested"]
@@ -263,6 +263,8 @@ def test_cancel_asks_running_members_to_stop(client, api_sessions):
         ({"succeeded": 6, "paused": 2}, "paused"),  # nothing left to run until resumed
         ({"running": 1, "paused": 7}, "running"),
         ({"paused": 1}, "running"),  # the rest still queued
+        ({"succeeded": 5, "pruned": 3}, "succeeded"),  # pruning is how a sweep ends early
+        ({"pruned": 8}, "succeeded"),
     ],
 )
 def test_status_is_derived_from_the_members(client, api_sessions, states, status):
@@ -282,7 +284,7 @@ def test_status_is_derived_from_the_members(client, api_sessions, states, status
     assert out["status"] == status
     assert out["counts"] == {
         s: states.get(s, 0) + (8 - sum(states.values()) if s == "queued" else 0)
-        for s in ("queued", "running", "succeeded", "failed", "cancelled", "paused")
+        for s in ("queued", "running", "succeeded", "failed", "cancelled", "paused", "pruned")
     }
     done = 60 * sum(n for s, n in states.items() if s != "running") + 30 * states.get("running", 0)
     assert out["progress"] == pytest.approx(done / (8 * 60))
@@ -433,7 +435,8 @@ def test_members_as_json_and_csv(client, finished_sweep):
     table = list(csv.DictReader(io.StringIO(r.text)))
     assert list(table[0]) == ["experiment_id", "index", "status", *AXES, "phase",
                               "memorization_step", "generalization_step", "final_train_acc",
-                              "final_val_acc"]
+                              "final_val_acc", "will_generalize", "pruned_at_step", "prune_score",
+                              "prune_reason"]
     assert len(table) == 8
     assert {row["phase"] for row in table if row["optimizer.weight_decay"] == "0"} == {
         "memorization"}
@@ -505,6 +508,26 @@ def test_store_lists_filters_and_cancels(session):
     statuses = store.sweep_statuses(session, [first.id, second.id])
     assert statuses[first.id].status == "queued"
     assert statuses[second.id].counts == {"queued": 0, "running": 1, "succeeded": 0,
-                                          "failed": 0, "cancelled": 2, "paused": 0}
+                                          "failed": 0, "cancelled": 2, "paused": 0, "pruned": 0}
     assert store.cancel_sweep(session, first.id) == 3
     assert store.cancel_sweep(session, first.id) == 0  # nothing left to cancel
+
+
+def test_early_stopping_is_stored_with_the_sweep_and_a_check_reads_the_other_members_scores(
+        client, api_sessions):
+    asha = {"policy": "asha", "metric": "val_acc", "check_every": 50, "keep_fraction": 0.5}
+    sweep = submit_sweep(client, early_stopping=asha)
+    assert sweep["early_stopping"]["keep_fraction"] == 0.5
+    ids = sweep["experiment_ids"]
+    with api_sessions() as s:
+        assert store.sweep_early_stopping(s, sweep["id"])["policy"] == "asha"
+        for value, exp_id in zip((0.1, 0.4, 0.3), ids):
+            store.ingest_metrics(s, exp_id, [{"step": 50, "member": 0, "name": "val_acc", "value": value}])
+        # What the worker of ids[0]'s pack ranks it against: the others that reached step 50.
+        assert store.sweep_scores_at(s, sweep["id"], "val_acc", 50, [ids[0]]) == {ids[1]: 0.4, ids[2]: 0.3}
+        assert store.sweep_scores_at(s, sweep["id"], "val_acc", 60, [ids[0]]) == {}
+    r = client.post(SWEEPS, json={"name": "x", "base": BASE, "grid": GRID,
+                                  "early_stopping": {"policy": "asha", "check_every": 30}})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "early_stopping"]
+    assert "multiple of training.eval_every (50)" in r.json()["detail"][0]["msg"]

@@ -268,7 +268,7 @@ class Trainer:
         step and its last checkpoint) when an evaluation finds the train loss of every one of
         its rows NaN or infinite ("nonfinite"), when all its rows have grokked under
         training.stop_on_grok ("grokked"), or when members_to_stop(), polled before every step,
-        names it (member -> reason, e.g. "cancelled", "paused"); the others train on, and the
+        names it (member -> reason: "cancelled", "paused", "pruned"); the others train on, and the
         run ends when none is left. A member that leaves "paused" gets its checkpoint but no
         extra evaluation: resumed from that checkpoint, it records exactly the points of a run
         that was never paused.
