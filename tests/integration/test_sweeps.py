@@ -54,12 +54,12 @@ def assert_same_run(stored: dict, alone: dict) -> None:
 def test_a_grid_becomes_packed_experiments_that_each_match_a_run_alone(stack, ci_small_sweep):
     created, sweep = ci_small_sweep
     client = stack.client
-    assert len(created["experiment_ids"]) == 8 and created["n_packs"] <= 2
+    assert len(created["experiment_ids"]) == 4 and created["n_packs"] <= 2
     assert sweep["status"] == "succeeded", sweep
     listed = client.get("/api/v1/experiments", params={"sweep_id": created["id"]}).json()["items"]
     assert {e["id"] for e in listed} == set(created["experiment_ids"])
     # Two members (one per weight decay) against the same spec trained alone.
-    for experiment_id in created["experiment_ids"][::5]:
+    for experiment_id in created["experiment_ids"][::2]:
         job = client.get(f"/api/v1/experiments/{experiment_id}").json()
         assert job["status"] == "succeeded" and job["summary"]["phase"]
         assert_same_run(raw_metrics(client, experiment_id), alone_metrics(job["spec"]))
@@ -76,9 +76,9 @@ def test_the_phase_diagram_separates_memorisation_from_grokking(stack, ci_small_
     assert r.status_code == 200, r.text
     cells = {(c["x"], c["y"]): c for c in r.json()["cells"]}
     for fraction in (0.4, 0.6):
-        assert cells[(0, fraction)]["phases"].get("memorization") == 2, cells[(0, fraction)]
+        assert cells[(0, fraction)]["phases"].get("memorization") == 1, cells[(0, fraction)]
         assert cells[(0, fraction)]["grokked_fraction"] == 0
-    assert cells[(1, 0.6)]["phases"].get("grokking") == 2, cells[(1, 0.6)]
+    assert cells[(1, 0.6)]["phases"].get("grokking") == 1, cells[(1, 0.6)]
     assert cells[(1, 0.6)]["median_generalization_step"] > cells[(1, 0.6)]["median_memorization_step"]
 
     as_csv = stack.client.get(
@@ -90,7 +90,7 @@ def test_the_phase_diagram_separates_memorisation_from_grokking(stack, ci_small_
     members = stack.client.get(f"/api/v1/sweeps/{created['id']}/members",
                                params={"format": "csv"})
     member_rows = list(csv.DictReader(io.StringIO(members.text)))
-    assert len(member_rows) == 8
+    assert len(member_rows) == 4
     assert {row["phase"] for row in member_rows if row["optimizer.weight_decay"] == "0"} == {
         "memorization"}
 
