@@ -16,8 +16,12 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Stack
 
 MARKER = "reproduction"
 # The worker's niceness: the lowest priority, so the foreground tests never wait for it
@@ -36,7 +40,7 @@ def wanted(items: list[pytest.Item]) -> list[str]:
 class Background:
     """The background stack and the sweep id of each reproduction submitted to it."""
 
-    stack: object  # tests.integration.conftest.Stack
+    stack: Stack
     runs: dict[str, str] = field(default_factory=dict)
 
     def report(self, name: str, timeout_s: float = WAIT_S) -> dict:
