@@ -176,22 +176,26 @@ async function route() {
   main.innerHTML = "";
   const controller = new AbortController();
   const timers = [];
-  view = {
+  // This route's view: a later route (another hash change while this one still waits for
+  // /whoami) replaces it, and this one then draws nothing into the page.
+  const mine = view = {
     signal: controller.signal,
     every(ms, fn) { timers.push(setInterval(fn, ms)); },
     stop() { controller.abort(); timers.forEach(clearInterval); },
   };
   try {
     if (!session.who) {
-      session.who = await api("/whoami");
+      const who = await api("/whoami", { signal: mine.signal });
+      session.who = session.who || who;
       $("#whoami").textContent = `${session.who.owner} (${session.who.scope})`;
     }
-    if (parts[0] === "experiments" && parts[1]) await experimentPage(main, parts[1], view);
-    else if (parts[0] === "sweeps" && parts[1]) await sweepPage(main, parts[1], view);
-    else if (parts[0] === "sweeps") await sweepList(main, view);
-    else if (parts[0] === "reproductions" && parts[2] === "runs" && parts[3]) await reproductionRun(main, parts[1], parts[3], view);
-    else if (parts[0] === "reproductions") await reproductionList(main, view);
-    else await experimentList(main, view);
+    if (view !== mine) return;
+    if (parts[0] === "experiments" && parts[1]) await experimentPage(main, parts[1], mine);
+    else if (parts[0] === "sweeps" && parts[1]) await sweepPage(main, parts[1], mine);
+    else if (parts[0] === "sweeps") await sweepList(main, mine);
+    else if (parts[0] === "reproductions" && parts[2] === "runs" && parts[3]) await reproductionRun(main, parts[1], parts[3], mine);
+    else if (parts[0] === "reproductions") await reproductionList(main, mine);
+    else await experimentList(main, mine);
   } catch (err) {
     fail(err);
   }
