@@ -8,7 +8,7 @@ has finished, report() evaluates the claims (service/science/claims.py) on the m
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,12 +91,16 @@ class Reproduction(BaseModel):
             body["pack_size"] = spec.pack_size
         return body
 
+    @cached_property
+    def stored_bodies(self) -> dict[str, dict[str, Any]]:
+        """Each scale's sweep body as a sweep stores it (validated and dumped), made once: every
+        report request compares a sweep with them (scale_of)."""
+        return {scale: SweepSpec.model_validate(self.sweep_body(scale)).model_dump(mode="json")
+                for scale in SCALES}
+
     def scale_of(self, stored: dict[str, Any]) -> str | None:
         """The scale whose sweep body this stored sweep spec is, or None: not a run of it."""
-        for scale in SCALES:
-            if SweepSpec.model_validate(self.sweep_body(scale)).model_dump(mode="json") == stored:
-                return scale
-        return None
+        return next((scale for scale, body in self.stored_bodies.items() if body == stored), None)
 
     def n_members(self, scale: str) -> int:
         n = 1
