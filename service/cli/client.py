@@ -84,13 +84,14 @@ def list_experiments(
     """Your experiments, newest first, as a table."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # a name is shown as it is, never as markup
 
     table = Table("id", "name", "status", "step", "created")
     with _service(url) as client:
         for job in itertools.islice(client.list(status, name, limit=min(limit, 50)), limit):
             prog = job["progress"]
             table.add_row(
-                job["id"], job["name"], job["status"], f"{prog['step']}/{prog['total_steps']}",
+                job["id"], Text(job["name"]), job["status"], f"{prog['step']}/{prog['total_steps']}",
                 job["created_at"][:19].replace("T", " "),
             )
     Console(width=200).print(table)
@@ -203,6 +204,7 @@ def members(sweep_id: Annotated[str, typer.Argument(metavar="SWEEP_ID")], url: U
     generalising, and for a member pruned by early stopping the step and the reason."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     with _service(url) as client:
         out = client.sweep_members(sweep_id)
@@ -213,7 +215,7 @@ def members(sweep_id: Annotated[str, typer.Argument(metavar="SWEEP_ID")], url: U
         table.add_row(
             str(m["index"]), m["experiment_id"][:8], m["status"], *(str(m["point"].get(a)) for a in out["axes"]),
             m["phase"] or "", str(m["generalization_step"] or ""), "" if p is None else f"{p:.2f}",
-            str(m.get("pruned_at_step") or ""), m.get("prune_reason") or "",
+            str(m.get("pruned_at_step") or ""), Text(m.get("prune_reason") or ""),
         )
     Console(width=240).print(table)
 

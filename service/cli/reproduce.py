@@ -13,16 +13,18 @@ app = typer.Typer()
 
 
 def report_table(run: dict):
-    """The run's claims as a Rich table: claim, expected, measured, paper, verdict."""
+    """The run's claims as a Rich table: claim, expected, measured, paper, verdict. The texts
+    are the reproduction's, shown as they are (a selector's "[a=b]" is not Rich markup)."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("claim", "expected", "measured", "paper", "verdict", show_lines=True,
                   title=f"{run['reproduction']} v{run['version']} ({run['scale']} scale): "
                         f"{(run['verdict'] or 'pending').upper()}")
     for claim in run["claims"] or []:
         colour = "green" if claim["verdict"] == "pass" else "red"
-        table.add_row(claim["says"], claim["expected"], claim["measured"], claim["paper"] or "",
-                      f"[{colour}]{claim['verdict']}[/{colour}]")
+        table.add_row(*(Text(claim[k] or "") for k in ("says", "expected", "measured", "paper")),
+                      Text(claim["verdict"], style=colour))
     return table
 
 

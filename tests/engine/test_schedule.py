@@ -1,6 +1,7 @@
 """Data curricula (spec data_schedule): the training set shrinks during a run, the validation set
 stays, a resumed run and a pack member shrink exactly as the run alone, and a grokked network
-trained on too few examples ungroks (Varma et al. 2023)."""
+trained on too few examples ungroks (Varma et al. 2023; ci-small itself ungrokking is the
+varma2023-ungrokking reproduction, tests/integration/test_reproductions_ci.py)."""
 from __future__ import annotations
 
 import pytest
@@ -144,18 +145,3 @@ def test_a_small_network_that_generalised_ungroks_on_too_few_examples():
     assert val[at] >= 0.99
     assert val[500] < 0.3  # ungrokked: far below its generalised value...
     assert all(train[s] >= 0.99 for s in train if s >= at)  # ...while it still fits its data
-
-
-@pytest.mark.slow
-def test_the_grokked_ci_small_network_ungroks():
-    """The Nanda model on x+y mod 47 (ci-small: groks at ~450 steps), shrunk at step 500 to 5% of
-    the pairs (110 of 1325 training examples) with weight decay 1. Measured on CPU: val acc 1.000
-    at 500, 0.751 at 600, 0.426 at 700, 0.304 at 800; train acc 1.000 throughout."""
-    train, val = ungrokking({
-        "training": {"steps": 700, "eval_every": 50, "checkpoint_every": 1000, "device": "cpu"},
-        "analysis": {"every": None},
-        "data_schedule": [{"at_step": 500, "train_fraction": 0.05}],
-    })
-    assert val[500] >= 0.99
-    assert val[700] < 0.6
-    assert all(train[s] >= 0.99 for s in train if s >= 500)

@@ -88,6 +88,22 @@ def test_nanda2023_progress_measures_move_before_the_test_loss(report):
         assert 2 <= summary["key_freq_count"] <= 8, summary
 
 
+@pytest.mark.reproduction("omnigrok-init-scale")
+def test_omnigrok_a_large_init_generalises_later_and_only_with_weight_decay(report):
+    assert report["verdict"] == "pass", verdicts(report)
+    runs: dict = {}
+    for m in report["members"]:
+        runs.setdefault((m["point"]["model.init_scale"], m["point"]["optimizer.weight_decay"]), []).append(m)
+    # Everything memorises; the large init later than the small one.
+    assert all(m["memorization_step"] is not None for ms in runs.values() for m in ms)
+    assert min(m["memorization_step"] for m in runs[3.0, 1.0]) > max(m["memorization_step"] for m in runs[1.0, 1.0])
+    # Weight decay 1: every run generalises, the large init's median at least 1.5x later.
+    steps = {s: sorted(m["generalization_step"] for m in runs[s, 1.0]) for s in (1.0, 3.0)}
+    assert steps[3.0][1] >= 1.5 * steps[1.0][1], steps
+    # Weight decay 0.3: the large init ran the whole budget without generalising.
+    assert all(m["generalization_step"] is None and m["summary"]["last_step"] == 1600 for m in runs[3.0, 0.3])
+
+
 @pytest.mark.reproduction("power2022-fraction")
 def test_the_report_page_plots_the_steps_against_the_fraction(report, background_reproductions, browser, tmp_path):  # noqa: F811
     stack = background_reproductions.stack

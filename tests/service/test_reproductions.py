@@ -294,3 +294,5 @@ def test_groklab_reproduce_prints_the_report_and_exits_by_the_verdict(
     # One verdict cell per claim, in the table's last column.
     cells = re.findall(r"\b(pass|fail)\b\s*│\s*$", out.output, flags=re.M)
     assert cells == verdicts, out.output
+    # The claims' selectors are printed as they are, not taken for markup.
+    assert "optimizer.loss=stablemax" in re.sub(r"\s*│\s*", " ", out.output), out.output
