@@ -45,6 +45,10 @@ def test_the_api_answers_as_its_openapi_document_says(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROKLAB_")}
     env["GROKLAB_DATA_DIR"] = str(tmp_path)
+    # A live-event stream of a queued experiment stays open (with keep-alives) until its
+    # lifetime ends: one second here, as a reconnecting client would see it end, rather than
+    # each stream holding a schemathesis worker until its request timeout (~90 s of the test).
+    env["GROKLAB_EVENTS_MAX_LIFETIME_S"] = "1"
     api = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "api", "--port", str(port)], env=env, cwd=ROOT,
         stdout=open(tmp_path / "api.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
