@@ -80,8 +80,11 @@ class ReproductionRunOut(BaseModel):
     claims: list[ClaimReport] | None = Field(description="Null until every member has finished.")
     members: list[MemberOut] = Field(description="The sweep's members, by index.")
     plot_axis: str = Field(description="The grid axis the report's plot of steps to memorise and "
-                           "to generalise is drawn against (the trend claim's, else the first "
-                           "that is not the seed).")
+                           "to generalise is drawn against (the reproduction's plot.axis, else "
+                           "the trend claim's, else the first that is not the seed).")
+    plot_members: dict[str, Any] = Field(
+        description="The grid point the plotted members match ({} for all): e.g. "
+        "{\"optimizer.weight_decay\": 1.0} plots only the members at weight decay 1.")
 
     @classmethod
     def of(cls, r: Reproduction, scale: str, sweep: SweepOut, state: SweepStatus,
@@ -92,7 +95,7 @@ class ReproductionRunOut(BaseModel):
             report = r.report(scale, [row.model_dump(mode="json") for row in rows])
         return cls(reproduction=r.name, version=r.version, scale=scale, sweep=sweep,
                    verdict=report and report["verdict"], claims=report and report["claims"],
-                   members=rows, plot_axis=r.plot_axis(scale))
+                   members=rows, plot_axis=r.plot_axis(scale), plot_members=r.plot_members(scale))
 
 
 def known_reproductions(settings: Settings) -> dict[str, Reproduction]:

@@ -42,6 +42,16 @@ class SweepPart(BaseModel):
     grid: dict[str, list[Any]]
 
 
+class PlotSpec(BaseModel):
+    """The report's plot: steps to memorise and to generalise against a grid axis, over the
+    members that members selects (by grid point, as a claim does; all of them when empty)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    axis: str
+    members: dict[str, Any] = Field(default_factory=dict)
+
+
 class Reproduction(BaseModel):
     """One reproductions/NAME.yaml."""
 
@@ -54,6 +64,9 @@ class Reproduction(BaseModel):
     sweep: SweepPart
     scales: dict[Scale, ScaleSpec]
     claims: list[Claim] = Field(min_length=1)
+    plot: PlotSpec | None = Field(
+        None, description="The report's plot; default: against the first trend claim's axis, "
+        "else the first axis that is not the seed, over every member.")
 
     @model_validator(mode="after")
     def _check(self) -> "Reproduction":
@@ -64,15 +77,14 @@ class Reproduction(BaseModel):
             body = self.sweep_body(scale)
             SweepSpec.model_validate(body)
             grid = body["grid"]
+            if self.plot is not None:
+                if self.plot.axis not in grid:
+                    raise ValueError(f"plot.axis {self.plot.axis!r} is not a grid axis at scale "
+                                     f"{scale}: {', '.join(grid)}")
+                _check_selector("plot", self.plot.members, grid, scale)
             for i, claim in enumerate(self.claims):
                 for where in claim.selectors():
-                    for axis, value in where.items():
-                        if axis not in grid:
-                            raise ValueError(f"claims[{i}] selects on {axis!r}, not a grid axis "
-                                             f"at scale {scale}: {', '.join(grid)}")
-                        if value not in EXTREMES and value not in grid[axis]:
-                            raise ValueError(f"claims[{i}]: {axis}={value!r} is not in the {scale} "
-                                             f"grid {grid[axis]}")
+                    _check_selector(f"claims[{i}]", where, grid, scale)
                 if claim.axis is not None and claim.axis not in grid:
                     raise ValueError(f"claims[{i}].axis {claim.axis!r} is not a grid axis")
                 if claim.kind not in ("trend", "order") and claim.expected_value(scale) is None:
@@ -110,15 +122,34 @@ class Reproduction(BaseModel):
 
     def plot_axis(self, scale: str) -> str:
         """The grid axis the report's plot (steps to memorise and to generalise) is drawn against:
-        the first trend claim's axis, else the first axis that is not the seed."""
+        plot.axis, else the first trend claim's axis, else the first axis that is not the seed."""
+        if self.plot is not None:
+            return self.plot.axis
         trend = next((c.axis for c in self.claims if c.kind == "trend" and c.axis), None)
         axes = list(self.sweep_body(scale)["grid"])
         return trend or next((a for a in axes if a != "training.seed"), axes[0])
+
+    def plot_members(self, scale: str) -> dict[str, Any]:
+        """The grid point the plot's members match ($first/$last resolved at this scale)."""
+        grid = self.sweep_body(scale)["grid"]
+        where = self.plot.members if self.plot is not None else {}
+        return {axis: grid[axis][0 if v == "$first" else -1] if v in EXTREMES else v
+                for axis, v in where.items()}
 
     def report(self, scale: str, members: list[dict]) -> dict[str, Any]:
         """{verdict, claims: [{says, expected, measured, verdict, paper, values}]} on finished
         members ({index, status, point, summary} each)."""
         return evaluate(self.claims, members, self.sweep_body(scale)["grid"], scale)
+
+
+def _check_selector(where: str, selector: dict[str, Any], grid: dict[str, list], scale: str) -> None:
+    """Each axis of the selector is a grid axis and each value one of its values (or an extreme)."""
+    for axis, value in selector.items():
+        if axis not in grid:
+            raise ValueError(f"{where} selects on {axis!r}, not a grid axis at scale {scale}: "
+                             f"{', '.join(grid)}")
+        if value not in EXTREMES and value not in grid[axis]:
+            raise ValueError(f"{where}: {axis}={value!r} is not in the {scale} grid {grid[axis]}")
 
 
 class ReproductionInvalid(ValueError):

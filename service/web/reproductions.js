@@ -67,8 +67,12 @@ async function reproductionRun(main, name, id, v) {
         h("td", {}, c.says), h("td", {}, c.expected), h("td", {}, c.measured), h("td", {}, c.paper || ""),
         h("td", {}, h("span", { class: `badge ${c.verdict === "pass" ? "succeeded" : "failed"}` }, c.verdict))))))
       : h("p", { class: "note" }, "the claims are judged once every member has finished"));
-    stepsCaption.textContent = `Steps to memorise and to generalise against ${r.plot_axis} (median of the members, log scale)`;
-    const rows = SweepCharts.stepsByValue(r.members, r.sweep.grid, r.plot_axis);
+    // The members the plot is about (plot_members: a grid point; {} for all of them).
+    const where = Object.entries(r.plot_members || {});
+    const plotted = r.members.filter((m) => where.every(([k, x]) => JSON.stringify(m.point[k]) === JSON.stringify(x)));
+    const at = where.length ? ` at ${where.map(([k, x]) => `${k}=${JSON.stringify(x)}`).join(", ")}` : "";
+    stepsCaption.textContent = `Steps to memorise and to generalise against ${r.plot_axis}${at} (median of the members, log scale)`;
+    const rows = SweepCharts.stepsByValue(plotted, r.sweep.grid, r.plot_axis);
     SweepCharts.medians(stepsEl, rows, r.plot_axis, (row) => { stepsReadout.textContent = SweepCharts.describe(row, r.plot_axis); });
     const series = [];
     for (const m of r.members) {

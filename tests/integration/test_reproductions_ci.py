@@ -120,3 +120,23 @@ def test_the_report_page_plots_the_steps_against_the_fraction(report, background
     assert plot.get_attribute("data-generalise-points") == "3"
     assert wait(browser, chart_drawn("chart-members-val-acc")) == 6
     screenshot(browser, tmp_path, "reproduction-power.png")
+
+
+@pytest.mark.reproduction("omnigrok-init-scale")
+def test_the_omnigrok_report_plots_only_the_members_at_weight_decay_1(report, background_reproductions, browser, tmp_path):  # noqa: F811
+    assert report["plot_axis"] == "model.init_scale" and report["plot_members"] == {"optimizer.weight_decay": 1.0}
+    stack = background_reproductions.stack
+    token = stack.client.headers["Authorization"].removeprefix("Bearer ")
+    browser.get(f"{stack.url}/#token={token}")
+    browser.get(f"{stack.url}/#/reproductions/omnigrok-init-scale/runs/{report['sweep']['id']}")
+    wait(browser, EC.text_to_be_present_in_element((By.ID, "verdict"), "PASS"))
+    plot = wait(browser, lambda b: b.find_element(By.ID, "claim-plot") if b.find_element(By.ID, "claim-plot").get_attribute("data-values") else False)
+    caption = browser.find_element(By.CSS_SELECTOR, "#reproduction-plot figcaption").text
+    assert "against model.init_scale at optimizer.weight_decay=1" in caption, caption
+    # Both init scales generalised at weight decay 1; the weight decay 0.3 runs that did not
+    # are not in this plot (they would sit in its "never" row).
+    assert plot.get_attribute("data-values") == "2"
+    assert plot.get_attribute("data-generalise-points") == "2"
+    assert plot.get_attribute("data-never") == "0"
+    screenshot(browser, tmp_path, "reproduction-omnigrok.png")
+

@@ -186,6 +186,26 @@ def test_a_claim_about_a_value_not_in_the_grid_is_refused():
         Reproduction.model_validate(data)
 
 
+@pytest.mark.parametrize(("plot", "words"), [
+    ({"axis": "optimizer.lr"}, "plot.axis 'optimizer.lr' is not a grid axis"),
+    ({"axis": "model.init_scale", "members": {"optimizer.weight_decay": 2.0}},
+     "plot: optimizer.weight_decay=2.0 is not in the ci grid"),
+])
+def test_a_plot_off_the_grid_is_refused(plot, words):
+    data = reproductions()["omnigrok-init-scale"].model_dump(mode="json")
+    data["plot"] = plot
+    with pytest.raises(ValidationError, match=re.escape(words)):
+        Reproduction.model_validate(data)
+
+
+def test_the_plot_is_drawn_over_the_members_it_names():
+    omnigrok, power = reproductions()["omnigrok-init-scale"], reproductions()["power2022-fraction"]
+    assert (omnigrok.plot_axis("ci"), omnigrok.plot_members("ci")) == (
+        "model.init_scale", {"optimizer.weight_decay": 1.0})
+    # Without a plot: the trend claim's axis, over every member.
+    assert (power.plot_axis("ci"), power.plot_members("ci")) == ("task.train_fraction", {})
+
+
 # ---- the API ---------------------------------------------------------------------------------
 
 

@@ -67,7 +67,8 @@ def run_reproduction(
     out = create_sweep(sweep_body, principal, session, settings, enqueue)
     return ReproductionRunOut(reproduction=reproduction.name, version=reproduction.version,
                               scale=body.scale, sweep=out, verdict=None, claims=None, members=[],
-                              plot_axis=reproduction.plot_axis(body.scale))
+                              plot_axis=reproduction.plot_axis(body.scale),
+                              plot_members=reproduction.plot_members(body.scale))
 
 
 @router.get(
