@@ -207,7 +207,7 @@ def member_forecasts(
     """The job's forecasts and early stopping (worker.pruning), with the series recorded before
     a resume (the forecast reads each member's whole run since memorisation)."""
     with sessions() as s:
-        sweep_ids = [store.get_experiment(s, exp_id).sweep_id for exp_id in recorder.ids]
+        sweep_ids = store.sweep_ids(s, recorder.ids)
     forecasts = MemberForecasts.for_job(sessions, recorder.claims, specs, sweep_ids)
     if resume_step is not None:
         with sessions() as s:

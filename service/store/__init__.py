@@ -74,6 +74,7 @@ from service.store.experiments import (
     request_cancel,
     requeue_stale_jobs,
     stale_jobs,
+    sweep_ids,
 )
 from service.store.metrics_ingest import MAX_NAME_LENGTH, ingest_metrics
 from service.store.metrics_query import count_metric_series, query_metrics
@@ -235,6 +236,7 @@ __all__ = [
     "reap_stale_jobs",
     "requeue_stale_jobs",
     "stale_jobs",
+    "sweep_ids",
     "holds_attempt",
     "request_cancel",
     "update_progress",

@@ -341,3 +341,12 @@ def job_queues(session: Session, experiment_ids: list[str]) -> dict[str, str]:
     ).all()
     session.commit()
     return {pack_id or exp_id: queue for exp_id, pack_id, queue in rows}
+
+
+def sweep_ids(session: Session, experiment_ids: list[str]) -> list[str | None]:
+    """Each experiment's sweep id (None: not a sweep's member), in the order given, in one query."""
+    rows = dict(session.execute(
+        select(Experiment.id, Experiment.sweep_id).where(Experiment.id.in_(experiment_ids))
+    ).all()) if experiment_ids else {}
+    return [rows.get(exp_id) for exp_id in experiment_ids]
+

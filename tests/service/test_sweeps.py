@@ -19,6 +19,7 @@ from service.contract.limits import Limits
 from service.contract.models import Experiment, utcnow
 from service.contract.settings import Settings
 from service.science.sweeps import SweepSpec, cpu_pack_sizes, expand, plan_packs
+from tests.builders import tiny_spec
 from tests.service.specs import API, TINY
 
 SWEEPS = "/api/v1/sweeps"
@@ -471,6 +472,10 @@ def test_store_creates_a_sweep_of_1024_members_in_one_go(session):
     assert (state.status, state.counts["queued"], state.progress) == ("queued", 1024, 0.0)
     # Each pack is one job for the reconciler, however many members it has.
     assert store.job_queues(session, [m.id for m in stored]) == dict(jobs)
+    # A pack's worker finds its members' sweep in one query, in the members' order.
+    alone = store.create_experiment(session, tiny_spec(name="alone"), "cpu")
+    ids = [stored[5].id, alone.id, stored[2].id]
+    assert store.sweep_ids(session, ids) == [sweep.id, None, sweep.id]
 
 
 def test_workers_claim_a_sweeps_packs_in_the_planned_order(session):
