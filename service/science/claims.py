@@ -135,14 +135,15 @@ def _json(value: Any) -> str:
     return str(value)
 
 
+def resolve(where: dict[str, Any], grid: dict[str, list]) -> dict[str, Any]:
+    """where with "$first"/"$last" replaced by the grid's first or last value of that axis."""
+    return {axis: grid[axis][0 if value == "$first" else -1] if value in EXTREMES else value
+            for axis, value in where.items()}
+
+
 def select(members: list[dict], where: dict[str, Any], grid: dict[str, list]) -> list[dict]:
-    """The members whose point matches every axis of where ("$first"/"$last": the grid's first or
-    last value of that axis)."""
-    wanted = {}
-    for axis, value in where.items():
-        if value in EXTREMES:
-            value = grid[axis][0 if value == "$first" else -1]
-        wanted[axis] = value
+    """The members whose point matches every axis of where (resolved on the grid)."""
+    wanted = resolve(where, grid)
     return [m for m in members if all(m["point"].get(a) == v for a, v in wanted.items())]
 
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.contract.spec import deep_merge
-from service.science.claims import EXTREMES, Claim, evaluate
+from service.science.claims import EXTREMES, Claim, evaluate, resolve
 from service.science.sweeps import SweepSpec
 
 SCALES = ("ci", "paper")
@@ -131,10 +131,8 @@ class Reproduction(BaseModel):
 
     def plot_members(self, scale: str) -> dict[str, Any]:
         """The grid point the plot's members match ($first/$last resolved at this scale)."""
-        grid = self.sweep_body(scale)["grid"]
         where = self.plot.members if self.plot is not None else {}
-        return {axis: grid[axis][0 if v == "$first" else -1] if v in EXTREMES else v
-                for axis, v in where.items()}
+        return resolve(where, self.stored_bodies[scale]["grid"])
 
     def report(self, scale: str, members: list[dict]) -> dict[str, Any]:
         """{verdict, claims: [{says, expected, measured, verdict, paper, values}]} on finished

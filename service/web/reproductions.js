@@ -69,7 +69,7 @@ async function reproductionRun(main, name, id, v) {
       : h("p", { class: "note" }, "the claims are judged once every member has finished"));
     // The members the plot is about (plot_members: a grid point; {} for all of them).
     const where = Object.entries(r.plot_members || {});
-    const plotted = r.members.filter((m) => where.every(([k, x]) => JSON.stringify(m.point[k]) === JSON.stringify(x)));
+    const plotted = r.members.filter((m) => where.every(([k, x]) => SweepCharts.key(m.point[k]) === SweepCharts.key(x)));
     const at = where.length ? ` at ${where.map(([k, x]) => `${k}=${JSON.stringify(x)}`).join(", ")}` : "";
     stepsCaption.textContent = `Steps to memorise and to generalise against ${r.plot_axis}${at} (median of the members, log scale)`;
     const rows = SweepCharts.stepsByValue(plotted, r.sweep.grid, r.plot_axis);
